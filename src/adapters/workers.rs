@@ -1,0 +1,206 @@
+//! Cloudflare Workers adapter: translates the platform's request into the
+//! core's nouns, performs the I/O the [`Session`] asks for (one upstream
+//! `fetch`, timers), and pumps its output through a streamed response body.
+//! No policy lives here.
+//!
+//! Client disconnects: workerd cancels the response stream, which drops the
+//! [`Pump`]; its `Drop` tells the session, and the session's
+//! `CancelUpstream` aborts the upstream fetch through its `AbortController`.
+
+use std::future::{pending, Future};
+use std::pin::{pin, Pin};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::{select, Either};
+use futures_util::{stream, StreamExt};
+use worker::{
+    event, js_sys, AbortController, ByteStream, Context, Date, Env, Fetch, Headers, Method, Request, RequestInit,
+    Response, Result,
+};
+
+use crate::core::config::{vars, Config};
+use crate::core::http::{RequestHead, ResponseHead, UpstreamRequest};
+use crate::core::session::{Action, Session};
+use crate::core::Millis;
+
+fn now() -> Millis {
+    Date::now().as_millis()
+}
+
+fn config(env: &Env) -> Config {
+    Config::from_lookup(|name| {
+        debug_assert!(vars::ALL.contains(&name));
+        env.var(name)
+            .map(|v| v.to_string())
+            .or_else(|_| env.secret(name).map(|s| s.to_string()))
+            .ok()
+    })
+}
+
+fn headers_of(list: &[(String, String)]) -> Headers {
+    let headers = Headers::new();
+    for (k, v) in list {
+        let _ = headers.append(k, v);
+    }
+    headers
+}
+
+/// What the pump hands to the platform.
+enum Out {
+    Full(ResponseHead, Bytes),
+    Head(ResponseHead),
+    Chunk(Bytes),
+    End,
+}
+
+/// What woke the pump up.
+enum Wake {
+    Head(Result<Response>),
+    Chunk(Option<Result<Vec<u8>>>),
+    Timer,
+}
+
+/// Owns the session and its upstream I/O for the life of one request.
+struct Pump {
+    session: Session,
+    abort: Option<AbortController>,
+    head: Option<Pin<Box<dyn Future<Output = Result<Response>>>>>,
+    body: Option<ByteStream>,
+}
+
+impl Pump {
+    /// Runs the session until it has something for the client.
+    async fn next(&mut self) -> Out {
+        loop {
+            while let Some(action) = self.session.poll_action() {
+                match action {
+                    Action::SendUpstream(req) => self.send(req),
+                    Action::CancelUpstream => self.cancel(),
+                    Action::Respond(head, body) => return Out::Full(head, body),
+                    Action::RespondHead(head) => return Out::Head(head),
+                    Action::RespondChunk(bytes) => return Out::Chunk(bytes),
+                    Action::RespondEnd => return Out::End,
+                }
+            }
+            let deadline = self.session.poll_timeout();
+            if deadline.is_none() && self.head.is_none() && self.body.is_none() {
+                return Out::End; // nothing can happen any more
+            }
+            let wake = {
+                let io = async {
+                    if let Some(head) = self.head.as_mut() {
+                        Wake::Head(head.await)
+                    } else if let Some(body) = self.body.as_mut() {
+                        Wake::Chunk(body.next().await)
+                    } else {
+                        pending().await
+                    }
+                };
+                let timer = async {
+                    match deadline {
+                        Some(at) => worker::Delay::from(Duration::from_millis(at.saturating_sub(now()))).await,
+                        None => pending().await,
+                    }
+                    Wake::Timer
+                };
+                match select(pin!(io), pin!(timer)).await {
+                    Either::Left((w, _)) | Either::Right((w, _)) => w,
+                }
+            };
+            let t = now();
+            match wake {
+                Wake::Timer => self.session.handle_timeout(t),
+                Wake::Head(Ok(mut response)) => {
+                    self.head = None;
+                    let headers: Vec<(String, String)> = response.headers().entries().collect();
+                    self.session.handle_upstream_head(t, response.status_code(), &headers);
+                    match response.stream() {
+                        Ok(body) => self.body = Some(body),
+                        Err(_) => self.session.handle_upstream_end(t),
+                    }
+                }
+                Wake::Head(Err(e)) => {
+                    self.head = None;
+                    self.session.handle_upstream_failed(t, &e.to_string());
+                }
+                Wake::Chunk(Some(Ok(bytes))) => self.session.handle_upstream_chunk(t, bytes.into()),
+                Wake::Chunk(Some(Err(e))) => {
+                    self.body = None;
+                    self.session.handle_upstream_failed(t, &e.to_string());
+                }
+                Wake::Chunk(None) => {
+                    self.body = None;
+                    self.session.handle_upstream_end(t);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, req: UpstreamRequest) {
+        let mut init = RequestInit::new();
+        init.with_method(Method::from(req.method.to_string())).with_headers(headers_of(&req.headers));
+        if !req.body.is_empty() {
+            init.with_body(Some(js_sys::Uint8Array::from(&req.body[..]).into()));
+        }
+        let request = match Request::new_with_init(&req.url, &init) {
+            Ok(r) => r,
+            Err(e) => return self.session.handle_upstream_failed(now(), &e.to_string()),
+        };
+        let controller = AbortController::default();
+        let signal = controller.signal();
+        self.abort = Some(controller);
+        self.head = Some(Box::pin(async move { Fetch::Request(request).send_with_signal(&signal).await }));
+    }
+
+    fn cancel(&mut self) {
+        self.head = None;
+        self.body = None;
+        if let Some(controller) = self.abort.take() {
+            controller.abort();
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        // The platform dropped the body stream: the client is gone (or the
+        // response finished, in which case this is a no-op).
+        self.session.handle_downstream_closed(now());
+        while let Some(action) = self.session.poll_action() {
+            if action == Action::CancelUpstream {
+                self.cancel();
+            }
+        }
+    }
+}
+
+#[event(fetch)]
+pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let url = req.url()?;
+    let method = req.method().to_string();
+    let head = RequestHead::new(&method, url.path(), req.headers().entries().collect());
+    let body = match method.as_str() {
+        "GET" | "HEAD" | "OPTIONS" => Vec::new(),
+        _ => req.bytes().await.unwrap_or_default(),
+    };
+    let mut pump = Pump { session: Session::new(config(&env)), abort: None, head: None, body: None };
+    pump.session.handle_request(now(), head, body.into());
+
+    match pump.next().await {
+        Out::Full(head, body) => {
+            let response = if body.is_empty() { Response::empty()? } else { Response::from_bytes(body.to_vec())? };
+            Ok(response.with_status(head.status).with_headers(headers_of(&head.headers)))
+        }
+        Out::Head(head) => {
+            let chunks = stream::unfold(pump, |mut pump| async move {
+                match pump.next().await {
+                    Out::Chunk(bytes) => Some((Ok::<Vec<u8>, worker::Error>(bytes.to_vec()), pump)),
+                    Out::Full(..) | Out::Head(_) | Out::End => None,
+                }
+            });
+            Ok(Response::from_stream(chunks)?.with_status(head.status).with_headers(headers_of(&head.headers)))
+        }
+        Out::Chunk(_) | Out::End => Response::error("internal error: no response", 500),
+    }
+}

@@ -1,0 +1,168 @@
+//! Deployment configuration, parsed from the platform's variables and
+//! secrets. The adapters only hand over a lookup function; every default,
+//! every parse rule and every limit is here.
+
+/// Default request body limit: 1 MiB, far above any chat turn a mobile app
+/// sends, far below what would let one client tie up the isolate's memory.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default time the upstream has to send its first byte (response head or
+/// first event). Long prompts on a busy CPU server take tens of seconds.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 120_000;
+/// Default longest silence once the stream has started.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
+/// Default interval of SSE keep-alive comments while waiting for the first
+/// token: below the 30–60 s idle timeouts of common proxies and carriers.
+pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 15_000;
+/// Longest upstream error body we read to extract its message.
+pub const MAX_UPSTREAM_ERROR_BYTES: usize = 64 * 1024;
+
+/// The variable names, as set in `wrangler.toml` / `spin.toml` or as secrets.
+pub mod vars {
+    pub const UPSTREAM_URL: &str = "UPSTREAM_URL";
+    pub const UPSTREAM_API_KEY: &str = "UPSTREAM_API_KEY";
+    pub const API_KEYS: &str = "API_KEYS";
+    pub const CORS_ORIGINS: &str = "CORS_ORIGINS";
+    pub const MAX_BODY_BYTES: &str = "MAX_BODY_BYTES";
+    pub const FIRST_BYTE_TIMEOUT_MS: &str = "FIRST_BYTE_TIMEOUT_MS";
+    pub const IDLE_TIMEOUT_MS: &str = "IDLE_TIMEOUT_MS";
+    pub const KEEPALIVE_INTERVAL_MS: &str = "KEEPALIVE_INTERVAL_MS";
+    pub const ALL: &[&str] = &[
+        UPSTREAM_URL,
+        UPSTREAM_API_KEY,
+        API_KEYS,
+        CORS_ORIGINS,
+        MAX_BODY_BYTES,
+        FIRST_BYTE_TIMEOUT_MS,
+        IDLE_TIMEOUT_MS,
+        KEEPALIVE_INTERVAL_MS,
+    ];
+}
+
+/// Which browser origins may call the function.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CorsOrigins {
+    /// No CORS headers at all: browsers on other origins are refused.
+    #[default]
+    None,
+    /// `*`: any origin (credentials are never allowed).
+    Any,
+    /// An exact list of origins such as `https://app.example.com`.
+    List(Vec<String>),
+}
+
+impl CorsOrigins {
+    /// The value for `Access-Control-Allow-Origin` given the request's
+    /// `Origin`, or `None` when that origin is not allowed.
+    pub fn allow(&self, origin: Option<&str>) -> Option<String> {
+        match (self, origin) {
+            (CorsOrigins::None, _) | (_, None) => None,
+            (CorsOrigins::Any, Some(_)) => Some("*".into()),
+            (CorsOrigins::List(list), Some(o)) => {
+                list.iter().find(|a| a.eq_ignore_ascii_case(o)).map(|_| o.to_owned())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Base URL of the OpenAI-compatible upstream, without a trailing `/`,
+    /// e.g. `http://127.0.0.1:8081` (paths `/v1/...` are appended).
+    pub upstream_url: String,
+    /// Sent upstream as `Authorization: Bearer …`; the client's own
+    /// `Authorization` is never forwarded.
+    pub upstream_api_key: Option<String>,
+    /// When non-empty, requests must carry one of these as a bearer token.
+    pub api_keys: Vec<String>,
+    pub cors_origins: CorsOrigins,
+    pub max_body_bytes: usize,
+    pub first_byte_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub keepalive_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            upstream_url: String::new(),
+            upstream_api_key: None,
+            api_keys: Vec::new(),
+            cors_origins: CorsOrigins::None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            first_byte_timeout_ms: DEFAULT_FIRST_BYTE_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configuration from a variable lookup (vars and secrets).
+    /// Unset or empty variables take their defaults; unparsable numbers do
+    /// too, so a typo never takes the function down.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let number = |name: &str, default: u64| get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+        let list = |name: &str| -> Vec<String> {
+            get(name)
+                .map(|v| v.split([',', ' ', '\n']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        let origins = list(vars::CORS_ORIGINS);
+        Self {
+            upstream_url: get(vars::UPSTREAM_URL).map(|u| u.trim_end_matches('/').to_owned()).unwrap_or_default(),
+            upstream_api_key: get(vars::UPSTREAM_API_KEY),
+            api_keys: list(vars::API_KEYS),
+            cors_origins: if origins.is_empty() {
+                CorsOrigins::None
+            } else if origins.iter().any(|o| o == "*") {
+                CorsOrigins::Any
+            } else {
+                CorsOrigins::List(origins.into_iter().map(|o| o.trim_end_matches('/').to_owned()).collect())
+            },
+            max_body_bytes: number(vars::MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES as u64) as usize,
+            first_byte_timeout_ms: number(vars::FIRST_BYTE_TIMEOUT_MS, DEFAULT_FIRST_BYTE_TIMEOUT_MS),
+            idle_timeout_ms: number(vars::IDLE_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS),
+            keepalive_interval_ms: number(vars::KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_INTERVAL_MS).max(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Config {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&[]);
+        assert_eq!(c.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.first_byte_timeout_ms, 120_000);
+        assert_eq!(c.keepalive_interval_ms, 15_000);
+        assert!(c.api_keys.is_empty());
+        assert_eq!(c.cors_origins, CorsOrigins::None);
+    }
+
+    #[test]
+    fn parses_lists_and_numbers() {
+        let c = cfg(&[
+            ("UPSTREAM_URL", "http://127.0.0.1:8081/"),
+            ("API_KEYS", "k1, k2,,k3"),
+            ("CORS_ORIGINS", "https://a.example, https://b.example/"),
+            ("MAX_BODY_BYTES", "2048"),
+            ("FIRST_BYTE_TIMEOUT_MS", "oops"),
+        ]);
+        assert_eq!(c.upstream_url, "http://127.0.0.1:8081");
+        assert_eq!(c.api_keys, ["k1", "k2", "k3"]);
+        assert_eq!(c.max_body_bytes, 2048);
+        assert_eq!(c.first_byte_timeout_ms, DEFAULT_FIRST_BYTE_TIMEOUT_MS);
+        assert_eq!(c.cors_origins.allow(Some("https://b.example")).as_deref(), Some("https://b.example"));
+        assert_eq!(c.cors_origins.allow(Some("https://evil.example")), None);
+        assert_eq!(cfg(&[("CORS_ORIGINS", "*")]).cors_origins.allow(Some("x")).as_deref(), Some("*"));
+    }
+}

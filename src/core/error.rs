@@ -1,0 +1,221 @@
+//! Errors of the core, classified by where they come from and whether a
+//! retry may help, and their one conversion into an HTTP status plus an
+//! OpenAI-style `{"error":{"message","type","param","code"}}` body.
+//!
+//! A client that goes away is not an error: it is the end state
+//! [`crate::core::session::Session`] reaches through
+//! `handle_downstream_closed`.
+
+use serde_json::json;
+
+/// Who caused the failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client's request (bad JSON, missing field, too large, bad key).
+    Downstream,
+    /// The upstream model server (refused, timed out, answered an error,
+    /// broke the stream).
+    Upstream,
+    /// tokenedge itself (configuration).
+    Internal,
+}
+
+/// What went wrong, with enough detail for the client's error message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 400: the body is not JSON, or a field is missing or ill-typed.
+    InvalidRequest { message: String, param: Option<String> },
+    /// 401: `API_KEYS` is set and the request carries none of them.
+    InvalidApiKey,
+    /// 404: no such route.
+    NotFound { path: String },
+    /// 405: the route exists but not for this method.
+    MethodNotAllowed { method: String, path: String },
+    /// 413: the body is larger than the configured limit.
+    PayloadTooLarge { limit: usize },
+    /// 415: a POST body that does not say `application/json`.
+    UnsupportedMediaType { content_type: Option<String> },
+    /// The upstream answered a non-2xx status before streaming; `message`
+    /// is the upstream's own when it sent an OpenAI-style or plain message.
+    UpstreamStatus { status: u16, message: String, error_type: Option<String> },
+    /// 502: the upstream could not be reached.
+    UpstreamUnreachable { detail: String },
+    /// 504: no first byte from the upstream within the configured time.
+    UpstreamTimeout { after_ms: u64 },
+    /// The upstream stream broke: ended without `[DONE]` or a finish reason,
+    /// went silent, or sent an unparsable event stream.
+    UpstreamStreamBroken { detail: String },
+    /// 500: tokenedge is misconfigured (e.g. no upstream URL).
+    Misconfigured { detail: String },
+}
+
+/// An error with its source and retryability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub kind: ErrorKind,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind) -> Self {
+        Self { kind }
+    }
+
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self::new(ErrorKind::InvalidRequest { message: message.into(), param: param.map(str::to_owned) })
+    }
+
+    pub fn source(&self) -> Source {
+        use ErrorKind::*;
+        match self.kind {
+            InvalidRequest { .. }
+            | InvalidApiKey
+            | NotFound { .. }
+            | MethodNotAllowed { .. }
+            | PayloadTooLarge { .. }
+            | UnsupportedMediaType { .. } => Source::Downstream,
+            UpstreamStatus { .. }
+            | UpstreamUnreachable { .. }
+            | UpstreamTimeout { .. }
+            | UpstreamStreamBroken { .. } => Source::Upstream,
+            Misconfigured { .. } => Source::Internal,
+        }
+    }
+
+    /// Whether sending the same request again may succeed.
+    pub fn retryable(&self) -> bool {
+        match &self.kind {
+            ErrorKind::UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
+            ErrorKind::UpstreamUnreachable { .. }
+            | ErrorKind::UpstreamTimeout { .. }
+            | ErrorKind::UpstreamStreamBroken { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        use ErrorKind::*;
+        match &self.kind {
+            InvalidRequest { .. } => 400,
+            InvalidApiKey => 401,
+            NotFound { .. } => 404,
+            MethodNotAllowed { .. } => 405,
+            PayloadTooLarge { .. } => 413,
+            UnsupportedMediaType { .. } => 415,
+            UpstreamStatus { status, .. } => *status,
+            UpstreamUnreachable { .. } | UpstreamStreamBroken { .. } => 502,
+            UpstreamTimeout { .. } => 504,
+            Misconfigured { .. } => 500,
+        }
+    }
+
+    fn message(&self) -> String {
+        use ErrorKind::*;
+        match &self.kind {
+            InvalidRequest { message, .. } => message.clone(),
+            InvalidApiKey => "Invalid or missing API key. Send it as `Authorization: Bearer <key>`.".into(),
+            NotFound { path } => format!("Unknown route: {path}"),
+            MethodNotAllowed { method, path } => format!("Method {method} is not allowed on {path}"),
+            PayloadTooLarge { limit } => format!("Request body exceeds the limit of {limit} bytes"),
+            UnsupportedMediaType { content_type } => format!(
+                "Content-Type must be application/json (got {})",
+                content_type.as_deref().unwrap_or("none")
+            ),
+            UpstreamStatus { message, .. } => message.clone(),
+            UpstreamUnreachable { detail } => format!("Upstream model server unreachable: {detail}"),
+            UpstreamTimeout { after_ms } => {
+                format!("Upstream model server sent nothing within {after_ms} ms")
+            }
+            UpstreamStreamBroken { detail } => format!("Upstream stream broke: {detail}"),
+            Misconfigured { detail } => format!("tokenedge is misconfigured: {detail}"),
+        }
+    }
+
+    fn error_type(&self) -> String {
+        use ErrorKind::*;
+        match &self.kind {
+            InvalidRequest { .. }
+            | NotFound { .. }
+            | MethodNotAllowed { .. }
+            | PayloadTooLarge { .. }
+            | UnsupportedMediaType { .. } => "invalid_request_error".into(),
+            InvalidApiKey => "authentication_error".into(),
+            UpstreamStatus { error_type: Some(t), .. } => t.clone(),
+            UpstreamStatus { .. } | UpstreamUnreachable { .. } | UpstreamTimeout { .. } | UpstreamStreamBroken { .. } => {
+                "upstream_error".into()
+            }
+            Misconfigured { .. } => "server_error".into(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        use ErrorKind::*;
+        match &self.kind {
+            InvalidRequest { .. } => "invalid_request",
+            InvalidApiKey => "invalid_api_key",
+            NotFound { .. } => "not_found",
+            MethodNotAllowed { .. } => "method_not_allowed",
+            PayloadTooLarge { .. } => "payload_too_large",
+            UnsupportedMediaType { .. } => "unsupported_media_type",
+            UpstreamStatus { .. } => "upstream_status",
+            UpstreamUnreachable { .. } => "upstream_unreachable",
+            UpstreamTimeout { .. } => "upstream_timeout",
+            UpstreamStreamBroken { .. } => "upstream_stream_broken",
+            Misconfigured { .. } => "misconfigured",
+        }
+    }
+
+    /// The OpenAI-style error object, the body of an error response and the
+    /// `data:` of an in-stream error event.
+    pub fn to_json(&self) -> serde_json::Value {
+        let param = match &self.kind {
+            ErrorKind::InvalidRequest { param, .. } => param.clone(),
+            _ => None,
+        };
+        json!({
+            "error": {
+                "message": self.message(),
+                "type": self.error_type(),
+                "param": param,
+                "code": self.code(),
+                "retryable": self.retryable(),
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} error ({}): {}", self.source(), self.status(), self.message())
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_sources() {
+        let e = Error::invalid("bad", Some("messages"));
+        assert_eq!((e.status(), e.source(), e.retryable()), (400, Source::Downstream, false));
+        assert_eq!(e.to_json()["error"]["param"], "messages");
+        let e = Error::new(ErrorKind::UpstreamUnreachable { detail: "refused".into() });
+        assert_eq!((e.status(), e.source(), e.retryable()), (502, Source::Upstream, true));
+        let e = Error::new(ErrorKind::UpstreamTimeout { after_ms: 5 });
+        assert_eq!(e.status(), 504);
+        let e = Error::new(ErrorKind::UpstreamStatus { status: 400, message: "m".into(), error_type: None });
+        assert!(!e.retryable());
+        assert_eq!(e.to_json()["error"]["message"], "m");
+    }
+
+    #[test]
+    fn json_shape_has_all_openai_fields() {
+        let v = Error::new(ErrorKind::PayloadTooLarge { limit: 10 }).to_json();
+        let obj = v["error"].as_object().unwrap();
+        for k in ["message", "type", "param", "code"] {
+            assert!(obj.contains_key(k), "{k}");
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The HTTP nouns the core and the adapters share: request and response
+//! heads with lower-case header names, and the requests the core asks the
+//! adapter to send upstream. No parsing of HTTP/1 itself: the platform does
+//! that.
+
+use bytes::Bytes;
+
+/// Header list with lower-case names, in order.
+pub type Headers = Vec<(String, String)>;
+
+/// First value of header `name` (lower-case) in `headers`.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+/// A downstream request as the platform received it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestHead {
+    /// Upper-case method, e.g. `POST`.
+    pub method: String,
+    /// Path without the query string, e.g. `/v1/chat/completions`.
+    pub path: String,
+    pub headers: Headers,
+}
+
+impl RequestHead {
+    pub fn new(method: &str, path_and_query: &str, headers: Headers) -> Self {
+        let path = path_and_query.split(['?', '#']).next().unwrap_or("/");
+        Self {
+            method: method.to_ascii_uppercase(),
+            path: if path.is_empty() { "/".into() } else { path.into() },
+            headers: headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+/// Status and headers of a response to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub headers: Headers,
+}
+
+impl ResponseHead {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+/// A request the adapter must send upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamRequest {
+    pub method: &'static str,
+    /// Absolute URL.
+    pub url: String,
+    pub headers: Headers,
+    /// Empty for GET.
+    pub body: Bytes,
+}

@@ -1,0 +1,16 @@
+//! The sans-IO core: everything that decides anything. No `async`, no
+//! platform crate, no clock reads, no network. Adapters feed it inputs with
+//! the current time and carry out the actions it returns.
+
+pub mod access;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod openai;
+pub mod restream;
+pub mod session;
+pub mod sse;
+
+/// Milliseconds on the adapter's clock (e.g. `Date.now()` on Workers). Only
+/// differences matter; the core never reads a clock itself.
+pub type Millis = u64;

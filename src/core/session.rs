@@ -1,0 +1,516 @@
+//! One client request, from its head to the last byte of its response, as a
+//! deterministic state machine.
+//!
+//! The adapter drives it like this (the only I/O loop there is):
+//!
+//! ```text
+//! let mut s = Session::new(config);
+//! s.handle_request(now, head, body);
+//! loop {
+//!     while let Some(action) = s.poll_action() {
+//!         match action {
+//!             SendUpstream(req)  => start the fetch; later report
+//!                                   handle_upstream_head / _chunk / _end / _failed
+//!             CancelUpstream     => abort the fetch, stop reading its body
+//!             Respond(head, body)=> send the whole response; done
+//!             RespondHead(head)  => start a streamed response
+//!             RespondChunk(b)    => write b to the client now
+//!             RespondEnd         => finish the streamed response; done
+//!         }
+//!     }
+//!     wait for: upstream I/O, the client going away
+//!               (handle_downstream_closed), or poll_timeout() (handle_timeout)
+//! }
+//! ```
+//!
+//! What it decides: routing, auth, CORS, validation, the upstream request,
+//! response headers, when to answer an error as JSON and when as an SSE
+//! error event, keep-alives, first-byte and idle timeouts, and that a
+//! stream never ends silently truncated. What it does not do: any I/O, any
+//! clock read, any retry or replica choice (one upstream for now).
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::core::access;
+use crate::core::config::{Config, MAX_UPSTREAM_ERROR_BYTES};
+use crate::core::error::{Error, ErrorKind};
+use crate::core::http::{header, Headers, RequestHead, ResponseHead, UpstreamRequest};
+use crate::core::openai::{self, Endpoint};
+use crate::core::restream::{self, Ending, Restream};
+use crate::core::Millis;
+
+/// How long `/healthz` waits for the upstream before calling it unreachable.
+pub const HEALTH_TIMEOUT_MS: Millis = 5_000;
+/// The SSE comment sent while the client would otherwise see nothing.
+pub const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+
+/// What the adapter must do next. Every variant must be carried out in the
+/// order returned.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this request upstream. Report its response head with
+    /// [`Session::handle_upstream_head`], each body chunk as it arrives with
+    /// [`Session::handle_upstream_chunk`], its end with
+    /// [`Session::handle_upstream_end`], or a connection or read failure with
+    /// [`Session::handle_upstream_failed`].
+    SendUpstream(UpstreamRequest),
+    /// Abort the upstream request and stop reading its body: its answer is
+    /// no longer needed (the client left, or the session already answered).
+    CancelUpstream,
+    /// Send this complete response. The session is over.
+    Respond(ResponseHead, Bytes),
+    /// Start a streamed response with this head; chunks follow.
+    RespondHead(ResponseHead),
+    /// Write these bytes to the client now, without buffering.
+    RespondChunk(Bytes),
+    /// End the streamed response. The session is over.
+    RespondEnd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Generate { endpoint: Endpoint, stream: bool },
+    Models,
+    Health,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for `handle_request`.
+    Idle,
+    /// Upstream request sent, no response head yet.
+    AwaitingHead,
+    /// Upstream answered non-2xx; collecting its body for the message.
+    ReadingError { status: u16, body: Vec<u8> },
+    /// Re-streaming an upstream event stream.
+    Streaming(Box<Restream>),
+    /// Piping a non-SSE upstream body through unchanged.
+    Passthrough,
+    /// Answered (or the client left); nothing more happens.
+    Finished,
+}
+
+/// What the client has been sent so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Downstream {
+    NothingSent,
+    /// An SSE head went out: errors become SSE error events.
+    EventStream,
+    /// Another streamed body (JSON pass-through) is under way.
+    Body,
+}
+
+/// One request's state. See the module docs for the driver loop.
+pub struct Session {
+    config: Config,
+    cors: Headers,
+    route: Option<Route>,
+    phase: Phase,
+    downstream: Downstream,
+    upstream_open: bool,
+    actions: VecDeque<Action>,
+    received_at: Millis,
+    upstream_sent_at: Millis,
+    upstream_head_at: Option<Millis>,
+    first_content_at: Option<Millis>,
+    /// Upstream must send something by then (first byte, then idle limit).
+    upstream_deadline: Option<Millis>,
+    /// Next keep-alive comment, for event streams only.
+    keepalive_at: Option<Millis>,
+}
+
+impl Session {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            cors: Headers::new(),
+            route: None,
+            phase: Phase::Idle,
+            downstream: Downstream::NothingSent,
+            upstream_open: false,
+            actions: VecDeque::new(),
+            received_at: 0,
+            upstream_sent_at: 0,
+            upstream_head_at: None,
+            first_content_at: None,
+            upstream_deadline: None,
+            keepalive_at: None,
+        }
+    }
+
+    /// The next thing the adapter must do, or `None` to wait for input.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When to call [`Session::handle_timeout`] if no other input came.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        match (self.upstream_deadline, self.keepalive_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the session has answered (or lost its client) for good.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// Time from the request to the first generated content, once known.
+    pub fn time_to_first_content(&self) -> Option<Millis> {
+        self.first_content_at.map(|t| t.saturating_sub(self.received_at))
+    }
+
+    /// A request arrived, with its whole body.
+    pub fn handle_request(&mut self, now: Millis, req: RequestHead, body: Bytes) {
+        if !matches!(self.phase, Phase::Idle) {
+            return;
+        }
+        self.received_at = now;
+        self.cors = access::cors_headers(&self.config.cors_origins, &req);
+        if req.method == "OPTIONS" {
+            let head = ResponseHead { status: 204, headers: access::preflight_headers(&self.config.cors_origins, &req) };
+            return self.respond(head, Bytes::new());
+        }
+        let (route, method) = match req.path.as_str() {
+            "/healthz" => (Route::Health, "GET"),
+            "/v1/models" => (Route::Models, "GET"),
+            "/v1/chat/completions" => (Route::Generate { endpoint: Endpoint::Chat, stream: false }, "POST"),
+            "/v1/completions" => (Route::Generate { endpoint: Endpoint::Completions, stream: false }, "POST"),
+            _ => return self.fail(Error::new(ErrorKind::NotFound { path: req.path.clone() })),
+        };
+        if req.method != method && !(method == "GET" && req.method == "HEAD") {
+            return self.fail(Error::new(ErrorKind::MethodNotAllowed { method: req.method.clone(), path: req.path.clone() }));
+        }
+        if route != Route::Health && !access::authorized(&self.config, &req) {
+            return self.fail(Error::new(ErrorKind::InvalidApiKey));
+        }
+        if self.config.upstream_url.is_empty() {
+            return self.fail(Error::new(ErrorKind::Misconfigured { detail: "UPSTREAM_URL is not set".into() }));
+        }
+        match route {
+            Route::Health => {
+                self.route = Some(route);
+                self.send_upstream(now, "GET", "/v1/models", Bytes::new(), false);
+                self.upstream_deadline = Some(now + HEALTH_TIMEOUT_MS);
+            }
+            Route::Models => {
+                self.route = Some(route);
+                self.send_upstream(now, "GET", "/v1/models", Bytes::new(), false);
+            }
+            Route::Generate { endpoint, .. } => {
+                if let Err(e) = self.check_body(&req, &body) {
+                    return self.fail(e);
+                }
+                let request = match openai::parse_request(endpoint, &body) {
+                    Ok(r) => r,
+                    Err(e) => return self.fail(e),
+                };
+                self.route = Some(Route::Generate { endpoint, stream: request.stream });
+                self.send_upstream(now, "POST", endpoint.path(), request.upstream_body().into(), request.stream);
+                if request.stream {
+                    self.keepalive_at = Some(now + self.config.keepalive_interval_ms);
+                }
+            }
+        }
+    }
+
+    fn check_body(&self, req: &RequestHead, body: &[u8]) -> Result<(), Error> {
+        let limit = self.config.max_body_bytes;
+        let declared = req.header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
+        if body.len() > limit || declared.is_some_and(|n| n > limit) {
+            return Err(Error::new(ErrorKind::PayloadTooLarge { limit }));
+        }
+        let content_type = req.header("content-type");
+        let is_json = content_type
+            .and_then(|ct| ct.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(Error::new(ErrorKind::UnsupportedMediaType { content_type: content_type.map(str::to_owned) }));
+        }
+        Ok(())
+    }
+
+    fn send_upstream(&mut self, now: Millis, method: &'static str, path: &str, body: Bytes, stream: bool) {
+        let mut headers: Headers = vec![
+            ("accept".into(), if stream { "text/event-stream" } else { "application/json" }.into()),
+            ("user-agent".into(), concat!("tokenedge/", env!("CARGO_PKG_VERSION")).into()),
+        ];
+        if !body.is_empty() {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
+        if let Some(key) = &self.config.upstream_api_key {
+            headers.push(("authorization".into(), format!("Bearer {key}")));
+        }
+        let url = format!("{}{}", self.config.upstream_url, path);
+        self.actions.push_back(Action::SendUpstream(UpstreamRequest { method, url, headers, body }));
+        self.upstream_open = true;
+        self.upstream_sent_at = now;
+        self.upstream_deadline = Some(now + self.config.first_byte_timeout_ms);
+        self.phase = Phase::AwaitingHead;
+    }
+
+    /// The upstream's response head arrived.
+    pub fn handle_upstream_head(&mut self, now: Millis, status: u16, headers: &[(String, String)]) {
+        if !matches!(self.phase, Phase::AwaitingHead) {
+            return;
+        }
+        self.upstream_head_at = Some(now);
+        self.upstream_deadline = Some(now + self.config.idle_timeout_ms);
+        let Some(route) = self.route else { return };
+        if route == Route::Health {
+            let ok = (200..300).contains(&status);
+            let body = serde_json::json!({
+                "status": if ok { "ok" } else { "degraded" },
+                "upstream": { "reachable": true, "status": status, "latency_ms": now.saturating_sub(self.upstream_sent_at) },
+            });
+            self.cancel_upstream();
+            return self.respond_json(if ok { 200 } else { 503 }, &body);
+        }
+        if !(200..300).contains(&status) {
+            self.phase = Phase::ReadingError { status, body: Vec::new() };
+            return;
+        }
+        match route {
+            Route::Generate { stream: true, .. } => {
+                self.start_event_stream();
+                self.phase = Phase::Streaming(Box::default());
+            }
+            _ => {
+                let content_type = header(headers, "content-type").unwrap_or("application/json");
+                let mut h = vec![
+                    ("content-type".into(), content_type.to_owned()),
+                    ("cache-control".into(), "no-store".into()),
+                    ("server-timing".into(), self.server_timing()),
+                ];
+                h.extend(self.cors.iter().cloned());
+                self.actions.push_back(Action::RespondHead(ResponseHead { status, headers: h }));
+                self.downstream = Downstream::Body;
+                self.phase = Phase::Passthrough;
+            }
+        }
+    }
+
+    /// A chunk of the upstream body arrived (any size, any split).
+    pub fn handle_upstream_chunk(&mut self, now: Millis, chunk: Bytes) {
+        if !self.upstream_open {
+            return;
+        }
+        self.upstream_deadline = Some(now + self.config.idle_timeout_ms);
+        match &mut self.phase {
+            Phase::ReadingError { body, .. } => {
+                let room = MAX_UPSTREAM_ERROR_BYTES.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if chunk.len() > room {
+                    self.cancel_upstream();
+                    self.finish_upstream_error();
+                }
+            }
+            Phase::Streaming(restream) => match restream.push(&chunk) {
+                Ok(out) => {
+                    let done = restream.done();
+                    if out.content_events > 0 && self.first_content_at.is_none() {
+                        self.first_content_at = Some(now);
+                    }
+                    if !out.bytes.is_empty() {
+                        self.write(now, out.bytes);
+                    }
+                    if done {
+                        self.cancel_upstream();
+                        self.end_stream();
+                    }
+                }
+                Err(e) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken { detail: e.to_string() })),
+            },
+            Phase::Passthrough => self.actions.push_back(Action::RespondChunk(chunk)),
+            Phase::Idle | Phase::AwaitingHead | Phase::Finished => {}
+        }
+    }
+
+    /// The upstream body ended cleanly.
+    pub fn handle_upstream_end(&mut self, now: Millis) {
+        if !self.upstream_open {
+            return;
+        }
+        self.upstream_open = false;
+        self.upstream_deadline = None;
+        match &self.phase {
+            Phase::ReadingError { .. } => self.finish_upstream_error(),
+            Phase::Streaming(restream) => match restream.ending() {
+                Ending::Done => self.end_stream(),
+                Ending::FinishedWithoutDone => {
+                    self.write(now, Bytes::from_static(restream::DONE));
+                    self.end_stream();
+                }
+                Ending::Truncated => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
+                    detail: "the upstream ended the stream without [DONE] or a finish_reason".into(),
+                })),
+            },
+            Phase::Passthrough => self.end_stream(),
+            Phase::AwaitingHead => self.handle_upstream_failed(now, "connection closed before a response"),
+            Phase::Idle | Phase::Finished => {}
+        }
+    }
+
+    /// The upstream could not be reached, or its body failed mid-way.
+    pub fn handle_upstream_failed(&mut self, _now: Millis, detail: &str) {
+        if !self.upstream_open {
+            return;
+        }
+        self.upstream_open = false;
+        self.upstream_deadline = None;
+        match (&self.phase, self.route) {
+            (Phase::AwaitingHead, Some(Route::Health)) => self.respond_json(
+                503,
+                &serde_json::json!({"status": "degraded", "upstream": {"reachable": false, "error": detail}}),
+            ),
+            (Phase::AwaitingHead, _) => self.fail(Error::new(ErrorKind::UpstreamUnreachable { detail: detail.into() })),
+            (Phase::ReadingError { .. }, _) => self.finish_upstream_error(),
+            (Phase::Streaming(_), _) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken { detail: detail.into() })),
+            (Phase::Passthrough, _) => self.end_stream(),
+            _ => {}
+        }
+    }
+
+    /// The client went away. Not an error: the upstream is cancelled and the
+    /// session ends without another byte.
+    pub fn handle_downstream_closed(&mut self, _now: Millis) {
+        if self.is_finished() {
+            return;
+        }
+        self.actions.clear();
+        self.cancel_upstream();
+        self.finish();
+    }
+
+    /// The time returned by [`Session::poll_timeout`] has come.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if self.is_finished() {
+            return;
+        }
+        if self.upstream_deadline.is_some_and(|d| now >= d) {
+            self.upstream_deadline = None;
+            return match (&self.phase, self.route) {
+                (Phase::AwaitingHead, Some(Route::Health)) => {
+                    self.cancel_upstream();
+                    self.respond_json(
+                        503,
+                        &serde_json::json!({"status": "degraded", "upstream": {"reachable": false, "error": "timed out"}}),
+                    )
+                }
+                (Phase::AwaitingHead, _) => {
+                    let after_ms = self.config.first_byte_timeout_ms;
+                    self.fail(Error::new(ErrorKind::UpstreamTimeout { after_ms }))
+                }
+                _ => {
+                    let after_ms = self.config.idle_timeout_ms;
+                    self.fail(Error::new(ErrorKind::UpstreamTimeout { after_ms }))
+                }
+            };
+        }
+        if self.keepalive_at.is_some_and(|k| now >= k) {
+            if self.downstream == Downstream::NothingSent {
+                // Commit to an event stream now so the client's connection
+                // stays alive; a later upstream error becomes an error event.
+                self.start_event_stream();
+            }
+            self.write(now, Bytes::from_static(KEEPALIVE_COMMENT));
+        }
+    }
+
+    // ---- helpers -------------------------------------------------------
+
+    fn server_timing(&self) -> String {
+        let edge = self.upstream_sent_at.saturating_sub(self.received_at);
+        match self.upstream_head_at {
+            Some(h) => format!("edge;dur={edge}, upstream;dur={}", h.saturating_sub(self.upstream_sent_at)),
+            None => format!("edge;dur={edge}"),
+        }
+    }
+
+    fn start_event_stream(&mut self) {
+        if self.downstream != Downstream::NothingSent {
+            return;
+        }
+        let mut headers: Headers = vec![
+            ("content-type".into(), "text/event-stream; charset=utf-8".into()),
+            ("cache-control".into(), "no-cache, no-transform".into()),
+            ("x-accel-buffering".into(), "no".into()),
+            ("server-timing".into(), self.server_timing()),
+        ];
+        headers.extend(self.cors.iter().cloned());
+        self.actions.push_back(Action::RespondHead(ResponseHead { status: 200, headers }));
+        self.downstream = Downstream::EventStream;
+    }
+
+    /// Writes to an event stream and pushes the next keep-alive back.
+    fn write(&mut self, now: Millis, bytes: Bytes) {
+        self.actions.push_back(Action::RespondChunk(bytes));
+        if self.keepalive_at.is_some() {
+            self.keepalive_at = Some(now + self.config.keepalive_interval_ms);
+        }
+    }
+
+    fn cancel_upstream(&mut self) {
+        if self.upstream_open {
+            self.upstream_open = false;
+            self.actions.push_back(Action::CancelUpstream);
+        }
+        self.upstream_deadline = None;
+    }
+
+    fn finish(&mut self) {
+        self.phase = Phase::Finished;
+        self.upstream_deadline = None;
+        self.keepalive_at = None;
+    }
+
+    fn end_stream(&mut self) {
+        self.actions.push_back(Action::RespondEnd);
+        self.finish();
+    }
+
+    fn respond(&mut self, head: ResponseHead, body: Bytes) {
+        self.actions.push_back(Action::Respond(head, body));
+        self.finish();
+    }
+
+    fn respond_json(&mut self, status: u16, body: &serde_json::Value) {
+        let mut headers: Headers = vec![
+            ("content-type".into(), "application/json".into()),
+            ("cache-control".into(), "no-store".into()),
+        ];
+        headers.extend(self.cors.iter().cloned());
+        let mut bytes = serde_json::to_vec(body).unwrap_or_default();
+        bytes.push(b'\n');
+        self.respond(ResponseHead { status, headers }, bytes.into());
+    }
+
+    fn finish_upstream_error(&mut self) {
+        if let Phase::ReadingError { status, body } = &self.phase {
+            let (message, error_type) = openai::upstream_error_message(*status, body);
+            let status = *status;
+            self.fail(Error::new(ErrorKind::UpstreamStatus { status, message, error_type }));
+        }
+    }
+
+    /// The one place an error becomes a response: JSON with the error's
+    /// status before anything was sent, an SSE error event (then the end)
+    /// once an event stream has started.
+    fn fail(&mut self, error: Error) {
+        self.cancel_upstream();
+        match self.downstream {
+            Downstream::NothingSent => self.respond_json(error.status(), &error.to_json()),
+            Downstream::EventStream => {
+                let mut event = BytesMut::new();
+                restream::write_event(&mut event, None, &error.to_json().to_string());
+                self.actions.push_back(Action::RespondChunk(event.freeze()));
+                self.end_stream();
+            }
+            Downstream::Body => self.end_stream(),
+        }
+    }
+}

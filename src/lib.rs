@@ -1,0 +1,32 @@
+//! tokenedge: an edge function that sits between mobile/web apps and an
+//! OpenAI-compatible inference server, and re-streams generated tokens the
+//! moment they are produced.
+//!
+//! ```text
+//! app ──HTTPS──▶ edge function ──────────────────────────────▶ upstream (llama.cpp,
+//!                1 auth, CORS, validate, size limits              vLLM, SGLang, TGI, …)
+//!                2 build the upstream request                          │ SSE tokens
+//!                3 parse upstream SSE (push parser) ◀──────────────────┘
+//!                4 re-frame as OpenAI SSE, field for field
+//!      ◀─────────5 stream to the app, keep-alives, explicit errors
+//! ```
+//!
+//! The crate is a sans-IO core ([`core`]) and thin platform adapters
+//! (`adapters::workers` behind feature `workers` on `wasm32-unknown-unknown`).
+//! An adapter's whole job is the loop documented on
+//! [`core::session::Session`]: feed inputs with the current time, carry out
+//! each [`core::session::Action`], wait for I/O or the next deadline.
+//!
+//! What it does not do (yet): compress or coalesce the stream, cache, route
+//! between replicas, resume dropped streams, or retry. It never reads a
+//! clock in the core, never forwards the client's `Authorization` upstream,
+//! and never ends a broken stream as if it had completed.
+
+#![forbid(unsafe_code)]
+
+pub mod core;
+
+#[cfg(all(feature = "workers", target_arch = "wasm32"))]
+pub mod adapters {
+    pub mod workers;
+}
