@@ -1,0 +1,140 @@
+//! Recorded upstream streams (`tests/vectors/NAME.sse`) driven through a
+//! whole `Session` and compared with what the client must receive
+//! (`tests/vectors/NAME.expected`): fed whole, split at every byte, and in
+//! random chunk sizes. Every split must give the same bytes.
+//!
+//! `TOKENEDGE_BLESS=1 cargo test --test vectors` rewrites the expected
+//! files; review the diff before committing it.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use tokenedge::core::config::Config;
+use tokenedge::core::http::RequestHead;
+use tokenedge::core::session::{Action, Session};
+
+const REQUEST: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+
+/// Drives a session with the upstream body cut into `chunks`; returns the
+/// client's body and whether the response ended.
+fn drive(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+    let mut s = Session::new(Config { upstream_url: "http://up".into(), ..Config::default() });
+    let head = RequestHead::new("POST", "/v1/chat/completions", vec![("content-type".into(), "application/json".into())]);
+    s.handle_request(0, head, Bytes::from_static(REQUEST.as_bytes()));
+    s.handle_upstream_head(1, 200, &[("content-type".into(), "text/event-stream".into())]);
+    for (i, c) in chunks.iter().enumerate() {
+        s.handle_upstream_chunk(2 + i as u64, Bytes::copy_from_slice(c));
+    }
+    s.handle_upstream_end(1_000_000);
+    let mut body = Vec::new();
+    let mut ended = false;
+    while let Some(a) = s.poll_action() {
+        match a {
+            Action::RespondChunk(b) => body.extend_from_slice(&b),
+            Action::RespondEnd => ended = true,
+            _ => {}
+        }
+    }
+    (body, ended)
+}
+
+fn expected(name: &str, input: &[u8]) -> Vec<u8> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/");
+    let path = format!("{dir}{name}.expected");
+    if std::env::var_os("TOKENEDGE_BLESS").is_some() {
+        std::fs::write(&path, drive(&[input]).0).unwrap();
+    }
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (bless with TOKENEDGE_BLESS=1)"))
+}
+
+fn check_vector(name: &str, input: &[u8]) {
+    let want = expected(name, input);
+    let (whole, ended) = drive(&[input]);
+    assert!(ended, "{name}: response did not end");
+    assert_eq!(String::from_utf8_lossy(&whole), String::from_utf8_lossy(&want), "{name}: whole");
+    for cut in 0..=input.len() {
+        let (got, _) = drive(&[&input[..cut], &input[cut..]]);
+        assert!(got == want, "{name}: differs when split at byte {cut}");
+    }
+}
+
+fn random_chunks(input: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = input;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = sizes[i % sizes.len()].clamp(1, rest.len());
+        out.push(rest[..n].to_vec());
+        rest = &rest[n..];
+        i += 1;
+    }
+    out
+}
+
+macro_rules! vectors {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+                const INPUT: &[u8] = include_bytes!(concat!("vectors/", stringify!($name), ".sse"));
+
+                #[test]
+                fn whole_and_every_split() {
+                    check_vector(stringify!($name), INPUT);
+                }
+
+                proptest! {
+                    #![proptest_config(ProptestConfig::with_cases(64))]
+                    #[test]
+                    fn random_chunk_sizes(sizes in proptest::collection::vec(1usize..300, 1..40)) {
+                        let want = expected(stringify!($name), INPUT);
+                        let chunks = random_chunks(INPUT, &sizes);
+                        let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+                        prop_assert_eq!(drive(&refs).0, want);
+                    }
+                }
+            }
+        )*
+    };
+}
+
+vectors!(llamacpp_chat, llamacpp_completions_logprobs, vllm_chat, openai_tool_calls, grammar_edge_cases);
+
+/// Every field of every upstream event reaches the client unchanged.
+#[test]
+fn upstream_fields_survive_byte_for_byte() {
+    for input in [
+        &include_bytes!("vectors/llamacpp_chat.sse")[..],
+        include_bytes!("vectors/openai_tool_calls.sse"),
+        include_bytes!("vectors/vllm_chat.sse"),
+    ] {
+        let (out, _) = drive(&[input]);
+        // These upstreams already use LF line ends and no comments, so the
+        // output must equal the input exactly.
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(input));
+    }
+}
+
+/// A stream cut short at any event boundary ends with an error event, never
+/// with a clean end; one cut after its finish_reason ends cleanly with
+/// `[DONE]`.
+#[test]
+fn cut_streams_never_end_silently() {
+    let input = include_bytes!("vectors/llamacpp_chat.sse");
+    let text = std::str::from_utf8(input).unwrap();
+    let finish_at = text.find("\"finish_reason\":\"").unwrap();
+    for (at, _) in text.match_indices("\n\n") {
+        let cut = at + 2;
+        if cut == input.len() {
+            continue;
+        }
+        let (out, ended) = drive(&[&input[..cut]]);
+        let out = String::from_utf8(out).unwrap();
+        assert!(ended);
+        if cut > finish_at {
+            assert!(out.ends_with("data: [DONE]\n\n"), "cut at {cut}");
+        } else {
+            assert!(out.contains("upstream_stream_broken"), "cut at {cut}: {out}");
+            assert!(!out.contains("data: [DONE]"));
+        }
+    }
+}
