@@ -1,0 +1,49 @@
+# Shared by scripts/run.sh, scripts/test.sh and bench/: starting the local
+# model server and wrangler dev, waiting for them, and stopping them on exit.
+# Source after `eval "$(scripts/setup.sh)"`.
+
+TOKENEDGE_LOGS=${TOKENEDGE_LOGS:-$(mktemp -d /tmp/tokenedge-logs.XXXXXX)}
+_pids=()
+
+stop_services() {
+  local pid
+  for pid in "${_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${_pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  _pids=()
+}
+trap stop_services EXIT
+
+# wait_http URL SECONDS: until URL answers at all (any status).
+wait_http() {
+  local deadline=$((SECONDS + $2))
+  until curl -s -o /dev/null --max-time 2 "$1"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "timed out waiting for $1; logs in $TOKENEDGE_LOGS" >&2
+      tail -n 40 "$TOKENEDGE_LOGS"/*.log >&2 || true
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# start_model PORT: llama.cpp server with SmolLM2-135M, one thread.
+start_model() {
+  "$TOKENEDGE_PY" "$ROOT/scripts/model_server.py" --port "$1" >"$TOKENEDGE_LOGS/model-$1.log" 2>&1 &
+  _pids+=($!)
+  wait_http "http://127.0.0.1:$1/health" 120
+}
+
+# start_wrangler PORT INSPECTOR_PORT [--var NAME:VALUE ...]: wrangler dev
+# (workerd) on loopback, building the worker first.
+start_wrangler() {
+  local port=$1 inspector=$2
+  shift 2
+  (cd "$ROOT" && exec wrangler dev --ip 127.0.0.1 --port "$port" --inspector-port "$inspector" \
+    --show-interactive-dev-session=false "$@" </dev/null >"$TOKENEDGE_LOGS/wrangler-$port.log" 2>&1) &
+  _pids+=($!)
+  wait_http "http://127.0.0.1:$port/healthz" 600
+}

@@ -1,0 +1,243 @@
+"""End-to-end suite: real clients (curl, the official openai SDK, raw HTTP)
+against tokenedge running in a real runtime, in front of the real local model.
+
+The runtime under test is given by environment variables (scripts/test.sh
+sets them after starting the services):
+
+  TOKENEDGE_URL       the function, with API_KEYS containing TOKENEDGE_KEY
+  TOKENEDGE_KEY       a valid client key
+  TOKENEDGE_DEAD_URL  the same function with its upstream pointing at a closed port
+  MODEL_URL           the llama.cpp server itself (for its /slots view)
+  TOKENEDGE_RUNTIME   a label for the report (e.g. "workerd")
+"""
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.parse
+
+import httpx
+import openai
+import pytest
+
+URL = os.environ["TOKENEDGE_URL"]
+KEY = os.environ["TOKENEDGE_KEY"]
+DEAD_URL = os.environ["TOKENEDGE_DEAD_URL"]
+MODEL_URL = os.environ["MODEL_URL"]
+RUNTIME = os.environ.get("TOKENEDGE_RUNTIME", "runtime")
+
+CHAT = {
+    "model": "smollm2",
+    "messages": [{"role": "user", "content": "Describe a walk along the seaside in a few sentences."}],
+    "max_tokens": 48,
+    "temperature": 0.7,
+}
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def stream_with_curl(url, body, headers=AUTH):
+    """Runs curl -N and returns [(arrival_seconds, line)] for every line."""
+    args = ["curl", "-sN", "--max-time", "120", url, "-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    for k, v in headers.items():
+        args += ["-H", f"{k}: {v}"]
+    start = time.monotonic()
+    lines = []
+    with subprocess.Popen(args, stdout=subprocess.PIPE) as p:
+        for raw in p.stdout:
+            lines.append((time.monotonic() - start, raw.decode().rstrip("\n")))
+    return lines
+
+
+def content_events(lines):
+    out = []
+    for t, line in lines:
+        if line.startswith("data: {"):
+            event = json.loads(line[6:])
+            choices = event.get("choices") or []
+            text = "".join((c.get("delta") or {}).get("content") or c.get("text") or "" for c in choices)
+            if text:
+                out.append((t, text))
+    return out
+
+
+def assert_error(response, status, code=None, param=None):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    err = response.json()["error"]
+    for field in ("message", "type", "param", "code"):
+        assert field in err, err
+    assert err["message"]
+    if code:
+        assert err["code"] == code, err
+    if param:
+        assert err["param"] == param, err
+    return err
+
+
+def test_curl_stream_arrives_token_by_token():
+    lines = stream_with_curl(f"{URL}/v1/chat/completions", {**CHAT, "stream": True})
+    events = content_events(lines)
+    assert len(events) >= 10, lines
+    assert lines[-1][1] == "" or any(l == "data: [DONE]" for _, l in lines)
+    assert [l for _, l in lines if l.startswith("data: ")][-1] == "data: [DONE]"
+    usage = [json.loads(l[6:]) for _, l in lines if l.startswith("data: {") and '"usage"' in l]
+    assert usage and usage[-1]["usage"]["completion_tokens"] > 0
+    # llama.cpp's own fields pass through.
+    assert "timings" in usage[-1]
+    first, last = events[0][0], events[-1][0]
+    assert last - first >= 0.2, f"first content at {first:.3f}s, last at {last:.3f}s: the stream was buffered"
+
+
+def test_stream_headers():
+    with httpx.stream("POST", f"{URL}/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 4}, headers=AUTH, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert r.headers["cache-control"] == "no-cache, no-transform"
+        assert r.headers["x-accel-buffering"] == "no"
+        assert "server-timing" in r.headers
+        body = b"".join(r.iter_bytes())
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+def test_legacy_completions_stream():
+    lines = stream_with_curl(
+        f"{URL}/v1/completions", {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 16, "stream": True}
+    )
+    assert len(content_events(lines)) >= 5
+    assert [l for _, l in lines if l.startswith("data: ")][-1] == "data: [DONE]"
+
+
+def client(base=URL, key=KEY):
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def test_openai_sdk_stream():
+    start = time.monotonic()
+    stream = client().chat.completions.create(
+        **CHAT, stream=True, stream_options={"include_usage": True}
+    )
+    arrivals, text, usage = [], "", None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.monotonic() - start)
+            text += chunk.choices[0].delta.content
+        if chunk.usage:
+            usage = chunk.usage
+    assert len(arrivals) >= 10 and text.strip()
+    assert usage is not None and usage.completion_tokens > 0
+    assert arrivals[-1] - arrivals[0] >= 0.2
+
+
+def test_openai_sdk_non_stream():
+    result = client().chat.completions.create(**CHAT)
+    assert result.choices[0].message.content.strip()
+    assert result.choices[0].finish_reason in ("stop", "length")
+    assert result.usage.total_tokens > 0
+
+
+def test_openai_sdk_wrong_key_is_401():
+    with pytest.raises(openai.AuthenticationError) as e:
+        client(key="not-a-key").chat.completions.create(**CHAT)
+    assert e.value.status_code == 401
+
+
+def test_invalid_json_is_400():
+    r = httpx.post(f"{URL}/v1/chat/completions", content=b'{"model": "x", "messages": [', headers={**AUTH, "content-type": "application/json"})
+    assert_error(r, 400, "invalid_request")
+
+
+def test_missing_messages_is_400():
+    r = httpx.post(f"{URL}/v1/chat/completions", json={"model": "smollm2"}, headers=AUTH)
+    assert_error(r, 400, "invalid_request", "messages")
+
+
+def test_two_mib_body_is_413():
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * (2 * 1024 * 1024)}]}
+    r = httpx.post(f"{URL}/v1/chat/completions", json=big, headers=AUTH, timeout=60)
+    assert_error(r, 413, "payload_too_large")
+
+
+def test_wrong_content_type_is_415():
+    r = httpx.post(f"{URL}/v1/chat/completions", content=json.dumps(CHAT), headers={**AUTH, "content-type": "text/plain"})
+    assert_error(r, 415, "unsupported_media_type")
+
+
+def test_wrong_and_missing_key_are_401():
+    r = httpx.post(f"{URL}/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer wrong"})
+    assert_error(r, 401, "invalid_api_key")
+    r = httpx.post(f"{URL}/v1/chat/completions", json=CHAT)
+    assert_error(r, 401, "invalid_api_key")
+
+
+def test_unknown_route_is_404():
+    assert_error(httpx.get(f"{URL}/v1/nothing-here", headers=AUTH), 404, "not_found")
+
+
+def test_upstream_down_is_502():
+    for stream in (False, True):
+        r = httpx.post(f"{DEAD_URL}/v1/chat/completions", json={**CHAT, "stream": stream}, headers=AUTH, timeout=60)
+        assert_error(r, 502, "upstream_unreachable")
+    r = httpx.get(f"{DEAD_URL}/healthz")
+    assert r.status_code == 503 and r.json()["upstream"]["reachable"] is False
+
+
+def test_models_and_health():
+    r = httpx.get(f"{URL}/v1/models", headers=AUTH)
+    assert r.status_code == 200 and r.json()["data"]
+    r = httpx.get(f"{URL}/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_cors_preflight():
+    r = httpx.options(
+        f"{URL}/v1/chat/completions",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type"},
+    )
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "POST" in r.headers["access-control-allow-methods"]
+
+
+def slots():
+    return httpx.get(f"{MODEL_URL}/slots", timeout=10).json()
+
+
+def busy_slots():
+    return [s["id"] for s in slots() if s["is_processing"]]
+
+
+def test_client_disconnect_stops_generation():
+    """Close the connection mid-stream; the model server must stop decoding
+    that request (seen in its /slots view) long before max_tokens."""
+    deadline = time.monotonic() + 30
+    while busy_slots() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not busy_slots(), "model server still busy from an earlier test"
+
+    body = json.dumps({**CHAT, "stream": True, "max_tokens": 1500, "temperature": 1.0,
+                       "messages": [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]}).encode()
+    u = urllib.parse.urlsplit(URL)
+    sock = socket.create_connection((u.hostname, u.port), timeout=60)
+    sock.sendall(
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {u.netloc}\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    )
+    received = b""
+    while received.count(b'"content":"') < 10:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    busy = busy_slots()
+    assert busy, "the request should be decoding now"
+    decoded_at_close = max(s["next_token"][0]["n_decoded"] for s in slots() if s["id"] in busy)
+    sock.close()
+    closed_at = time.monotonic()
+
+    while busy_slots() and time.monotonic() - closed_at < 10:
+        time.sleep(0.1)
+    stopped_after = time.monotonic() - closed_at
+    assert not busy_slots(), "the model server kept generating after the client left"
+    # Without the cancel it would run on to 1500 tokens (~30 s at 50 tok/s).
+    assert stopped_after < 5, stopped_after
+    print(f"[{RUNTIME}] disconnect at {decoded_at_close} tokens decoded; upstream stopped {stopped_after:.2f}s later")
