@@ -65,19 +65,26 @@ impl World {
 }
 
 fn config() -> Config {
-    Config { upstream_url: "http://upstream:8081".into(), ..Config::default() }
+    Config {
+        upstream_url: "http://upstream:8081".into(),
+        ..Config::default()
+    }
 }
 
 fn post(path: &str, body: &str) -> (RequestHead, Bytes) {
     let head = RequestHead::new(
         "POST",
         path,
-        vec![("Content-Type".into(), "application/json".into()), ("Authorization".into(), "Bearer client-key".into())],
+        vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("Authorization".into(), "Bearer client-key".into()),
+        ],
     );
     (head, Bytes::copy_from_slice(body.as_bytes()))
 }
 
-const CHAT_STREAM: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+const CHAT_STREAM: &str =
+    r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
 const CHAT_JSON: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
 
 fn start(cfg: Config, path: &str, body: &str) -> (Session, World) {
@@ -93,8 +100,10 @@ fn sse_head() -> Vec<(String, String)> {
     vec![("content-type".into(), "text/event-stream".into())]
 }
 
-const CONTENT: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
-const FINISH: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+const CONTENT: &str =
+    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+const FINISH: &str =
+    "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
 const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n";
 
 #[test]
@@ -104,12 +113,18 @@ fn streams_each_event_at_once_with_sse_headers() {
     assert_eq!(req.url, "http://upstream:8081/v1/chat/completions");
     let sent: Value = serde_json::from_slice(&req.body).unwrap();
     assert_eq!(sent["stream_options"]["include_usage"], true);
-    assert!(!req.headers.iter().any(|(k, _)| k == "authorization"), "client key must not be forwarded");
+    assert!(
+        !req.headers.iter().any(|(k, _)| k == "authorization"),
+        "client key must not be forwarded"
+    );
 
     s.handle_upstream_head(100, 200, &sse_head());
     w.pump(&mut s, 100);
     assert_eq!(w.status(), 200);
-    assert_eq!(w.header("content-type"), Some("text/event-stream; charset=utf-8"));
+    assert_eq!(
+        w.header("content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
     assert_eq!(w.header("cache-control"), Some("no-cache, no-transform"));
     assert_eq!(w.header("x-accel-buffering"), Some("no"));
     for h in ["connection", "transfer-encoding"] {
@@ -118,11 +133,18 @@ fn streams_each_event_at_once_with_sse_headers() {
 
     s.handle_upstream_chunk(200, Bytes::from(CONTENT));
     w.pump(&mut s, 200);
-    assert_eq!(w.chunks.len(), 1, "the event must go out before the next one arrives");
+    assert_eq!(
+        w.chunks.len(),
+        1,
+        "the event must go out before the next one arrives"
+    );
     s.handle_upstream_chunk(300, Bytes::from(format!("{FINISH}{USAGE}data: [DONE]\n\n")));
     w.pump(&mut s, 300);
     assert!(w.ended);
-    assert_eq!(w.text(), format!("{CONTENT}{FINISH}{USAGE}data: [DONE]\n\n"));
+    assert_eq!(
+        w.text(),
+        format!("{CONTENT}{FINISH}{USAGE}data: [DONE]\n\n")
+    );
     assert_eq!(s.time_to_first_content(), Some(200));
     // Late upstream input after the end changes nothing.
     s.handle_upstream_chunk(400, Bytes::from(CONTENT));
@@ -180,7 +202,11 @@ fn upstream_unreachable_is_502_json() {
 #[test]
 fn upstream_error_status_keeps_its_message() {
     let (mut s, mut w) = start(config(), "/v1/chat/completions", CHAT_STREAM);
-    s.handle_upstream_head(5, 400, &[("content-type".into(), "application/json".into())]);
+    s.handle_upstream_head(
+        5,
+        400,
+        &[("content-type".into(), "application/json".into())],
+    );
     let body = include_bytes!("vectors/llamacpp_error_400.json");
     s.handle_upstream_chunk(6, Bytes::from_static(&body[..20]));
     s.handle_upstream_chunk(6, Bytes::from_static(&body[20..]));
@@ -188,13 +214,20 @@ fn upstream_error_status_keeps_its_message() {
     w.pump(&mut s, 7);
     assert_eq!(w.status(), 400);
     let j = w.json();
-    assert_eq!(j["error"]["message"], "logprobs is not supported with tools + stream");
+    assert_eq!(
+        j["error"]["message"],
+        "logprobs is not supported with tools + stream"
+    );
     assert_eq!(j["error"]["type"], "invalid_request_error");
 }
 
 #[test]
 fn first_byte_timeout_is_504() {
-    let cfg = Config { first_byte_timeout_ms: 1_000, keepalive_interval_ms: 60_000, ..config() };
+    let cfg = Config {
+        first_byte_timeout_ms: 1_000,
+        keepalive_interval_ms: 60_000,
+        ..config()
+    };
     let (mut s, mut w) = start(cfg, "/v1/chat/completions", CHAT_STREAM);
     assert_eq!(s.poll_timeout(), Some(1_000));
     s.handle_timeout(999);
@@ -209,7 +242,11 @@ fn first_byte_timeout_is_504() {
 
 #[test]
 fn keepalives_while_waiting_for_the_first_token() {
-    let cfg = Config { keepalive_interval_ms: 15_000, first_byte_timeout_ms: 120_000, ..config() };
+    let cfg = Config {
+        keepalive_interval_ms: 15_000,
+        first_byte_timeout_ms: 120_000,
+        ..config()
+    };
     let (mut s, mut w) = start(cfg, "/v1/chat/completions", CHAT_STREAM);
     // No upstream head yet: at 15 s the stream is committed with a comment.
     assert_eq!(s.poll_timeout(), Some(15_000));
@@ -234,11 +271,17 @@ fn keepalives_while_waiting_for_the_first_token() {
 
 #[test]
 fn upstream_error_after_keepalive_commit_is_an_error_event() {
-    let cfg = Config { keepalive_interval_ms: 10, ..config() };
+    let cfg = Config {
+        keepalive_interval_ms: 10,
+        ..config()
+    };
     let (mut s, mut w) = start(cfg, "/v1/chat/completions", CHAT_STREAM);
     s.handle_timeout(10);
     s.handle_upstream_head(11, 503, &[]);
-    s.handle_upstream_chunk(12, Bytes::from_static(b"{\"error\":{\"message\":\"loading model\"}}"));
+    s.handle_upstream_chunk(
+        12,
+        Bytes::from_static(b"{\"error\":{\"message\":\"loading model\"}}"),
+    );
     s.handle_upstream_end(13);
     w.pump(&mut s, 13);
     assert_eq!(w.status(), 200);
@@ -248,7 +291,11 @@ fn upstream_error_after_keepalive_commit_is_an_error_event() {
 
 #[test]
 fn idle_timeout_mid_stream() {
-    let cfg = Config { idle_timeout_ms: 500, keepalive_interval_ms: 60_000, ..config() };
+    let cfg = Config {
+        idle_timeout_ms: 500,
+        keepalive_interval_ms: 60_000,
+        ..config()
+    };
     let (mut s, mut w) = start(cfg, "/v1/chat/completions", CHAT_STREAM);
     s.handle_upstream_head(10, 200, &sse_head());
     s.handle_upstream_chunk(20, Bytes::from(CONTENT));
@@ -277,29 +324,91 @@ fn client_disconnect_cancels_upstream_and_sends_nothing_more() {
 #[test]
 fn non_streaming_passes_json_through() {
     let (mut s, mut w) = start(config(), "/v1/chat/completions", CHAT_JSON);
-    assert_eq!(w.upstream[0].headers.iter().find(|(k, _)| k == "accept").unwrap().1, "application/json");
+    assert_eq!(
+        w.upstream[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == "accept")
+            .unwrap()
+            .1,
+        "application/json"
+    );
     let sent: Value = serde_json::from_slice(&w.upstream[0].body).unwrap();
     assert!(sent.get("stream_options").is_none());
-    s.handle_upstream_head(1, 200, &[("content-type".into(), "application/json; charset=utf-8".into())]);
+    s.handle_upstream_head(
+        1,
+        200,
+        &[(
+            "content-type".into(),
+            "application/json; charset=utf-8".into(),
+        )],
+    );
     s.handle_upstream_chunk(2, Bytes::from_static(b"{\"choices\":[]"));
     s.handle_upstream_chunk(3, Bytes::from_static(b",\"usage\":{}}"));
     s.handle_upstream_end(4);
     w.pump(&mut s, 4);
     assert_eq!(w.status(), 200);
-    assert_eq!(w.header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        w.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
     assert_eq!(w.text(), "{\"choices\":[],\"usage\":{}}");
     assert!(w.ended);
 }
 
 #[test]
 fn bad_requests_get_4xx_json_and_no_upstream_call() {
-    let cases: &[(&str, &str, Option<&str>, usize, u16, &str)] = &[
-        ("/v1/chat/completions", "{oops", Some("application/json"), 0, 400, "invalid_request"),
-        ("/v1/chat/completions", r#"{"model":"m"}"#, Some("application/json"), 0, 400, "invalid_request"),
-        ("/v1/chat/completions", CHAT_JSON, Some("text/plain"), 0, 415, "unsupported_media_type"),
-        ("/v1/chat/completions", CHAT_JSON, None, 0, 415, "unsupported_media_type"),
-        ("/v1/chat/completions", CHAT_JSON, Some("application/json"), 2 * 1024 * 1024, 413, "payload_too_large"),
-        ("/v1/nope", CHAT_JSON, Some("application/json"), 0, 404, "not_found"),
+    /// path, body, content type, padding bytes, status, error code
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, usize, u16, &'a str);
+    let cases: &[Case] = &[
+        (
+            "/v1/chat/completions",
+            "{oops",
+            Some("application/json"),
+            0,
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"m"}"#,
+            Some("application/json"),
+            0,
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            CHAT_JSON,
+            Some("text/plain"),
+            0,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/v1/chat/completions",
+            CHAT_JSON,
+            None,
+            0,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/v1/chat/completions",
+            CHAT_JSON,
+            Some("application/json"),
+            2 * 1024 * 1024,
+            413,
+            "payload_too_large",
+        ),
+        (
+            "/v1/nope",
+            CHAT_JSON,
+            Some("application/json"),
+            0,
+            404,
+            "not_found",
+        ),
     ];
     for &(path, body, ct, pad, status, code) in cases {
         let mut s = Session::new(config());
@@ -318,14 +427,21 @@ fn bad_requests_get_4xx_json_and_no_upstream_call() {
     }
     let mut s = Session::new(config());
     let mut w = World::default();
-    s.handle_request(0, RequestHead::new("GET", "/v1/chat/completions", vec![]), Bytes::new());
+    s.handle_request(
+        0,
+        RequestHead::new("GET", "/v1/chat/completions", vec![]),
+        Bytes::new(),
+    );
     w.pump(&mut s, 0);
     assert_eq!(w.status(), 405);
 }
 
 #[test]
 fn api_keys_are_enforced_except_for_health_and_preflight() {
-    let cfg = Config { api_keys: vec!["secret-1".into()], ..config() };
+    let cfg = Config {
+        api_keys: vec!["secret-1".into()],
+        ..config()
+    };
     let (_, w) = start(cfg.clone(), "/v1/chat/completions", CHAT_STREAM); // sends "client-key"
     assert_eq!(w.status(), 401);
     assert_eq!(w.json()["error"]["code"], "invalid_api_key");
@@ -335,7 +451,10 @@ fn api_keys_are_enforced_except_for_health_and_preflight() {
     let head = RequestHead::new(
         "POST",
         "/v1/chat/completions",
-        vec![("content-type".into(), "application/json".into()), ("authorization".into(), "Bearer secret-1".into())],
+        vec![
+            ("content-type".into(), "application/json".into()),
+            ("authorization".into(), "Bearer secret-1".into()),
+        ],
     );
     s.handle_request(0, head, Bytes::from(CHAT_STREAM));
     w.pump(&mut s, 0);
@@ -349,44 +468,75 @@ fn api_keys_are_enforced_except_for_health_and_preflight() {
 
     let mut s = Session::new(cfg);
     let mut w = World::default();
-    s.handle_request(0, RequestHead::new("OPTIONS", "/v1/chat/completions", vec![]), Bytes::new());
+    s.handle_request(
+        0,
+        RequestHead::new("OPTIONS", "/v1/chat/completions", vec![]),
+        Bytes::new(),
+    );
     w.pump(&mut s, 0);
     assert_eq!(w.status(), 204);
 }
 
 #[test]
 fn upstream_key_replaces_client_key() {
-    let cfg = Config { upstream_api_key: Some("up-key".into()), ..config() };
+    let cfg = Config {
+        upstream_api_key: Some("up-key".into()),
+        ..config()
+    };
     let (_, w) = start(cfg, "/v1/chat/completions", CHAT_STREAM);
-    let auth: Vec<_> = w.upstream[0].headers.iter().filter(|(k, _)| k == "authorization").collect();
-    assert_eq!(auth, [&("authorization".to_string(), "Bearer up-key".to_string())]);
+    let auth: Vec<_> = w.upstream[0]
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "authorization")
+        .collect();
+    assert_eq!(
+        auth,
+        [&("authorization".to_string(), "Bearer up-key".to_string())]
+    );
 }
 
 #[test]
 fn cors_headers_on_allowed_origins() {
     use tokenedge::core::config::CorsOrigins;
-    let cfg = Config { cors_origins: CorsOrigins::List(vec!["https://app.example".into()]), ..config() };
+    let cfg = Config {
+        cors_origins: CorsOrigins::List(vec!["https://app.example".into()]),
+        ..config()
+    };
     let mut s = Session::new(cfg);
     let mut w = World::default();
     let head = RequestHead::new(
         "POST",
         "/v1/chat/completions",
-        vec![("content-type".into(), "application/json".into()), ("origin".into(), "https://app.example".into())],
+        vec![
+            ("content-type".into(), "application/json".into()),
+            ("origin".into(), "https://app.example".into()),
+        ],
     );
     s.handle_request(0, head, Bytes::from(CHAT_STREAM));
     s.handle_upstream_head(1, 200, &sse_head());
     w.pump(&mut s, 1);
-    assert_eq!(w.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(
+        w.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
 }
 
 #[test]
 fn models_and_health() {
     let mut s = Session::new(config());
     let mut w = World::default();
-    s.handle_request(0, RequestHead::new("GET", "/v1/models?x=1", vec![]), Bytes::new());
+    s.handle_request(
+        0,
+        RequestHead::new("GET", "/v1/models?x=1", vec![]),
+        Bytes::new(),
+    );
     w.pump(&mut s, 0);
     assert_eq!(w.upstream[0].url, "http://upstream:8081/v1/models");
-    s.handle_upstream_head(1, 200, &[("content-type".into(), "application/json".into())]);
+    s.handle_upstream_head(
+        1,
+        200,
+        &[("content-type".into(), "application/json".into())],
+    );
     s.handle_upstream_chunk(2, Bytes::from_static(b"{\"data\":[]}"));
     s.handle_upstream_end(3);
     w.pump(&mut s, 3);

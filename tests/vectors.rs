@@ -17,10 +17,21 @@ const REQUEST: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}
 /// Drives a session with the upstream body cut into `chunks`; returns the
 /// client's body and whether the response ended.
 fn drive(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
-    let mut s = Session::new(Config { upstream_url: "http://up".into(), ..Config::default() });
-    let head = RequestHead::new("POST", "/v1/chat/completions", vec![("content-type".into(), "application/json".into())]);
+    let mut s = Session::new(Config {
+        upstream_url: "http://up".into(),
+        ..Config::default()
+    });
+    let head = RequestHead::new(
+        "POST",
+        "/v1/chat/completions",
+        vec![("content-type".into(), "application/json".into())],
+    );
     s.handle_request(0, head, Bytes::from_static(REQUEST.as_bytes()));
-    s.handle_upstream_head(1, 200, &[("content-type".into(), "text/event-stream".into())]);
+    s.handle_upstream_head(
+        1,
+        200,
+        &[("content-type".into(), "text/event-stream".into())],
+    );
     for (i, c) in chunks.iter().enumerate() {
         s.handle_upstream_chunk(2 + i as u64, Bytes::copy_from_slice(c));
     }
@@ -50,7 +61,11 @@ fn check_vector(name: &str, input: &[u8]) {
     let want = expected(name, input);
     let (whole, ended) = drive(&[input]);
     assert!(ended, "{name}: response did not end");
-    assert_eq!(String::from_utf8_lossy(&whole), String::from_utf8_lossy(&want), "{name}: whole");
+    assert_eq!(
+        String::from_utf8_lossy(&whole),
+        String::from_utf8_lossy(&want),
+        "{name}: whole"
+    );
     for cut in 0..=input.len() {
         let (got, _) = drive(&[&input[..cut], &input[cut..]]);
         assert!(got == want, "{name}: differs when split at byte {cut}");
@@ -97,7 +112,13 @@ macro_rules! vectors {
     };
 }
 
-vectors!(llamacpp_chat, llamacpp_completions_logprobs, vllm_chat, openai_tool_calls, grammar_edge_cases);
+vectors!(
+    llamacpp_chat,
+    llamacpp_completions_logprobs,
+    vllm_chat,
+    openai_tool_calls,
+    grammar_edge_cases
+);
 
 /// Every field of every upstream event reaches the client unchanged.
 #[test]
@@ -110,7 +131,10 @@ fn upstream_fields_survive_byte_for_byte() {
         let (out, _) = drive(&[input]);
         // These upstreams already use LF line ends and no comments, so the
         // output must equal the input exactly.
-        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(input));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(input)
+        );
     }
 }
 
@@ -133,7 +157,10 @@ fn cut_streams_never_end_silently() {
         if cut > finish_at {
             assert!(out.ends_with("data: [DONE]\n\n"), "cut at {cut}");
         } else {
-            assert!(out.contains("upstream_stream_broken"), "cut at {cut}: {out}");
+            assert!(
+                out.contains("upstream_stream_broken"),
+                "cut at {cut}: {out}"
+            );
             assert!(!out.contains("data: [DONE]"));
         }
     }

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use futures_util::future::{select, Either};
 use futures_util::{stream, StreamExt};
 use worker::{
-    event, js_sys, AbortController, ByteStream, Context, Date, Env, Fetch, Headers, Method, Request, RequestInit,
-    Response, Result,
+    event, js_sys, AbortController, ByteStream, Context, Date, Env, Fetch, Headers, Method,
+    Request, RequestInit, Response, Result,
 };
 
 use crate::core::config::{vars, Config};
@@ -99,7 +99,10 @@ impl Pump {
                 };
                 let timer = async {
                     match deadline {
-                        Some(at) => worker::Delay::from(Duration::from_millis(at.saturating_sub(now()))).await,
+                        Some(at) => {
+                            worker::Delay::from(Duration::from_millis(at.saturating_sub(now())))
+                                .await
+                        }
                         None => pending().await,
                     }
                     Wake::Timer
@@ -114,7 +117,8 @@ impl Pump {
                 Wake::Head(Ok(mut response)) => {
                     self.head = None;
                     let headers: Vec<(String, String)> = response.headers().entries().collect();
-                    self.session.handle_upstream_head(t, response.status_code(), &headers);
+                    self.session
+                        .handle_upstream_head(t, response.status_code(), &headers);
                     match response.stream() {
                         Ok(body) => self.body = Some(body),
                         Err(_) => self.session.handle_upstream_end(t),
@@ -139,7 +143,8 @@ impl Pump {
 
     fn send(&mut self, req: UpstreamRequest) {
         let mut init = RequestInit::new();
-        init.with_method(Method::from(req.method.to_string())).with_headers(headers_of(&req.headers));
+        init.with_method(Method::from(req.method.to_string()))
+            .with_headers(headers_of(&req.headers));
         if !req.body.is_empty() {
             init.with_body(Some(js_sys::Uint8Array::from(&req.body[..]).into()));
         }
@@ -150,7 +155,9 @@ impl Pump {
         let controller = AbortController::default();
         let signal = controller.signal();
         self.abort = Some(controller);
-        self.head = Some(Box::pin(async move { Fetch::Request(request).send_with_signal(&signal).await }));
+        self.head = Some(Box::pin(async move {
+            Fetch::Request(request).send_with_signal(&signal).await
+        }));
     }
 
     fn cancel(&mut self) {
@@ -184,13 +191,24 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response
         "GET" | "HEAD" | "OPTIONS" => Vec::new(),
         _ => req.bytes().await.unwrap_or_default(),
     };
-    let mut pump = Pump { session: Session::new(config(&env)), abort: None, head: None, body: None };
+    let mut pump = Pump {
+        session: Session::new(config(&env)),
+        abort: None,
+        head: None,
+        body: None,
+    };
     pump.session.handle_request(now(), head, body.into());
 
     match pump.next().await {
         Out::Full(head, body) => {
-            let response = if body.is_empty() { Response::empty()? } else { Response::from_bytes(body.to_vec())? };
-            Ok(response.with_status(head.status).with_headers(headers_of(&head.headers)))
+            let response = if body.is_empty() {
+                Response::empty()?
+            } else {
+                Response::from_bytes(body.to_vec())?
+            };
+            Ok(response
+                .with_status(head.status)
+                .with_headers(headers_of(&head.headers)))
         }
         Out::Head(head) => {
             let chunks = stream::unfold(pump, |mut pump| async move {
@@ -199,7 +217,9 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response
                     Out::Full(..) | Out::Head(_) | Out::End => None,
                 }
             });
-            Ok(Response::from_stream(chunks)?.with_status(head.status).with_headers(headers_of(&head.headers)))
+            Ok(Response::from_stream(chunks)?
+                .with_status(head.status)
+                .with_headers(headers_of(&head.headers)))
         }
         Out::Chunk(_) | Out::End => Response::error("internal error: no response", 500),
     }

@@ -30,7 +30,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn bearer(req: &RequestHead) -> Option<&str> {
     let value = req.header("authorization")?.trim();
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether the request may proceed: always when no keys are configured,
@@ -41,7 +44,9 @@ pub fn authorized(config: &Config, req: &RequestHead) -> bool {
         return true;
     }
     let token = bearer(req).unwrap_or("").as_bytes();
-    config.api_keys.iter().fold(false, |ok, key| constant_time_eq(key.as_bytes(), token) | ok)
+    config.api_keys.iter().fold(false, |ok, key| {
+        constant_time_eq(key.as_bytes(), token) | ok
+    })
 }
 
 /// CORS headers for an ordinary response to `req`.
@@ -49,7 +54,10 @@ pub fn cors_headers(origins: &CorsOrigins, req: &RequestHead) -> Headers {
     let mut h = Headers::new();
     if let Some(allow) = origins.allow(req.header("origin")) {
         h.push(("access-control-allow-origin".into(), allow));
-        h.push(("access-control-expose-headers".into(), EXPOSE_HEADERS.into()));
+        h.push((
+            "access-control-expose-headers".into(),
+            EXPOSE_HEADERS.into(),
+        ));
     }
     if matches!(origins, CorsOrigins::List(_)) {
         h.push(("vary".into(), "Origin".into()));
@@ -61,10 +69,18 @@ pub fn cors_headers(origins: &CorsOrigins, req: &RequestHead) -> Headers {
 pub fn preflight_headers(origins: &CorsOrigins, req: &RequestHead) -> Headers {
     let mut h = cors_headers(origins, req);
     if origins.allow(req.header("origin")).is_some() {
-        let asked = req.header("access-control-request-headers").unwrap_or(DEFAULT_ALLOW_HEADERS);
-        h.push(("access-control-allow-methods".into(), "GET, POST, OPTIONS".into()));
+        let asked = req
+            .header("access-control-request-headers")
+            .unwrap_or(DEFAULT_ALLOW_HEADERS);
+        h.push((
+            "access-control-allow-methods".into(),
+            "GET, POST, OPTIONS".into(),
+        ));
         h.push(("access-control-allow-headers".into(), asked.into()));
-        h.push(("access-control-max-age".into(), PREFLIGHT_MAX_AGE_SECS.into()));
+        h.push((
+            "access-control-max-age".into(),
+            PREFLIGHT_MAX_AGE_SECS.into(),
+        ));
     }
     h
 }
@@ -74,7 +90,14 @@ mod tests {
     use super::*;
 
     fn req(headers: &[(&str, &str)]) -> RequestHead {
-        RequestHead::new("POST", "/v1/chat/completions", headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        RequestHead::new(
+            "POST",
+            "/v1/chat/completions",
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -92,7 +115,10 @@ mod tests {
     fn keys() {
         let open = Config::default();
         assert!(authorized(&open, &req(&[])));
-        let cfg = Config { api_keys: vec!["k1".into(), "k2".into()], ..Config::default() };
+        let cfg = Config {
+            api_keys: vec!["k1".into(), "k2".into()],
+            ..Config::default()
+        };
         assert!(authorized(&cfg, &req(&[("Authorization", "Bearer k2")])));
         assert!(authorized(&cfg, &req(&[("authorization", "bearer  k1 ")])));
         assert!(!authorized(&cfg, &req(&[("authorization", "Bearer k3")])));
@@ -103,11 +129,24 @@ mod tests {
     #[test]
     fn cors() {
         let list = CorsOrigins::List(vec!["https://app.example".into()]);
-        let h = preflight_headers(&list, &req(&[("origin", "https://app.example"), ("access-control-request-headers", "content-type")]));
-        assert!(h.contains(&("access-control-allow-origin".into(), "https://app.example".into())));
+        let h = preflight_headers(
+            &list,
+            &req(&[
+                ("origin", "https://app.example"),
+                ("access-control-request-headers", "content-type"),
+            ]),
+        );
+        assert!(h.contains(&(
+            "access-control-allow-origin".into(),
+            "https://app.example".into()
+        )));
         assert!(h.contains(&("access-control-allow-headers".into(), "content-type".into())));
         let h = preflight_headers(&list, &req(&[("origin", "https://evil.example")]));
         assert!(!h.iter().any(|(k, _)| k == "access-control-allow-origin"));
-        assert!(cors_headers(&CorsOrigins::None, &req(&[("origin", "https://app.example")])).is_empty());
+        assert!(cors_headers(
+            &CorsOrigins::None,
+            &req(&[("origin", "https://app.example")])
+        )
+        .is_empty());
     }
 }

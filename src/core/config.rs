@@ -57,9 +57,10 @@ impl CorsOrigins {
         match (self, origin) {
             (CorsOrigins::None, _) | (_, None) => None,
             (CorsOrigins::Any, Some(_)) => Some("*".into()),
-            (CorsOrigins::List(list), Some(o)) => {
-                list.iter().find(|a| a.eq_ignore_ascii_case(o)).map(|_| o.to_owned())
-            }
+            (CorsOrigins::List(list), Some(o)) => list
+                .iter()
+                .find(|a| a.eq_ignore_ascii_case(o))
+                .map(|_| o.to_owned()),
         }
     }
 }
@@ -101,16 +102,29 @@ impl Config {
     /// Unset or empty variables take their defaults; unparsable numbers do
     /// too, so a typo never takes the function down.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let number = |name: &str, default: u64| get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let number =
+            |name: &str, default: u64| get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
         let list = |name: &str| -> Vec<String> {
             get(name)
-                .map(|v| v.split([',', ' ', '\n']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+                .map(|v| {
+                    v.split([',', ' ', '\n'])
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let origins = list(vars::CORS_ORIGINS);
         Self {
-            upstream_url: get(vars::UPSTREAM_URL).map(|u| u.trim_end_matches('/').to_owned()).unwrap_or_default(),
+            upstream_url: get(vars::UPSTREAM_URL)
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .unwrap_or_default(),
             upstream_api_key: get(vars::UPSTREAM_API_KEY),
             api_keys: list(vars::API_KEYS),
             cors_origins: if origins.is_empty() {
@@ -118,12 +132,24 @@ impl Config {
             } else if origins.iter().any(|o| o == "*") {
                 CorsOrigins::Any
             } else {
-                CorsOrigins::List(origins.into_iter().map(|o| o.trim_end_matches('/').to_owned()).collect())
+                CorsOrigins::List(
+                    origins
+                        .into_iter()
+                        .map(|o| o.trim_end_matches('/').to_owned())
+                        .collect(),
+                )
             },
             max_body_bytes: number(vars::MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES as u64) as usize,
-            first_byte_timeout_ms: number(vars::FIRST_BYTE_TIMEOUT_MS, DEFAULT_FIRST_BYTE_TIMEOUT_MS),
+            first_byte_timeout_ms: number(
+                vars::FIRST_BYTE_TIMEOUT_MS,
+                DEFAULT_FIRST_BYTE_TIMEOUT_MS,
+            ),
             idle_timeout_ms: number(vars::IDLE_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS),
-            keepalive_interval_ms: number(vars::KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_INTERVAL_MS).max(1),
+            keepalive_interval_ms: number(
+                vars::KEEPALIVE_INTERVAL_MS,
+                DEFAULT_KEEPALIVE_INTERVAL_MS,
+            )
+            .max(1),
         }
     }
 }
@@ -134,7 +160,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Config {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -161,8 +190,17 @@ mod tests {
         assert_eq!(c.api_keys, ["k1", "k2", "k3"]);
         assert_eq!(c.max_body_bytes, 2048);
         assert_eq!(c.first_byte_timeout_ms, DEFAULT_FIRST_BYTE_TIMEOUT_MS);
-        assert_eq!(c.cors_origins.allow(Some("https://b.example")).as_deref(), Some("https://b.example"));
+        assert_eq!(
+            c.cors_origins.allow(Some("https://b.example")).as_deref(),
+            Some("https://b.example")
+        );
         assert_eq!(c.cors_origins.allow(Some("https://evil.example")), None);
-        assert_eq!(cfg(&[("CORS_ORIGINS", "*")]).cors_origins.allow(Some("x")).as_deref(), Some("*"));
+        assert_eq!(
+            cfg(&[("CORS_ORIGINS", "*")])
+                .cors_origins
+                .allow(Some("x"))
+                .as_deref(),
+            Some("*")
+        );
     }
 }

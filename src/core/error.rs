@@ -24,7 +24,10 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorKind {
     /// 400: the body is not JSON, or a field is missing or ill-typed.
-    InvalidRequest { message: String, param: Option<String> },
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
     /// 401: `API_KEYS` is set and the request carries none of them.
     InvalidApiKey,
     /// 404: no such route.
@@ -37,7 +40,11 @@ pub enum ErrorKind {
     UnsupportedMediaType { content_type: Option<String> },
     /// The upstream answered a non-2xx status before streaming; `message`
     /// is the upstream's own when it sent an OpenAI-style or plain message.
-    UpstreamStatus { status: u16, message: String, error_type: Option<String> },
+    UpstreamStatus {
+        status: u16,
+        message: String,
+        error_type: Option<String>,
+    },
     /// 502: the upstream could not be reached.
     UpstreamUnreachable { detail: String },
     /// 504: no first byte from the upstream within the configured time.
@@ -61,7 +68,10 @@ impl Error {
     }
 
     pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
-        Self::new(ErrorKind::InvalidRequest { message: message.into(), param: param.map(str::to_owned) })
+        Self::new(ErrorKind::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+        })
     }
 
     pub fn source(&self) -> Source {
@@ -113,16 +123,22 @@ impl Error {
         use ErrorKind::*;
         match &self.kind {
             InvalidRequest { message, .. } => message.clone(),
-            InvalidApiKey => "Invalid or missing API key. Send it as `Authorization: Bearer <key>`.".into(),
+            InvalidApiKey => {
+                "Invalid or missing API key. Send it as `Authorization: Bearer <key>`.".into()
+            }
             NotFound { path } => format!("Unknown route: {path}"),
-            MethodNotAllowed { method, path } => format!("Method {method} is not allowed on {path}"),
+            MethodNotAllowed { method, path } => {
+                format!("Method {method} is not allowed on {path}")
+            }
             PayloadTooLarge { limit } => format!("Request body exceeds the limit of {limit} bytes"),
             UnsupportedMediaType { content_type } => format!(
                 "Content-Type must be application/json (got {})",
                 content_type.as_deref().unwrap_or("none")
             ),
             UpstreamStatus { message, .. } => message.clone(),
-            UpstreamUnreachable { detail } => format!("Upstream model server unreachable: {detail}"),
+            UpstreamUnreachable { detail } => {
+                format!("Upstream model server unreachable: {detail}")
+            }
             UpstreamTimeout { after_ms } => {
                 format!("Upstream model server sent nothing within {after_ms} ms")
             }
@@ -140,10 +156,14 @@ impl Error {
             | PayloadTooLarge { .. }
             | UnsupportedMediaType { .. } => "invalid_request_error".into(),
             InvalidApiKey => "authentication_error".into(),
-            UpstreamStatus { error_type: Some(t), .. } => t.clone(),
-            UpstreamStatus { .. } | UpstreamUnreachable { .. } | UpstreamTimeout { .. } | UpstreamStreamBroken { .. } => {
-                "upstream_error".into()
-            }
+            UpstreamStatus {
+                error_type: Some(t),
+                ..
+            } => t.clone(),
+            UpstreamStatus { .. }
+            | UpstreamUnreachable { .. }
+            | UpstreamTimeout { .. }
+            | UpstreamStreamBroken { .. } => "upstream_error".into(),
             Misconfigured { .. } => "server_error".into(),
         }
     }
@@ -186,7 +206,13 @@ impl Error {
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?} error ({}): {}", self.source(), self.status(), self.message())
+        write!(
+            f,
+            "{:?} error ({}): {}",
+            self.source(),
+            self.status(),
+            self.message()
+        )
     }
 }
 
@@ -199,13 +225,25 @@ mod tests {
     #[test]
     fn statuses_and_sources() {
         let e = Error::invalid("bad", Some("messages"));
-        assert_eq!((e.status(), e.source(), e.retryable()), (400, Source::Downstream, false));
+        assert_eq!(
+            (e.status(), e.source(), e.retryable()),
+            (400, Source::Downstream, false)
+        );
         assert_eq!(e.to_json()["error"]["param"], "messages");
-        let e = Error::new(ErrorKind::UpstreamUnreachable { detail: "refused".into() });
-        assert_eq!((e.status(), e.source(), e.retryable()), (502, Source::Upstream, true));
+        let e = Error::new(ErrorKind::UpstreamUnreachable {
+            detail: "refused".into(),
+        });
+        assert_eq!(
+            (e.status(), e.source(), e.retryable()),
+            (502, Source::Upstream, true)
+        );
         let e = Error::new(ErrorKind::UpstreamTimeout { after_ms: 5 });
         assert_eq!(e.status(), 504);
-        let e = Error::new(ErrorKind::UpstreamStatus { status: 400, message: "m".into(), error_type: None });
+        let e = Error::new(ErrorKind::UpstreamStatus {
+            status: 400,
+            message: "m".into(),
+            error_type: None,
+        });
         assert!(!e.retryable());
         assert_eq!(e.to_json()["error"]["message"], "m");
     }

@@ -10,7 +10,10 @@ pub type Headers = Vec<(String, String)>;
 
 /// First value of header `name` (lower-case) in `headers`.
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// A downstream request as the platform received it.
@@ -28,8 +31,15 @@ impl RequestHead {
         let path = path_and_query.split(['?', '#']).next().unwrap_or("/");
         Self {
             method: method.to_ascii_uppercase(),
-            path: if path.is_empty() { "/".into() } else { path.into() },
-            headers: headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+            path: if path.is_empty() {
+                "/".into()
+            } else {
+                path.into()
+            },
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
         }
     }
 

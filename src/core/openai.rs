@@ -51,7 +51,9 @@ impl CompletionRequest {
     pub fn upstream_body(&self) -> Vec<u8> {
         let mut body = self.body.clone();
         if self.stream {
-            let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+            let options = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
             if !options.is_object() {
                 *options = Value::Object(Map::new());
             }
@@ -74,10 +76,18 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn expect(body: &Map<String, Value>, field: &str, ok: impl Fn(&Value) -> bool, want: &str) -> Result<(), Error> {
+fn expect(
+    body: &Map<String, Value>,
+    field: &str,
+    ok: impl Fn(&Value) -> bool,
+    want: &str,
+) -> Result<(), Error> {
     match body.get(field) {
         Some(v) if !ok(v) => Err(Error::invalid(
-            format!("Invalid type for '{field}': expected {want}, got {}", type_name(v)),
+            format!(
+                "Invalid type for '{field}': expected {want}, got {}",
+                type_name(v)
+            ),
             Some(field),
         )),
         _ => Ok(()),
@@ -98,16 +108,27 @@ pub fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<CompletionReque
     })?;
     let Value::Object(body) = value else {
         return Err(Error::invalid(
-            format!("The request body must be a JSON object, got {}", type_name(&value)),
+            format!(
+                "The request body must be a JSON object, got {}",
+                type_name(&value)
+            ),
             None,
         ));
     };
 
     match body.get("model") {
-        None => return Err(Error::invalid("Missing required parameter: 'model'.", Some("model"))),
+        None => {
+            return Err(Error::invalid(
+                "Missing required parameter: 'model'.",
+                Some("model"),
+            ))
+        }
         Some(m) if !m.is_string() => {
             return Err(Error::invalid(
-                format!("Invalid type for 'model': expected string, got {}", type_name(m)),
+                format!(
+                    "Invalid type for 'model': expected string, got {}",
+                    type_name(m)
+                ),
                 Some("model"),
             ))
         }
@@ -116,23 +137,46 @@ pub fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<CompletionReque
     match endpoint {
         Endpoint::Chat => validate_messages(&body)?,
         Endpoint::Completions => match body.get("prompt") {
-            None => return Err(Error::invalid("Missing required parameter: 'prompt'.", Some("prompt"))),
+            None => {
+                return Err(Error::invalid(
+                    "Missing required parameter: 'prompt'.",
+                    Some("prompt"),
+                ))
+            }
             Some(Value::String(_)) | Some(Value::Array(_)) => {}
             Some(p) => {
                 return Err(Error::invalid(
-                    format!("Invalid type for 'prompt': expected string or array, got {}", type_name(p)),
+                    format!(
+                        "Invalid type for 'prompt': expected string or array, got {}",
+                        type_name(p)
+                    ),
                     Some("prompt"),
                 ))
             }
         },
     }
     expect(&body, "stream", optional(Value::is_boolean), "boolean")?;
-    expect(&body, "stream_options", optional(Value::is_object), "object")?;
-    for field in ["temperature", "top_p", "presence_penalty", "frequency_penalty"] {
+    expect(
+        &body,
+        "stream_options",
+        optional(Value::is_object),
+        "object",
+    )?;
+    for field in [
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+    ] {
         expect(&body, field, optional(Value::is_number), "number")?;
     }
     for field in ["max_tokens", "max_completion_tokens", "n", "seed"] {
-        expect(&body, field, optional(|v| v.is_i64() || v.is_u64()), "integer")?;
+        expect(
+            &body,
+            field,
+            optional(|v| v.is_i64() || v.is_u64()),
+            "integer",
+        )?;
     }
     if let Some(n) = body.get("n").and_then(Value::as_i64) {
         if n < 1 {
@@ -140,16 +184,28 @@ pub fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<CompletionReque
         }
     }
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    Ok(CompletionRequest { endpoint, stream, body })
+    Ok(CompletionRequest {
+        endpoint,
+        stream,
+        body,
+    })
 }
 
 fn validate_messages(body: &Map<String, Value>) -> Result<(), Error> {
     let messages = match body.get("messages") {
-        None => return Err(Error::invalid("Missing required parameter: 'messages'.", Some("messages"))),
+        None => {
+            return Err(Error::invalid(
+                "Missing required parameter: 'messages'.",
+                Some("messages"),
+            ))
+        }
         Some(Value::Array(m)) => m,
         Some(other) => {
             return Err(Error::invalid(
-                format!("Invalid type for 'messages': expected array, got {}", type_name(other)),
+                format!(
+                    "Invalid type for 'messages': expected array, got {}",
+                    type_name(other)
+                ),
                 Some("messages"),
             ))
         }
@@ -164,7 +220,10 @@ fn validate_messages(body: &Map<String, Value>) -> Result<(), Error> {
         let param = format!("messages[{i}]");
         let Some(obj) = m.as_object() else {
             return Err(Error::invalid(
-                format!("Invalid type for '{param}': expected object, got {}", type_name(m)),
+                format!(
+                    "Invalid type for '{param}': expected object, got {}",
+                    type_name(m)
+                ),
                 Some(&param),
             ));
         };
@@ -178,7 +237,10 @@ fn validate_messages(body: &Map<String, Value>) -> Result<(), Error> {
             }
             Some(r) => {
                 return Err(Error::invalid(
-                    format!("Invalid type for '{param}.role': expected string, got {}", type_name(r)),
+                    format!(
+                        "Invalid type for '{param}.role': expected string, got {}",
+                        type_name(r)
+                    ),
                     Some(&format!("{param}.role")),
                 ))
             }
@@ -212,17 +274,29 @@ pub fn inspect_chunk(data: &str) -> ChunkFacts {
         is_error: obj.contains_key("error"),
         ..ChunkFacts::default()
     };
-    for choice in obj.get("choices").and_then(Value::as_array).into_iter().flatten() {
-        if choice.get("finish_reason").and_then(Value::as_str).is_some_and(|r| !r.is_empty()) {
+    for choice in obj
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .is_some_and(|r| !r.is_empty())
+        {
             facts.finished = true;
         }
-        let non_empty = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+        let non_empty =
+            |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
         let delta = choice.get("delta");
         if non_empty(choice.get("text"))
             || non_empty(delta.and_then(|d| d.get("content")))
             || non_empty(delta.and_then(|d| d.get("refusal")))
             || non_empty(delta.and_then(|d| d.get("reasoning_content")))
-            || delta.and_then(|d| d.get("tool_calls")).is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()))
+            || delta
+                .and_then(|d| d.get("tool_calls"))
+                .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()))
         {
             facts.has_content = true;
         }
@@ -237,7 +311,11 @@ pub fn upstream_error_message(status: u16, body: &[u8]) -> (String, Option<Strin
     let text = String::from_utf8_lossy(body);
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         let err = v.get("error").unwrap_or(&v);
-        let message = err.get("message").and_then(Value::as_str).or_else(|| err.as_str()).or_else(|| v.get("detail").and_then(Value::as_str));
+        let message = err
+            .get("message")
+            .and_then(Value::as_str)
+            .or_else(|| err.as_str())
+            .or_else(|| v.get("detail").and_then(Value::as_str));
         if let Some(m) = message {
             let t = err.get("type").and_then(Value::as_str).map(str::to_owned);
             return (m.to_owned(), t);
@@ -274,23 +352,71 @@ mod tests {
     fn invalid_bodies() {
         assert_eq!(chat("{not json").unwrap_err().status(), 400);
         assert_eq!(chat("[1,2]").unwrap_err().status(), 400);
-        assert_eq!(param(chat(r#"{"model":"m"}"#).unwrap_err()).as_deref(), Some("messages"));
-        assert_eq!(param(chat(r#"{"messages":[{"role":"user"}]}"#).unwrap_err()).as_deref(), Some("model"));
-        assert_eq!(param(chat(r#"{"model":"m","messages":"hi"}"#).unwrap_err()).as_deref(), Some("messages"));
-        assert_eq!(param(chat(r#"{"model":"m","messages":[]}"#).unwrap_err()).as_deref(), Some("messages"));
-        assert_eq!(param(chat(r#"{"model":"m","messages":[{"content":"x"}]}"#).unwrap_err()).as_deref(), Some("messages[0].role"));
-        assert_eq!(param(chat(r#"{"model":"m","messages":[1]}"#).unwrap_err()).as_deref(), Some("messages[0]"));
-        assert_eq!(param(chat(r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#).unwrap_err()).as_deref(), Some("stream"));
-        assert_eq!(param(chat(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":1.5}"#).unwrap_err()).as_deref(), Some("max_tokens"));
-        assert_eq!(param(chat(r#"{"model":"m","messages":[{"role":"user"}],"temperature":"hot"}"#).unwrap_err()).as_deref(), Some("temperature"));
-        assert_eq!(param(chat(r#"{"model":"m","messages":[{"role":"user"}],"n":0}"#).unwrap_err()).as_deref(), Some("n"));
-        assert!(chat(r#"{"model":"m","messages":[{"role":"user"}],"temperature":null,"max_tokens":5}"#).is_ok());
+        assert_eq!(
+            param(chat(r#"{"model":"m"}"#).unwrap_err()).as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            param(chat(r#"{"messages":[{"role":"user"}]}"#).unwrap_err()).as_deref(),
+            Some("model")
+        );
+        assert_eq!(
+            param(chat(r#"{"model":"m","messages":"hi"}"#).unwrap_err()).as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            param(chat(r#"{"model":"m","messages":[]}"#).unwrap_err()).as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            param(chat(r#"{"model":"m","messages":[{"content":"x"}]}"#).unwrap_err()).as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            param(chat(r#"{"model":"m","messages":[1]}"#).unwrap_err()).as_deref(),
+            Some("messages[0]")
+        );
+        assert_eq!(
+            param(
+                chat(r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#).unwrap_err()
+            )
+            .as_deref(),
+            Some("stream")
+        );
+        assert_eq!(
+            param(
+                chat(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":1.5}"#).unwrap_err()
+            )
+            .as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(
+            param(
+                chat(r#"{"model":"m","messages":[{"role":"user"}],"temperature":"hot"}"#)
+                    .unwrap_err()
+            )
+            .as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(
+            param(chat(r#"{"model":"m","messages":[{"role":"user"}],"n":0}"#).unwrap_err())
+                .as_deref(),
+            Some("n")
+        );
+        assert!(chat(
+            r#"{"model":"m","messages":[{"role":"user"}],"temperature":null,"max_tokens":5}"#
+        )
+        .is_ok());
     }
 
     #[test]
     fn completions_need_prompt() {
         assert!(parse_request(Endpoint::Completions, br#"{"model":"m","prompt":"a"}"#).is_ok());
-        assert!(parse_request(Endpoint::Completions, br#"{"model":"m","prompt":["a","b"]}"#).is_ok());
+        assert!(parse_request(
+            Endpoint::Completions,
+            br#"{"model":"m","prompt":["a","b"]}"#
+        )
+        .is_ok());
         let e = parse_request(Endpoint::Completions, br#"{"model":"m"}"#).unwrap_err();
         assert_eq!(param(e).as_deref(), Some("prompt"));
         let e = parse_request(Endpoint::Completions, br#"{"model":"m","prompt":3}"#).unwrap_err();
@@ -299,10 +425,19 @@ mod tests {
 
     #[test]
     fn include_usage_is_injected_on_streams_only() {
-        let r = chat(r#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream_options":{"x":1}}"#).unwrap();
+        let r = chat(
+            r#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream_options":{"x":1}}"#,
+        )
+        .unwrap();
         let v: Value = serde_json::from_slice(&r.upstream_body()).unwrap();
-        assert_eq!(v["stream_options"], serde_json::json!({"x":1,"include_usage":true}));
-        let r = chat(r#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream_options":null}"#).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"x":1,"include_usage":true})
+        );
+        let r = chat(
+            r#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream_options":null}"#,
+        )
+        .unwrap();
         let v: Value = serde_json::from_slice(&r.upstream_body()).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         let r = chat(r#"{"model":"m","messages":[{"role":"user"}]}"#).unwrap();
@@ -312,7 +447,9 @@ mod tests {
 
     #[test]
     fn chunk_facts() {
-        let f = inspect_chunk(r#"{"choices":[{"delta":{"role":"assistant","content":null},"finish_reason":null}]}"#);
+        let f = inspect_chunk(
+            r#"{"choices":[{"delta":{"role":"assistant","content":null},"finish_reason":null}]}"#,
+        );
         assert_eq!(f, ChunkFacts::default());
         let f = inspect_chunk(r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#);
         assert!(f.has_content && !f.finished);
@@ -328,11 +465,20 @@ mod tests {
 
     #[test]
     fn upstream_error_messages() {
-        let (m, t) = upstream_error_message(400, include_bytes!("../../tests/vectors/llamacpp_error_400.json"));
+        let (m, t) = upstream_error_message(
+            400,
+            include_bytes!("../../tests/vectors/llamacpp_error_400.json"),
+        );
         assert_eq!(m, "logprobs is not supported with tools + stream");
         assert_eq!(t.as_deref(), Some("invalid_request_error"));
-        assert_eq!(upstream_error_message(500, br#"{"error":"boom"}"#).0, "boom");
-        assert_eq!(upstream_error_message(503, b"Service Unavailable").0, "Upstream answered 503: Service Unavailable");
+        assert_eq!(
+            upstream_error_message(500, br#"{"error":"boom"}"#).0,
+            "boom"
+        );
+        assert_eq!(
+            upstream_error_message(503, b"Service Unavailable").0,
+            "Upstream answered 503: Service Unavailable"
+        );
         assert_eq!(upstream_error_message(503, b"").0, "Upstream answered 503");
     }
 }

@@ -75,7 +75,10 @@ impl Restream {
             write_event(&mut self.out, event.event.as_deref(), &event.data);
             self.events_forwarded += 1;
         }
-        Ok(Output { bytes: self.out.split().freeze(), content_events })
+        Ok(Output {
+            bytes: self.out.split().freeze(),
+            content_events,
+        })
     }
 
     /// Whether `[DONE]` was seen.
@@ -139,7 +142,10 @@ mod tests {
     fn endings() {
         let fin = b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
         assert_eq!(run(fin).1, Ending::FinishedWithoutDone);
-        assert_eq!(run(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n").1, Ending::Truncated);
+        assert_eq!(
+            run(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n").1,
+            Ending::Truncated
+        );
     }
 
     #[test]

@@ -161,7 +161,8 @@ impl Session {
 
     /// Time from the request to the first generated content, once known.
     pub fn time_to_first_content(&self) -> Option<Millis> {
-        self.first_content_at.map(|t| t.saturating_sub(self.received_at))
+        self.first_content_at
+            .map(|t| t.saturating_sub(self.received_at))
     }
 
     /// A request arrived, with its whole body.
@@ -172,24 +173,48 @@ impl Session {
         self.received_at = now;
         self.cors = access::cors_headers(&self.config.cors_origins, &req);
         if req.method == "OPTIONS" {
-            let head = ResponseHead { status: 204, headers: access::preflight_headers(&self.config.cors_origins, &req) };
+            let head = ResponseHead {
+                status: 204,
+                headers: access::preflight_headers(&self.config.cors_origins, &req),
+            };
             return self.respond(head, Bytes::new());
         }
         let (route, method) = match req.path.as_str() {
             "/healthz" => (Route::Health, "GET"),
             "/v1/models" => (Route::Models, "GET"),
-            "/v1/chat/completions" => (Route::Generate { endpoint: Endpoint::Chat, stream: false }, "POST"),
-            "/v1/completions" => (Route::Generate { endpoint: Endpoint::Completions, stream: false }, "POST"),
-            _ => return self.fail(Error::new(ErrorKind::NotFound { path: req.path.clone() })),
+            "/v1/chat/completions" => (
+                Route::Generate {
+                    endpoint: Endpoint::Chat,
+                    stream: false,
+                },
+                "POST",
+            ),
+            "/v1/completions" => (
+                Route::Generate {
+                    endpoint: Endpoint::Completions,
+                    stream: false,
+                },
+                "POST",
+            ),
+            _ => {
+                return self.fail(Error::new(ErrorKind::NotFound {
+                    path: req.path.clone(),
+                }))
+            }
         };
         if req.method != method && !(method == "GET" && req.method == "HEAD") {
-            return self.fail(Error::new(ErrorKind::MethodNotAllowed { method: req.method.clone(), path: req.path.clone() }));
+            return self.fail(Error::new(ErrorKind::MethodNotAllowed {
+                method: req.method.clone(),
+                path: req.path.clone(),
+            }));
         }
         if route != Route::Health && !access::authorized(&self.config, &req) {
             return self.fail(Error::new(ErrorKind::InvalidApiKey));
         }
         if self.config.upstream_url.is_empty() {
-            return self.fail(Error::new(ErrorKind::Misconfigured { detail: "UPSTREAM_URL is not set".into() }));
+            return self.fail(Error::new(ErrorKind::Misconfigured {
+                detail: "UPSTREAM_URL is not set".into(),
+            }));
         }
         match route {
             Route::Health => {
@@ -209,8 +234,17 @@ impl Session {
                     Ok(r) => r,
                     Err(e) => return self.fail(e),
                 };
-                self.route = Some(Route::Generate { endpoint, stream: request.stream });
-                self.send_upstream(now, "POST", endpoint.path(), request.upstream_body().into(), request.stream);
+                self.route = Some(Route::Generate {
+                    endpoint,
+                    stream: request.stream,
+                });
+                self.send_upstream(
+                    now,
+                    "POST",
+                    endpoint.path(),
+                    request.upstream_body().into(),
+                    request.stream,
+                );
                 if request.stream {
                     self.keepalive_at = Some(now + self.config.keepalive_interval_ms);
                 }
@@ -220,7 +254,9 @@ impl Session {
 
     fn check_body(&self, req: &RequestHead, body: &[u8]) -> Result<(), Error> {
         let limit = self.config.max_body_bytes;
-        let declared = req.header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
+        let declared = req
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok());
         if body.len() > limit || declared.is_some_and(|n| n > limit) {
             return Err(Error::new(ErrorKind::PayloadTooLarge { limit }));
         }
@@ -229,15 +265,35 @@ impl Session {
             .and_then(|ct| ct.split(';').next())
             .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
         if !is_json {
-            return Err(Error::new(ErrorKind::UnsupportedMediaType { content_type: content_type.map(str::to_owned) }));
+            return Err(Error::new(ErrorKind::UnsupportedMediaType {
+                content_type: content_type.map(str::to_owned),
+            }));
         }
         Ok(())
     }
 
-    fn send_upstream(&mut self, now: Millis, method: &'static str, path: &str, body: Bytes, stream: bool) {
+    fn send_upstream(
+        &mut self,
+        now: Millis,
+        method: &'static str,
+        path: &str,
+        body: Bytes,
+        stream: bool,
+    ) {
         let mut headers: Headers = vec![
-            ("accept".into(), if stream { "text/event-stream" } else { "application/json" }.into()),
-            ("user-agent".into(), concat!("tokenedge/", env!("CARGO_PKG_VERSION")).into()),
+            (
+                "accept".into(),
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                }
+                .into(),
+            ),
+            (
+                "user-agent".into(),
+                concat!("tokenedge/", env!("CARGO_PKG_VERSION")).into(),
+            ),
         ];
         if !body.is_empty() {
             headers.push(("content-type".into(), "application/json".into()));
@@ -246,7 +302,13 @@ impl Session {
             headers.push(("authorization".into(), format!("Bearer {key}")));
         }
         let url = format!("{}{}", self.config.upstream_url, path);
-        self.actions.push_back(Action::SendUpstream(UpstreamRequest { method, url, headers, body }));
+        self.actions
+            .push_back(Action::SendUpstream(UpstreamRequest {
+                method,
+                url,
+                headers,
+                body,
+            }));
         self.upstream_open = true;
         self.upstream_sent_at = now;
         self.upstream_deadline = Some(now + self.config.first_byte_timeout_ms);
@@ -271,7 +333,10 @@ impl Session {
             return self.respond_json(if ok { 200 } else { 503 }, &body);
         }
         if !(200..300).contains(&status) {
-            self.phase = Phase::ReadingError { status, body: Vec::new() };
+            self.phase = Phase::ReadingError {
+                status,
+                body: Vec::new(),
+            };
             return;
         }
         match route {
@@ -287,7 +352,8 @@ impl Session {
                     ("server-timing".into(), self.server_timing()),
                 ];
                 h.extend(self.cors.iter().cloned());
-                self.actions.push_back(Action::RespondHead(ResponseHead { status, headers: h }));
+                self.actions
+                    .push_back(Action::RespondHead(ResponseHead { status, headers: h }));
                 self.downstream = Downstream::Body;
                 self.phase = Phase::Passthrough;
             }
@@ -323,7 +389,9 @@ impl Session {
                         self.end_stream();
                     }
                 }
-                Err(e) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken { detail: e.to_string() })),
+                Err(e) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
+                    detail: e.to_string(),
+                })),
             },
             Phase::Passthrough => self.actions.push_back(Action::RespondChunk(chunk)),
             Phase::Idle | Phase::AwaitingHead | Phase::Finished => {}
@@ -346,11 +414,14 @@ impl Session {
                     self.end_stream();
                 }
                 Ending::Truncated => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
-                    detail: "the upstream ended the stream without [DONE] or a finish_reason".into(),
+                    detail: "the upstream ended the stream without [DONE] or a finish_reason"
+                        .into(),
                 })),
             },
             Phase::Passthrough => self.end_stream(),
-            Phase::AwaitingHead => self.handle_upstream_failed(now, "connection closed before a response"),
+            Phase::AwaitingHead => {
+                self.handle_upstream_failed(now, "connection closed before a response")
+            }
             Phase::Idle | Phase::Finished => {}
         }
     }
@@ -426,7 +497,10 @@ impl Session {
     fn server_timing(&self) -> String {
         let edge = self.upstream_sent_at.saturating_sub(self.received_at);
         match self.upstream_head_at {
-            Some(h) => format!("edge;dur={edge}, upstream;dur={}", h.saturating_sub(self.upstream_sent_at)),
+            Some(h) => format!(
+                "edge;dur={edge}, upstream;dur={}",
+                h.saturating_sub(self.upstream_sent_at)
+            ),
             None => format!("edge;dur={edge}"),
         }
     }
@@ -436,13 +510,19 @@ impl Session {
             return;
         }
         let mut headers: Headers = vec![
-            ("content-type".into(), "text/event-stream; charset=utf-8".into()),
+            (
+                "content-type".into(),
+                "text/event-stream; charset=utf-8".into(),
+            ),
             ("cache-control".into(), "no-cache, no-transform".into()),
             ("x-accel-buffering".into(), "no".into()),
             ("server-timing".into(), self.server_timing()),
         ];
         headers.extend(self.cors.iter().cloned());
-        self.actions.push_back(Action::RespondHead(ResponseHead { status: 200, headers }));
+        self.actions.push_back(Action::RespondHead(ResponseHead {
+            status: 200,
+            headers,
+        }));
         self.downstream = Downstream::EventStream;
     }
 
@@ -493,7 +573,11 @@ impl Session {
         if let Phase::ReadingError { status, body } = &self.phase {
             let (message, error_type) = openai::upstream_error_message(*status, body);
             let status = *status;
-            self.fail(Error::new(ErrorKind::UpstreamStatus { status, message, error_type }));
+            self.fail(Error::new(ErrorKind::UpstreamStatus {
+                status,
+                message,
+                error_type,
+            }));
         }
     }
 

@@ -60,9 +60,15 @@ pub enum SseError {
 impl std::fmt::Display for SseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SseError::LineTooLong => write!(f, "upstream event-stream line exceeds {MAX_LINE_BYTES} bytes"),
+            SseError::LineTooLong => write!(
+                f,
+                "upstream event-stream line exceeds {MAX_LINE_BYTES} bytes"
+            ),
             SseError::EventTooLarge => {
-                write!(f, "upstream event-stream event exceeds {MAX_EVENT_BYTES} bytes")
+                write!(
+                    f,
+                    "upstream event-stream event exceeds {MAX_EVENT_BYTES} bytes"
+                )
             }
         }
     }
@@ -170,7 +176,11 @@ impl Parser {
     /// Bytes held for an unfinished line or event: non-zero at the end of the
     /// stream means the upstream stopped mid-event.
     pub fn pending_bytes(&self) -> usize {
-        let line = if self.state == LineState::StreamStart { 0 } else { self.line.len() };
+        let line = if self.state == LineState::StreamStart {
+            0
+        } else {
+            self.line.len()
+        };
         line + self.data.len()
     }
 
@@ -207,15 +217,11 @@ impl Parser {
                 self.has_data = true;
             }
             b"event" => self.event_type = Some(String::from_utf8_lossy(value).into_owned()),
-            b"id" => {
-                if !value.contains(&0) {
-                    self.last_id = Some(String::from_utf8_lossy(value).into_owned());
-                }
+            b"id" if !value.contains(&0) => {
+                self.last_id = Some(String::from_utf8_lossy(value).into_owned())
             }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    self.retry = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
-                }
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                self.retry = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
             }
             _ => {}
         }
@@ -362,7 +368,8 @@ mod tests {
     fn pending_bytes_reports_unfinished_event() {
         let mut p = Parser::new();
         let mut out = Vec::new();
-        p.push(b"data: {\"a\":1}\n\ndata: {\"b\"", &mut out).unwrap();
+        p.push(b"data: {\"a\":1}\n\ndata: {\"b\"", &mut out)
+            .unwrap();
         assert_eq!(out.len(), 1);
         assert!(p.pending_bytes() > 0);
         p.push(b":2}\n\n", &mut out).unwrap();
