@@ -13,6 +13,10 @@
 //! `logprobs`, `tool_calls`, `system_fingerprint`, llama.cpp's `timings` and
 //! any field we do not know reach the client as the upstream wrote them.
 
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::core::error::Error;
@@ -263,43 +267,63 @@ pub struct ChunkFacts {
     pub is_error: bool,
 }
 
+/// The parts of a stream event [`inspect_chunk`] looks at; everything else
+/// is skipped by the deserializer without being built.
+#[derive(Deserialize)]
+struct EventView<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<ChoiceView<'a>>>,
+    #[serde(default)]
+    usage: Option<IgnoredAny>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<DeltaView<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaView<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<Vec<IgnoredAny>>,
+}
+
 /// Reads the facts out of one `data:` payload. Anything that is not a JSON
-/// object yields no facts (it is still forwarded as is).
+/// object of the expected shape yields no facts (it is still forwarded as
+/// is). This runs once per token, so it deserializes into borrowed views
+/// and skips every other field instead of building a `Value`.
 pub fn inspect_chunk(data: &str) -> ChunkFacts {
-    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(data) else {
+    let Ok(view) = serde_json::from_str::<EventView>(data) else {
         return ChunkFacts::default();
     };
     let mut facts = ChunkFacts {
-        has_usage: obj.get("usage").is_some_and(Value::is_object),
-        is_error: obj.contains_key("error"),
+        has_usage: view.usage.is_some(),
+        is_error: view.error.is_some(),
         ..ChunkFacts::default()
     };
-    for choice in obj
-        .get("choices")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if choice
-            .get("finish_reason")
-            .and_then(Value::as_str)
-            .is_some_and(|r| !r.is_empty())
-        {
-            facts.finished = true;
-        }
-        let non_empty =
-            |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
-        let delta = choice.get("delta");
-        if non_empty(choice.get("text"))
-            || non_empty(delta.and_then(|d| d.get("content")))
-            || non_empty(delta.and_then(|d| d.get("refusal")))
-            || non_empty(delta.and_then(|d| d.get("reasoning_content")))
-            || delta
-                .and_then(|d| d.get("tool_calls"))
-                .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()))
-        {
-            facts.has_content = true;
-        }
+    let non_empty = |s: &Option<Cow<str>>| s.as_deref().is_some_and(|s| !s.is_empty());
+    for choice in view.choices.iter().flatten() {
+        facts.finished |= non_empty(&choice.finish_reason);
+        let delta_content = choice.delta.as_ref().is_some_and(|d| {
+            non_empty(&d.content)
+                || non_empty(&d.refusal)
+                || non_empty(&d.reasoning_content)
+                || d.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+        });
+        facts.has_content |= non_empty(&choice.text) || delta_content;
     }
     facts
 }
@@ -459,6 +483,9 @@ mod tests {
         assert!(f.has_content && f.finished);
         let f = inspect_chunk(r#"{"choices":[],"usage":{"total_tokens":3}}"#);
         assert!(f.has_usage && !f.finished);
+        let f = inspect_chunk(r#"{"choices":[{"delta":{"content":"a\\n\\u00e9"}}],"usage":null,"error":null}"#);
+        assert!(f.has_content && !f.has_usage && !f.is_error);
+        assert_eq!(inspect_chunk(r#"{"choices":null}"#), ChunkFacts::default());
         assert!(inspect_chunk(r#"{"error":{"message":"x"}}"#).is_error);
         assert_eq!(inspect_chunk("[DONE]"), ChunkFacts::default());
     }
