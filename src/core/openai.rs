@@ -483,7 +483,9 @@ mod tests {
         assert!(f.has_content && f.finished);
         let f = inspect_chunk(r#"{"choices":[],"usage":{"total_tokens":3}}"#);
         assert!(f.has_usage && !f.finished);
-        let f = inspect_chunk(r#"{"choices":[{"delta":{"content":"a\\n\\u00e9"}}],"usage":null,"error":null}"#);
+        let f = inspect_chunk(
+            r#"{"choices":[{"delta":{"content":"a\\n\\u00e9"}}],"usage":null,"error":null}"#,
+        );
         assert!(f.has_content && !f.has_usage && !f.is_error);
         assert_eq!(inspect_chunk(r#"{"choices":null}"#), ChunkFacts::default());
         assert!(inspect_chunk(r#"{"error":{"message":"x"}}"#).is_error);
