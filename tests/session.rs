@@ -566,3 +566,76 @@ fn missing_upstream_url_is_a_500() {
     assert_eq!(w.status(), 500);
     assert_eq!(w.json()["error"]["code"], "misconfigured");
 }
+
+/// Inflates everything decodable in a prefix of a gzip stream.
+fn gunzip_prefix(wire: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(wire.len() * 30 + 1024);
+    let _ = d.decompress_vec(&wire[10..], &mut out, flate2::FlushDecompress::Sync);
+    out
+}
+
+#[test]
+fn gzip_stream_is_decodable_after_every_chunk() {
+    let mut s = Session::new(config());
+    let mut w = World::default();
+    let head = RequestHead::new(
+        "POST",
+        "/v1/chat/completions",
+        vec![
+            ("content-type".into(), "application/json".into()),
+            ("accept-encoding".into(), "gzip, deflate, br".into()),
+        ],
+    );
+    s.handle_request(0, head, Bytes::from(CHAT_STREAM));
+    s.handle_upstream_head(1, 200, &sse_head());
+    w.pump(&mut s, 1);
+    assert_eq!(w.header("content-encoding"), Some("gzip"));
+    assert_eq!(w.header("vary"), Some("Accept-Encoding"));
+    let input = include_bytes!("vectors/llamacpp_chat.sse");
+    let text = std::str::from_utf8(input).unwrap();
+    let mut sent = String::new();
+    for (i, event) in text.split_inclusive("\n\n").enumerate() {
+        s.handle_upstream_chunk(2 + i as u64, Bytes::copy_from_slice(event.as_bytes()));
+        w.pump(&mut s, 2 + i as u64);
+        sent.push_str(event);
+        if !w.ended {
+            assert_eq!(
+                String::from_utf8(gunzip_prefix(&w.body)).unwrap(),
+                sent,
+                "after event {i}"
+            );
+        }
+    }
+    assert!(w.ended);
+    let mut whole = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&w.body[..]), &mut whole)
+        .unwrap();
+    assert_eq!(whole, text);
+    assert!(
+        w.body.len() * 4 < input.len(),
+        "{} compressed bytes for {}",
+        w.body.len(),
+        input.len()
+    );
+}
+
+#[test]
+fn identity_without_accept_encoding_and_errors_stay_plain_json() {
+    let (mut s, mut w) = start(config(), "/v1/chat/completions", CHAT_STREAM);
+    s.handle_upstream_head(1, 200, &sse_head());
+    w.pump(&mut s, 1);
+    assert_eq!(w.header("content-encoding"), None);
+    let mut s = Session::new(config());
+    let mut w = World::default();
+    let head = RequestHead::new(
+        "POST",
+        "/v1/chat/completions",
+        vec![("accept-encoding".into(), "gzip".into())],
+    );
+    s.handle_request(0, head, Bytes::from(CHAT_STREAM));
+    w.pump(&mut s, 0);
+    assert_eq!(w.status(), 415);
+    assert_eq!(w.header("content-encoding"), None);
+    assert_eq!(w.json()["error"]["code"], "unsupported_media_type");
+}

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use futures_util::future::{select, Either};
 use futures_util::{stream, StreamExt};
 use worker::{
-    event, js_sys, AbortController, ByteStream, Context, Date, Env, Fetch, Headers, Method,
-    Request, RequestInit, Response, Result,
+    event, js_sys, AbortController, ByteStream, Context, Date, EncodeBody, Env, Fetch, Headers,
+    Method, Request, RequestInit, Response, Result,
 };
 
 use crate::core::config::{vars, Config};
@@ -182,11 +182,31 @@ impl Drop for Pump {
     }
 }
 
+fn client_accept_encoding(req: &Request) -> Option<String> {
+    let cf = js_sys::Reflect::get(req.inner(), &"cf".into()).ok()?;
+    if cf.is_undefined() || cf.is_null() {
+        return None;
+    }
+    js_sys::Reflect::get(&cf, &"clientAcceptEncoding".into())
+        .ok()?
+        .as_string()
+}
+
 #[event(fetch)]
 pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let url = req.url()?;
     let method = req.method().to_string();
-    let head = RequestHead::new(&method, url.path(), req.headers().entries().collect());
+    let mut headers: Vec<(String, String)> = req.headers().entries().collect();
+    // Cloudflare rewrites Accept-Encoding before the worker sees it; the
+    // client's own header is in `cf.clientAcceptEncoding` (an empty string
+    // when the client sent none).
+    if let Some(original) = client_accept_encoding(&req) {
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("accept-encoding"));
+        if !original.is_empty() {
+            headers.push(("accept-encoding".into(), original));
+        }
+    }
+    let head = RequestHead::new(&method, url.path(), headers);
     let body = match method.as_str() {
         "GET" | "HEAD" | "OPTIONS" => Vec::new(),
         _ => req.bytes().await.unwrap_or_default(),
@@ -217,9 +237,15 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response
                     Out::Full(..) | Out::Head(_) | Out::End => None,
                 }
             });
+            // A body the core already encoded must not be encoded again.
+            let encode = match head.header("content-encoding") {
+                Some(_) => EncodeBody::Manual,
+                None => EncodeBody::Automatic,
+            };
             Ok(Response::from_stream(chunks)?
                 .with_status(head.status)
-                .with_headers(headers_of(&head.headers)))
+                .with_headers(headers_of(&head.headers))
+                .with_encode_body(encode))
         }
         Out::Chunk(_) | Out::End => Response::error("internal error: no response", 500),
     }

@@ -3,7 +3,9 @@
 //! the current time and carry out the actions it returns.
 
 pub mod access;
+pub mod compress;
 pub mod config;
+pub mod encoding;
 pub mod error;
 pub mod http;
 pub mod openai;

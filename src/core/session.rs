@@ -34,7 +34,9 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use crate::core::access;
+use crate::core::compress::{Encoder, FlushMode, DEFAULT_LEVEL};
 use crate::core::config::{Config, MAX_UPSTREAM_ERROR_BYTES};
+use crate::core::encoding::{self, Coding};
 use crate::core::error::{Error, ErrorKind};
 use crate::core::http::{header, Headers, RequestHead, ResponseHead, UpstreamRequest};
 use crate::core::openai::{self, Endpoint};
@@ -107,6 +109,10 @@ enum Downstream {
 pub struct Session {
     config: Config,
     cors: Headers,
+    /// Content coding negotiated for streamed responses.
+    coding: Coding,
+    /// The response's compression context, once its head is out.
+    encoder: Option<Encoder>,
     route: Option<Route>,
     phase: Phase,
     downstream: Downstream,
@@ -127,6 +133,8 @@ impl Session {
         Self {
             config,
             cors: Headers::new(),
+            coding: Coding::Identity,
+            encoder: None,
             route: None,
             phase: Phase::Idle,
             downstream: Downstream::NothingSent,
@@ -172,6 +180,7 @@ impl Session {
         }
         self.received_at = now;
         self.cors = access::cors_headers(&self.config.cors_origins, &req);
+        self.coding = encoding::negotiate(req.header("accept-encoding"));
         if req.method == "OPTIONS" {
             let head = ResponseHead {
                 status: 204,
@@ -351,6 +360,7 @@ impl Session {
                     ("cache-control".into(), "no-store".into()),
                     ("server-timing".into(), self.server_timing()),
                 ];
+                self.start_encoding(&mut h);
                 h.extend(self.cors.iter().cloned());
                 self.actions
                     .push_back(Action::RespondHead(ResponseHead { status, headers: h }));
@@ -393,7 +403,7 @@ impl Session {
                     detail: e.to_string(),
                 })),
             },
-            Phase::Passthrough => self.actions.push_back(Action::RespondChunk(chunk)),
+            Phase::Passthrough => self.emit(chunk),
             Phase::Idle | Phase::AwaitingHead | Phase::Finished => {}
         }
     }
@@ -518,6 +528,7 @@ impl Session {
             ("x-accel-buffering".into(), "no".into()),
             ("server-timing".into(), self.server_timing()),
         ];
+        self.start_encoding(&mut headers);
         headers.extend(self.cors.iter().cloned());
         self.actions.push_back(Action::RespondHead(ResponseHead {
             status: 200,
@@ -526,9 +537,33 @@ impl Session {
         self.downstream = Downstream::EventStream;
     }
 
+    /// Announces the negotiated coding on a streamed head and opens the
+    /// compression context for its body.
+    fn start_encoding(&mut self, headers: &mut Headers) {
+        headers.push(("vary".into(), "Accept-Encoding".into()));
+        if let Some(token) = self.coding.header_value() {
+            headers.push(("content-encoding".into(), token.into()));
+            self.encoder = Some(Encoder::new(self.coding, DEFAULT_LEVEL));
+        }
+    }
+
+    /// Sends body bytes through the response's encoder, flushed so the
+    /// client can decode them at once.
+    fn emit(&mut self, bytes: Bytes) {
+        let bytes = match &mut self.encoder {
+            Some(encoder) => {
+                let mut out = Vec::with_capacity(bytes.len() / 2 + 32);
+                encoder.encode_and_flush(&bytes, FlushMode::Sync, &mut out);
+                Bytes::from(out)
+            }
+            None => bytes,
+        };
+        self.actions.push_back(Action::RespondChunk(bytes));
+    }
+
     /// Writes to an event stream and pushes the next keep-alive back.
     fn write(&mut self, now: Millis, bytes: Bytes) {
-        self.actions.push_back(Action::RespondChunk(bytes));
+        self.emit(bytes);
         if self.keepalive_at.is_some() {
             self.keepalive_at = Some(now + self.config.keepalive_interval_ms);
         }
@@ -549,6 +584,11 @@ impl Session {
     }
 
     fn end_stream(&mut self) {
+        if let Some(mut encoder) = self.encoder.take() {
+            let mut trailer = Vec::new();
+            encoder.finish(&mut trailer);
+            self.actions.push_back(Action::RespondChunk(trailer.into()));
+        }
         self.actions.push_back(Action::RespondEnd);
         self.finish();
     }
@@ -591,7 +631,7 @@ impl Session {
             Downstream::EventStream => {
                 let mut event = BytesMut::new();
                 restream::write_event(&mut event, None, &error.to_json().to_string());
-                self.actions.push_back(Action::RespondChunk(event.freeze()));
+                self.emit(event.freeze());
                 self.end_stream();
             }
             Downstream::Body => self.end_stream(),

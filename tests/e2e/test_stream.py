@@ -36,9 +36,9 @@ CHAT = {
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def stream_with_curl(url, body, headers=AUTH):
+def stream_with_curl(url, body, headers=AUTH, compressed=False):
     """Runs curl -N and returns [(arrival_seconds, line)] for every line."""
-    args = ["curl", "-sN", "--max-time", "120", url, "-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    args = ["curl", "-sN", "--max-time", "120"] + (["--compressed"] if compressed else []) + [url, "-H", "Content-Type: application/json", "-d", json.dumps(body)]
     for k, v in headers.items():
         args += ["-H", f"{k}: {v}"]
     start = time.monotonic()
@@ -75,8 +75,9 @@ def assert_error(response, status, code=None, param=None):
     return err
 
 
-def test_curl_stream_arrives_token_by_token():
-    lines = stream_with_curl(f"{URL}/v1/chat/completions", {**CHAT, "stream": True})
+@pytest.mark.parametrize("compressed", [False, True], ids=["identity", "gzip"])
+def test_curl_stream_arrives_token_by_token(compressed):
+    lines = stream_with_curl(f"{URL}/v1/chat/completions", {**CHAT, "stream": True}, compressed=compressed)
     events = content_events(lines)
     assert len(events) >= 10, lines
     assert lines[-1][1] == "" or any(l == "data: [DONE]" for _, l in lines)
@@ -87,6 +88,28 @@ def test_curl_stream_arrives_token_by_token():
     assert "timings" in usage[-1]
     first, last = events[0][0], events[-1][0]
     assert last - first >= 0.2, f"first content at {first:.3f}s, last at {last:.3f}s: the stream was buffered"
+
+
+def test_gzip_is_negotiated_and_decodes_event_by_event():
+    """Raw gzip bytes, inflated as they arrive: the events become readable
+    one by one over the generation, not all at the end."""
+    import zlib
+
+    headers = {**AUTH, "Accept-Encoding": "gzip"}
+    start = time.monotonic()
+    with httpx.stream("POST", f"{URL}/v1/chat/completions", json={**CHAT, "stream": True}, headers=headers, timeout=60) as r:
+        assert r.headers["content-encoding"] == "gzip"
+        assert "accept-encoding" in r.headers["vary"].lower()
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        wire, text, decoded_at = 0, "", []
+        for raw in r.iter_raw():
+            wire += len(raw)
+            text += inflater.decompress(raw).decode()
+            decoded_at += [time.monotonic() - start] * (text.count('"content":"') - len(decoded_at))
+    assert text.rstrip().endswith("data: [DONE]")
+    assert len(decoded_at) >= 10
+    assert decoded_at[-1] - decoded_at[0] >= 0.2, "events were held back and decoded together"
+    assert wire * 2 < len(text.encode()), (wire, len(text))
 
 
 def test_stream_headers():
