@@ -8,7 +8,8 @@
 //!                2 build the upstream request                          │ SSE tokens
 //!                3 parse upstream SSE (push parser) ◀──────────────────┘
 //!                4 re-frame as OpenAI SSE, field for field
-//!      ◀─────────5 stream to the app, keep-alives, explicit errors
+//!                5 compress (gzip/deflate, sync flush per event)
+//!      ◀─────────6 stream to the app, keep-alives, explicit errors
 //! ```
 //!
 //! The crate is a sans-IO core ([`core`]) and thin platform adapters
@@ -17,8 +18,13 @@
 //! [`core::session::Session`]: feed inputs with the current time, carry out
 //! each [`core::session::Action`], wait for I/O or the next deadline.
 //!
-//! What it does not do (yet): compress or coalesce the stream, cache, route
-//! between replicas, resume dropped streams, or retry. It never reads a
+//! Streamed responses are compressed with gzip or deflate when the client
+//! accepts it: one context per response, a sync flush after every event so
+//! each token is decodable the moment it arrives.
+//!
+//! What it does not do (yet): adapt flushing to the client's link (coalesce
+//! several tokens per flush), cache, route between replicas, resume dropped
+//! streams, or retry. It never reads a
 //! clock in the core, never forwards the client's `Authorization` upstream,
 //! and never ends a broken stream as if it had completed.
 
