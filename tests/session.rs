@@ -100,6 +100,23 @@ fn sse_head() -> Vec<(String, String)> {
     vec![("content-type".into(), "text/event-stream".into())]
 }
 
+/// A JSON stream request with `extra` headers, answered by an upstream SSE
+/// head at t=1.
+fn streaming_with(cfg: Config, extra: &[(&str, &str)]) -> (Session, World) {
+    let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+    headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut s = Session::new(cfg);
+    let mut w = World::default();
+    s.handle_request(
+        0,
+        RequestHead::new("POST", "/v1/chat/completions", headers),
+        Bytes::from(CHAT_STREAM),
+    );
+    s.handle_upstream_head(1, 200, &sse_head());
+    w.pump(&mut s, 1);
+    (s, w)
+}
+
 const CONTENT: &str =
     "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
 const FINISH: &str =
@@ -502,19 +519,7 @@ fn cors_headers_on_allowed_origins() {
         cors_origins: CorsOrigins::List(vec!["https://app.example".into()]),
         ..config()
     };
-    let mut s = Session::new(cfg);
-    let mut w = World::default();
-    let head = RequestHead::new(
-        "POST",
-        "/v1/chat/completions",
-        vec![
-            ("content-type".into(), "application/json".into()),
-            ("origin".into(), "https://app.example".into()),
-        ],
-    );
-    s.handle_request(0, head, Bytes::from(CHAT_STREAM));
-    s.handle_upstream_head(1, 200, &sse_head());
-    w.pump(&mut s, 1);
+    let (_, w) = streaming_with(cfg, &[("origin", "https://app.example")]);
     assert_eq!(
         w.header("access-control-allow-origin"),
         Some("https://app.example")
@@ -577,19 +582,7 @@ fn gunzip_prefix(wire: &[u8]) -> Vec<u8> {
 
 #[test]
 fn gzip_stream_is_decodable_after_every_chunk() {
-    let mut s = Session::new(config());
-    let mut w = World::default();
-    let head = RequestHead::new(
-        "POST",
-        "/v1/chat/completions",
-        vec![
-            ("content-type".into(), "application/json".into()),
-            ("accept-encoding".into(), "gzip, deflate, br".into()),
-        ],
-    );
-    s.handle_request(0, head, Bytes::from(CHAT_STREAM));
-    s.handle_upstream_head(1, 200, &sse_head());
-    w.pump(&mut s, 1);
+    let (mut s, mut w) = streaming_with(config(), &[("accept-encoding", "gzip, deflate, br")]);
     assert_eq!(w.header("content-encoding"), Some("gzip"));
     assert_eq!(w.header("vary"), Some("Accept-Encoding"));
     let input = include_bytes!("vectors/llamacpp_chat.sse");
