@@ -18,10 +18,35 @@ struct World {
     ended: bool,
     /// (time, bytes) of each chunk the client received.
     chunks: Vec<(u64, Vec<u8>)>,
+    /// An in-memory KV store, the keys read and the writes made.
+    kv: std::collections::HashMap<String, Bytes>,
+    kv_reads: Vec<String>,
+    kv_writes: Vec<(String, Bytes, u64)>,
+    /// When set, every KV read fails.
+    kv_down: bool,
 }
 
 impl World {
     fn pump(&mut self, s: &mut Session, now: u64) {
+        let mut reads = Vec::new();
+        loop {
+            self.pump_actions(s, now, &mut reads);
+            if reads.is_empty() {
+                return;
+            }
+            for key in reads.drain(..) {
+                let value = if self.kv_down {
+                    None
+                } else {
+                    self.kv.get(&key).cloned()
+                };
+                self.kv_reads.push(key.clone());
+                s.handle_kv_value(now, &key, value);
+            }
+        }
+    }
+
+    fn pump_actions(&mut self, s: &mut Session, now: u64, reads: &mut Vec<String>) {
         while let Some(a) = s.poll_action() {
             assert!(!self.ended, "action after the end: {a:?}");
             match a {
@@ -43,6 +68,15 @@ impl World {
                     self.chunks.push((now, b.to_vec()));
                 }
                 Action::RespondEnd => self.ended = true,
+                Action::KvGet { key } => reads.push(key),
+                Action::KvPut {
+                    key,
+                    value,
+                    ttl_secs,
+                } => {
+                    self.kv.insert(key.clone(), value.clone());
+                    self.kv_writes.push((key, value, ttl_secs));
+                }
             }
         }
     }

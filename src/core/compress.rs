@@ -6,35 +6,34 @@
 //!
 //! `gzip` is a 10-byte header, raw deflate, and a CRC-32/length trailer
 //! (RFC 1952); `deflate` is the zlib format (RFC 1950), as HTTP defines it.
-//! Backend: flate2 on the pure-Rust miniz_oxide, which builds for every wasm
-//! target.
+//! Backend: [`crate::core::deflate`], a bounded-window encoder (about
+//! 33 KiB of state per response).
 
-use flate2::{Compress, CompressError, Compression, Crc, FlushCompress, Status};
-
+use crate::core::deflate::{Adler32, Crc32, Deflater};
 use crate::core::encoding::Coding;
 
-/// Compression level for token streams: per-event payloads are small, so
-/// higher levels buy almost nothing and cost CPU on every token.
+/// Compression level for token streams: per-event payloads are small and
+/// match the previous event almost whole, so a short hash-chain search finds
+/// nearly everything a long one would.
 pub const DEFAULT_LEVEL: u32 = 5;
 
-/// How a flush point ends the data written so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushMode {
-    /// Byte-aligned sync flush (empty stored block): everything so far is
-    /// decodable by any inflater.
-    Sync,
-    /// Partial flush: everything so far is decodable, slightly fewer bytes,
-    /// not every client's inflater emits it at once.
-    Partial,
-}
+pub use crate::core::deflate::Flush as FlushMode;
 
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff];
+/// zlib header: deflate with a 4 KiB window (CINFO 4), default level, no
+/// dictionary; `0x4889` is a multiple of 31 as RFC 1950 requires.
+const ZLIB_HEADER: [u8; 2] = [0x48, 0x89];
+
+enum Check {
+    Gzip(Crc32),
+    Zlib(Adler32),
+}
 
 enum Inner {
     Identity,
     Deflate {
-        compress: Box<Compress>,
-        gzip: Option<Crc>,
+        deflater: Box<Deflater>,
+        check: Check,
         header_written: bool,
     },
 }
@@ -46,21 +45,34 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(coding: Coding, level: u32) -> Self {
-        let level = Compression::new(level.min(9));
-        let inner = match coding {
-            Coding::Identity => Inner::Identity,
-            Coding::Deflate => Inner::Deflate {
-                compress: Box::new(Compress::new(level, true)),
-                gzip: None,
-                header_written: true,
-            },
-            Coding::Gzip => Inner::Deflate {
-                compress: Box::new(Compress::new(level, false)),
-                gzip: Some(Crc::new()),
+        let check = match coding {
+            Coding::Identity => {
+                return Self {
+                    inner: Inner::Identity,
+                }
+            }
+            Coding::Gzip => Check::Gzip(Crc32::default()),
+            Coding::Deflate => Check::Zlib(Adler32::default()),
+        };
+        Self {
+            inner: Inner::Deflate {
+                deflater: Box::new(Deflater::new(level)),
+                check,
                 header_written: false,
             },
-        };
-        Self { inner }
+        }
+    }
+
+    /// Changes the search effort for the following writes.
+    pub fn set_level(&mut self, level: u32) {
+        if let Inner::Deflate { deflater, .. } = &mut self.inner {
+            deflater.set_level(level);
+        }
+    }
+
+    /// True when the output is compressed (so flushes cost framing bytes).
+    pub fn is_compressing(&self) -> bool {
+        matches!(self.inner, Inner::Deflate { .. })
     }
 
     /// Compresses `input` and ends it with a flush of `mode`, appending
@@ -69,66 +81,45 @@ impl Encoder {
         match &mut self.inner {
             Inner::Identity => out.extend_from_slice(input),
             Inner::Deflate {
-                compress,
-                gzip,
+                deflater,
+                check,
                 header_written,
             } => {
-                if !*header_written {
-                    out.extend_from_slice(&GZIP_HEADER);
-                    *header_written = true;
+                write_header(check, header_written, out);
+                match check {
+                    Check::Gzip(c) => c.update(input),
+                    Check::Zlib(a) => a.update(input),
                 }
-                if let Some(crc) = gzip {
-                    crc.update(input);
-                }
-                let flush = match mode {
-                    FlushMode::Sync => FlushCompress::Sync,
-                    FlushMode::Partial => FlushCompress::Partial,
-                };
-                // miniz_oxide cannot fail on in-memory buffers; if it ever
-                // did, the client would see a decode error, never a panic.
-                let _ = run(compress, input, out, flush);
+                deflater.write(input, mode, out);
             }
         }
     }
 
-    /// Ends the stream (final block, gzip trailer).
+    /// Ends the stream (final block, trailer).
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if let Inner::Deflate {
-            compress,
-            gzip,
+            deflater,
+            check,
             header_written,
         } = &mut self.inner
         {
-            if !*header_written {
-                out.extend_from_slice(&GZIP_HEADER);
-                *header_written = true;
-            }
-            let _ = run(compress, &[], out, FlushCompress::Finish);
-            if let Some(crc) = gzip {
-                out.extend_from_slice(&crc.sum().to_le_bytes());
-                out.extend_from_slice(&crc.amount().to_le_bytes());
+            write_header(check, header_written, out);
+            deflater.finish(out);
+            match check {
+                Check::Gzip(c) => out.extend_from_slice(&c.trailer()),
+                Check::Zlib(a) => out.extend_from_slice(&a.trailer()),
             }
         }
     }
 }
 
-fn run(
-    c: &mut Compress,
-    mut input: &[u8],
-    out: &mut Vec<u8>,
-    flush: FlushCompress,
-) -> Result<(), CompressError> {
-    loop {
-        out.reserve(input.len() + 64);
-        let before = c.total_in();
-        let status = c.compress_vec(input, out, flush)?;
-        input = &input[(c.total_in() - before) as usize..];
-        let room_left = out.len() < out.capacity();
-        match status {
-            Status::StreamEnd => return Ok(()),
-            _ if input.is_empty() && room_left && flush != FlushCompress::Finish => return Ok(()),
-            _ => {}
-        }
+fn write_header(check: &Check, written: &mut bool, out: &mut Vec<u8>) {
+    if !*written {
+        out.extend_from_slice(match check {
+            Check::Gzip(_) => &GZIP_HEADER[..],
+            Check::Zlib(_) => &ZLIB_HEADER[..],
+        });
+        *written = true;
     }
 }
 

@@ -24,6 +24,19 @@ pub struct RequestHead {
     /// Path without the query string, e.g. `/v1/chat/completions`.
     pub path: String,
     pub headers: Headers,
+    /// What the platform knows about the client connection.
+    pub client: ClientInfo,
+}
+
+/// Connection facts only the platform can see. Never stored raw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// The client's IP address (Workers: `CF-Connecting-IP`; Spin:
+    /// `spin-client-addr`).
+    pub ip: Option<std::net::IpAddr>,
+    /// The platform's smoothed TCP RTT to the client (Workers:
+    /// `request.cf.clientTcpRtt`; 0 or absent = unknown).
+    pub tcp_rtt_ms: Option<u32>,
 }
 
 impl RequestHead {
@@ -40,6 +53,7 @@ impl RequestHead {
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect(),
+            client: ClientInfo::default(),
         }
     }
 

@@ -5,10 +5,14 @@
 pub mod access;
 pub mod compress;
 pub mod config;
+pub mod deflate;
 pub mod encoding;
 pub mod error;
+pub mod format;
 pub mod http;
+pub mod link;
 pub mod openai;
+pub mod pacing;
 pub mod restream;
 pub mod session;
 pub mod sse;

@@ -17,6 +17,7 @@ use std::borrow::Cow;
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::core::error::Error;
@@ -326,6 +327,84 @@ pub fn inspect_chunk(data: &str) -> ChunkFacts {
         facts.has_content |= non_empty(&choice.text) || delta_content;
     }
     facts
+}
+
+/// The parts of one stream event that the compact formats carry: the
+/// generated text of the first choice, anything else its delta holds (tool
+/// calls, refusal, reasoning), the finish reason, usage, and an in-stream
+/// error. Borrowed from the event's text.
+#[derive(Debug, Default)]
+pub struct ChunkParts<'a> {
+    pub text: Cow<'a, str>,
+    /// The delta's raw JSON when it carries more than role and content.
+    pub other_delta: Option<&'a RawValue>,
+    pub finish_reason: Option<Cow<'a, str>>,
+    pub usage: Option<&'a RawValue>,
+    pub error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PartsView<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<PartsChoice<'a>>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PartsChoice<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<&'a RawValue>,
+}
+
+/// A JSON string, borrowed when it has no escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// A delta's fields, values left as raw JSON.
+type PartsDelta<'a> = std::collections::BTreeMap<Cow<'a, str>, &'a RawValue>;
+
+/// Splits one `data:` payload into [`ChunkParts`] (choice 0 only; requests
+/// for several choices are refused for the compact formats). `None` when
+/// the payload is not a JSON object.
+pub fn chunk_parts(data: &str) -> Option<ChunkParts<'_>> {
+    let view: PartsView = serde_json::from_str(data).ok()?;
+    let usage = view.usage.filter(|u| u.get() != "null");
+    let mut parts = ChunkParts {
+        usage,
+        error: view.error,
+        ..ChunkParts::default()
+    };
+    for choice in view.choices.into_iter().flatten().filter(|c| c.index == 0) {
+        parts.finish_reason = choice.finish_reason.filter(|f| !f.is_empty());
+        if let Some(t) = choice.text {
+            parts.text = t;
+        }
+        if let Some(raw) = choice.delta {
+            if let Ok(d) = serde_json::from_str::<PartsDelta>(raw.get()) {
+                if let Some(c) = d.get("content") {
+                    if let Ok(Some(Text(c))) = serde_json::from_str::<Option<Text>>(c.get()) {
+                        parts.text = c;
+                    }
+                }
+                let other = |(k, v): (&Cow<str>, &&RawValue)| {
+                    k != "role" && k != "content" && v.get() != "null"
+                };
+                if d.iter().any(other) {
+                    parts.other_delta = Some(raw);
+                }
+            }
+        }
+    }
+    Some(parts)
 }
 
 /// Extracts the message and type of an upstream error body: OpenAI-style

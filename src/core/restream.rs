@@ -8,12 +8,17 @@
 //! stream completed (`[DONE]` or a `finish_reason`) so that an early end
 //! becomes an explicit error, never a silent clean end.
 //!
+//! In the other [`Format`]s each event is cut down to its text (and any
+//! richer delta), and the finish reason and usage are kept for the final
+//! event the session writes with [`Restream::write_end`].
+//!
 //! It does not compress, coalesce or decide when to write: it returns the
 //! bytes for the caller to send.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::core::openai::inspect_chunk;
+use crate::core::format::{Format, Stats};
+use crate::core::openai::{chunk_parts, inspect_chunk};
 use crate::core::sse::{Event, Parser, SseError};
 
 /// The end-of-stream marker, as OpenAI sends it.
@@ -42,7 +47,12 @@ pub enum Ending {
 
 #[derive(Debug, Default)]
 pub struct Restream {
+    format: Format,
     parser: Parser,
+    finish_reason: Option<String>,
+    usage: Option<Box<serde_json::value::RawValue>>,
+    /// Events that carried generated content so far.
+    pub content_events: u64,
     events: Vec<Event>,
     out: BytesMut,
     finished: bool,
@@ -52,8 +62,11 @@ pub struct Restream {
 }
 
 impl Restream {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(format: Format) -> Self {
+        Self {
+            format,
+            ..Self::default()
+        }
     }
 
     /// Feeds upstream bytes and returns the downstream bytes they complete.
@@ -66,19 +79,63 @@ impl Restream {
             }
             if event.data == "[DONE]" {
                 self.done = true;
-                self.out.put_slice(DONE);
+                if self.format == Format::OpenAi {
+                    self.out.put_slice(DONE);
+                }
                 continue;
             }
             let facts = inspect_chunk(&event.data);
             self.finished |= facts.finished;
             content_events += u32::from(facts.has_content);
-            write_event(&mut self.out, event.event.as_deref(), &event.data);
             self.events_forwarded += 1;
+            if self.format == Format::OpenAi {
+                write_event(&mut self.out, event.event.as_deref(), &event.data);
+                continue;
+            }
+            let Some(parts) = chunk_parts(&event.data) else {
+                continue;
+            };
+            if let Some(error) = parts.error {
+                let error = serde_json::json!({ "error": serde_json::from_str::<serde_json::Value>(error.get()).unwrap_or_default() });
+                self.format.write_error(&mut self.out, &error);
+            }
+            if !parts.text.is_empty() {
+                self.format.write_text(&mut self.out, &parts.text);
+            }
+            if let Some(delta) = parts.other_delta {
+                self.format.write_delta(&mut self.out, delta);
+            }
+            if let Some(f) = parts.finish_reason {
+                self.finish_reason = Some(f.into_owned());
+            }
+            if let Some(u) = parts.usage {
+                self.usage = Some(u.to_owned());
+            }
         }
+        self.content_events += u64::from(content_events);
         Ok(Output {
             bytes: self.out.split().freeze(),
             content_events,
         })
+    }
+
+    /// Writes the end of a completed stream in the response's format
+    /// (`[DONE]` for `openai` when the upstream did not send it).
+    pub fn write_end(&self, out: &mut BytesMut, stats: Stats) {
+        match self.format {
+            Format::OpenAi if !self.done => out.put_slice(DONE),
+            Format::OpenAi => {}
+            f => f.write_end(
+                out,
+                self.finish_reason.as_deref(),
+                self.usage.as_deref(),
+                stats,
+            ),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     /// Whether `[DONE]` was seen.
@@ -119,7 +176,7 @@ mod tests {
     use super::*;
 
     fn run(input: &[u8]) -> (Vec<u8>, Ending) {
-        let mut r = Restream::new();
+        let mut r = Restream::new(Format::OpenAi);
         let out = r.push(input).unwrap();
         (out.bytes.to_vec(), r.ending())
     }
@@ -156,7 +213,7 @@ mod tests {
 
     #[test]
     fn counts_content_events() {
-        let mut r = Restream::new();
+        let mut r = Restream::new(Format::OpenAi);
         let o = r
             .push(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n")
             .unwrap();

@@ -16,17 +16,23 @@
 //!             RespondHead(head)  => start a streamed response
 //!             RespondChunk(b)    => write b to the client now
 //!             RespondEnd         => finish the streamed response; done
+//!             KvGet { key }      => read it; report handle_kv_value
+//!             KvPut { .. }       => write it in the background
 //!         }
 //!     }
 //!     wait for: upstream I/O, the client going away
-//!               (handle_downstream_closed), or poll_timeout() (handle_timeout)
+//!               (handle_downstream_closed), the platform taking the
+//!               bytes written (handle_downstream_drained), a KV answer,
+//!               or poll_timeout() (handle_timeout)
 //! }
 //! ```
 //!
 //! What it decides: routing, auth, CORS, validation, the upstream request,
 //! response headers, when to answer an error as JSON and when as an SSE
 //! error event, keep-alives, first-byte and idle timeouts, and that a
-//! stream never ends silently truncated. What it does not do: any I/O, any
+//! stream never ends silently truncated; the response format, and when to
+//! flush and how hard to compress ([`crate::core::pacing`]). What it does
+//! not do: any I/O, any
 //! clock read, any retry or replica choice (one upstream for now).
 
 use std::collections::VecDeque;
@@ -38,9 +44,12 @@ use crate::core::compress::{Encoder, FlushMode, DEFAULT_LEVEL};
 use crate::core::config::{Config, MAX_UPSTREAM_ERROR_BYTES};
 use crate::core::encoding::{self, Coding};
 use crate::core::error::{Error, ErrorKind};
+use crate::core::format::{self, Format, Stats};
 use crate::core::http::{header, Headers, RequestHead, ResponseHead, UpstreamRequest};
+use crate::core::link::{self, LinkEstimate, Remembered};
 use crate::core::openai::{self, Endpoint};
-use crate::core::restream::{self, Ending, Restream};
+use crate::core::pacing::{self, Pacer, Rule};
+use crate::core::restream::{Ending, Restream};
 use crate::core::Millis;
 
 /// How long `/healthz` waits for the upstream before calling it unreachable.
@@ -70,6 +79,17 @@ pub enum Action {
     RespondChunk(Bytes),
     /// End the streamed response. The session is over.
     RespondEnd,
+    /// Read this key from the KV store and report the value (or its
+    /// absence, or a failure, as `None`) with [`Session::handle_kv_value`].
+    /// Nothing waits for it: an answer that comes late is ignored.
+    KvGet { key: String },
+    /// Write this value with this time-to-live, in the background. A
+    /// failure is ignored.
+    KvPut {
+        key: String,
+        value: Bytes,
+        ttl_secs: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,12 +133,23 @@ pub struct Session {
     coding: Coding,
     /// The response's compression context, once its head is out.
     encoder: Option<Encoder>,
+    format: Format,
+    flush_rule: Rule,
+    /// What the request said about the link; completed by KV.
+    link: LinkEstimate,
+    /// KV key of this client's remembered link, and what it held.
+    link_key: Option<String>,
+    link_stored: Option<Remembered>,
+    /// Flush policy of the streamed response, once its head is out.
+    pacer: Option<Pacer>,
     route: Option<Route>,
     phase: Phase,
     downstream: Downstream,
     upstream_open: bool,
     actions: VecDeque<Action>,
     received_at: Millis,
+    /// The latest `now` any input brought.
+    last_now: Millis,
     upstream_sent_at: Millis,
     upstream_head_at: Option<Millis>,
     first_content_at: Option<Millis>,
@@ -135,12 +166,19 @@ impl Session {
             cors: Headers::new(),
             coding: Coding::Identity,
             encoder: None,
+            format: Format::OpenAi,
+            flush_rule: Rule::Adaptive,
+            link: LinkEstimate::default(),
+            link_key: None,
+            link_stored: None,
+            pacer: None,
             route: None,
             phase: Phase::Idle,
             downstream: Downstream::NothingSent,
             upstream_open: false,
             actions: VecDeque::new(),
             received_at: 0,
+            last_now: 0,
             upstream_sent_at: 0,
             upstream_head_at: None,
             first_content_at: None,
@@ -156,10 +194,11 @@ impl Session {
 
     /// When to call [`Session::handle_timeout`] if no other input came.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        match (self.upstream_deadline, self.keepalive_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let flush = self.pacer.as_ref().and_then(Pacer::poll_timeout);
+        [self.upstream_deadline, self.keepalive_at, flush]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether the session has answered (or lost its client) for good.
@@ -175,6 +214,7 @@ impl Session {
 
     /// A request arrived, with its whole body.
     pub fn handle_request(&mut self, now: Millis, req: RequestHead, body: Bytes) {
+        self.last_now = self.last_now.max(now);
         if !matches!(self.phase, Phase::Idle) {
             return;
         }
@@ -243,6 +283,18 @@ impl Session {
                     Ok(r) => r,
                     Err(e) => return self.fail(e),
                 };
+                if request.stream {
+                    let chosen = Format::from_header(req.header(format::HEADER))
+                        .and_then(|f| f.check_request(&request.body).map(|()| f));
+                    match chosen {
+                        Ok(f) => self.format = f,
+                        Err(e) => return self.fail(e),
+                    }
+                    self.flush_rule = Rule::from_header(req.header(pacing::FLUSH_HEADER));
+                    self.link = LinkEstimate::from_request(&req);
+                    self.link_key =
+                        access::bearer(&req).and_then(|key| link::remember_key(key, req.client.ip));
+                }
                 self.route = Some(Route::Generate {
                     endpoint,
                     stream: request.stream,
@@ -254,8 +306,12 @@ impl Session {
                     request.upstream_body().into(),
                     request.stream,
                 );
-                if request.stream {
+                if request.stream && self.format.is_event_stream() {
                     self.keepalive_at = Some(now + self.config.keepalive_interval_ms);
+                }
+                if let Some(key) = &self.link_key {
+                    let key = key.clone();
+                    self.actions.push_back(Action::KvGet { key });
                 }
             }
         }
@@ -326,6 +382,7 @@ impl Session {
 
     /// The upstream's response head arrived.
     pub fn handle_upstream_head(&mut self, now: Millis, status: u16, headers: &[(String, String)]) {
+        self.last_now = self.last_now.max(now);
         if !matches!(self.phase, Phase::AwaitingHead) {
             return;
         }
@@ -351,7 +408,7 @@ impl Session {
         match route {
             Route::Generate { stream: true, .. } => {
                 self.start_event_stream();
-                self.phase = Phase::Streaming(Box::default());
+                self.phase = Phase::Streaming(Box::new(Restream::new(self.format)));
             }
             _ => {
                 let content_type = header(headers, "content-type").unwrap_or("application/json");
@@ -372,6 +429,7 @@ impl Session {
 
     /// A chunk of the upstream body arrived (any size, any split).
     pub fn handle_upstream_chunk(&mut self, now: Millis, chunk: Bytes) {
+        self.last_now = self.last_now.max(now);
         if !self.upstream_open {
             return;
         }
@@ -392,24 +450,25 @@ impl Session {
                         self.first_content_at = Some(now);
                     }
                     if !out.bytes.is_empty() {
-                        self.write(now, out.bytes);
+                        self.write(now, out.bytes, false);
                     }
                     if done {
                         self.cancel_upstream();
-                        self.end_stream();
+                        self.end_stream(now);
                     }
                 }
                 Err(e) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
                     detail: e.to_string(),
                 })),
             },
-            Phase::Passthrough => self.emit(chunk),
+            Phase::Passthrough => self.emit(now, &chunk),
             Phase::Idle | Phase::AwaitingHead | Phase::Finished => {}
         }
     }
 
     /// The upstream body ended cleanly.
     pub fn handle_upstream_end(&mut self, now: Millis) {
+        self.last_now = self.last_now.max(now);
         if !self.upstream_open {
             return;
         }
@@ -418,17 +477,13 @@ impl Session {
         match &self.phase {
             Phase::ReadingError { .. } => self.finish_upstream_error(),
             Phase::Streaming(restream) => match restream.ending() {
-                Ending::Done => self.end_stream(),
-                Ending::FinishedWithoutDone => {
-                    self.write(now, Bytes::from_static(restream::DONE));
-                    self.end_stream();
-                }
+                Ending::Done | Ending::FinishedWithoutDone => self.end_stream(now),
                 Ending::Truncated => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
                     detail: "the upstream ended the stream without [DONE] or a finish_reason"
                         .into(),
                 })),
             },
-            Phase::Passthrough => self.end_stream(),
+            Phase::Passthrough => self.end_stream(now),
             Phase::AwaitingHead => {
                 self.handle_upstream_failed(now, "connection closed before a response")
             }
@@ -437,7 +492,8 @@ impl Session {
     }
 
     /// The upstream could not be reached, or its body failed mid-way.
-    pub fn handle_upstream_failed(&mut self, _now: Millis, detail: &str) {
+    pub fn handle_upstream_failed(&mut self, now: Millis, detail: &str) {
+        self.last_now = self.last_now.max(now);
         if !self.upstream_open {
             return;
         }
@@ -451,7 +507,7 @@ impl Session {
             (Phase::AwaitingHead, _) => self.fail(Error::new(ErrorKind::UpstreamUnreachable { detail: detail.into() })),
             (Phase::ReadingError { .. }, _) => self.finish_upstream_error(),
             (Phase::Streaming(_), _) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken { detail: detail.into() })),
-            (Phase::Passthrough, _) => self.end_stream(),
+            (Phase::Passthrough, _) => self.end_stream(now),
             _ => {}
         }
     }
@@ -467,10 +523,49 @@ impl Session {
         self.finish();
     }
 
-    /// The time returned by [`Session::poll_timeout`] has come.
-    pub fn handle_timeout(&mut self, now: Millis) {
+    /// The platform has taken every byte of the response written so far
+    /// (it pulled for more). Lets the pacer measure the drain rate and
+    /// release events it held back for a busy link.
+    pub fn handle_downstream_drained(&mut self, now: Millis) {
+        self.last_now = self.last_now.max(now);
         if self.is_finished() {
             return;
+        }
+        if self.pacer.as_mut().is_some_and(|p| p.drained(now)) {
+            self.flush(now);
+        }
+    }
+
+    /// The answer to an [`Action::KvGet`]: the stored value, or `None` when
+    /// the key is absent or the store failed (both mean "not known").
+    pub fn handle_kv_value(&mut self, _now: Millis, key: &str, value: Option<Bytes>) {
+        if self.link_key.as_deref() != Some(key) || self.link_stored.is_some() {
+            return;
+        }
+        let Some(r) = value.and_then(|v| serde_json::from_slice::<Remembered>(&v).ok()) else {
+            return;
+        };
+        self.link_stored = Some(r);
+        // Too late for a response whose pacer already runs: the next one
+        // benefits.
+        if self.pacer.is_none() {
+            self.link = self.link.with_remembered(r);
+        }
+    }
+
+    /// The time returned by [`Session::poll_timeout`] has come.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.last_now = self.last_now.max(now);
+        if self.is_finished() {
+            return;
+        }
+        if self
+            .pacer
+            .as_ref()
+            .and_then(Pacer::poll_timeout)
+            .is_some_and(|t| now >= t)
+        {
+            self.flush(now);
         }
         if self.upstream_deadline.is_some_and(|d| now >= d) {
             self.upstream_deadline = None;
@@ -498,7 +593,7 @@ impl Session {
                 // stays alive; a later upstream error becomes an error event.
                 self.start_event_stream();
             }
-            self.write(now, Bytes::from_static(KEEPALIVE_COMMENT));
+            self.write(now, Bytes::from_static(KEEPALIVE_COMMENT), true);
         }
     }
 
@@ -520,10 +615,7 @@ impl Session {
             return;
         }
         let mut headers: Headers = vec![
-            (
-                "content-type".into(),
-                "text/event-stream; charset=utf-8".into(),
-            ),
+            ("content-type".into(), self.format.content_type().into()),
             ("cache-control".into(), "no-cache, no-transform".into()),
             ("x-accel-buffering".into(), "no".into()),
             ("server-timing".into(), self.server_timing()),
@@ -535,6 +627,7 @@ impl Session {
             headers,
         }));
         self.downstream = Downstream::EventStream;
+        self.pacer = Some(Pacer::new(self.flush_rule, self.link));
     }
 
     /// Announces the negotiated coding on a streamed head and opens the
@@ -549,23 +642,46 @@ impl Session {
 
     /// Sends body bytes through the response's encoder, flushed so the
     /// client can decode them at once.
-    fn emit(&mut self, bytes: Bytes) {
-        let bytes = match &mut self.encoder {
+    fn emit(&mut self, now: Millis, bytes: &[u8]) {
+        let mut out = Vec::with_capacity(bytes.len() / 2 + 32);
+        match &mut self.encoder {
             Some(encoder) => {
-                let mut out = Vec::with_capacity(bytes.len() / 2 + 32);
-                encoder.encode_and_flush(&bytes, FlushMode::Sync, &mut out);
-                Bytes::from(out)
+                if let Some(p) = &self.pacer {
+                    encoder.set_level(p.level());
+                }
+                encoder.encode_and_flush(bytes, FlushMode::Sync, &mut out);
             }
-            None => bytes,
-        };
-        self.actions.push_back(Action::RespondChunk(bytes));
+            None => out.extend_from_slice(bytes),
+        }
+        if let Some(p) = &mut self.pacer {
+            p.flushed(now, out.len());
+        }
+        self.actions.push_back(Action::RespondChunk(out.into()));
     }
 
-    /// Writes to an event stream and pushes the next keep-alive back.
-    fn write(&mut self, now: Millis, bytes: Bytes) {
-        self.emit(bytes);
+    /// Queues bytes for a streamed response and flushes when the pacer says
+    /// so (`urgent`: at once, for keep-alives and the end). Pushes the next
+    /// keep-alive back.
+    fn write(&mut self, now: Millis, bytes: Bytes, urgent: bool) {
+        match &mut self.pacer {
+            Some(p) => {
+                if p.push(now, &bytes) || urgent {
+                    self.flush(now);
+                }
+            }
+            None => self.emit(now, &bytes),
+        }
         if self.keepalive_at.is_some() {
             self.keepalive_at = Some(now + self.config.keepalive_interval_ms);
+        }
+    }
+
+    /// Writes everything the pacer holds.
+    fn flush(&mut self, now: Millis) {
+        if let Some(pending) = self.pacer.as_mut().map(Pacer::take) {
+            if !pending.is_empty() {
+                self.emit(now, &pending);
+            }
         }
     }
 
@@ -583,7 +699,26 @@ impl Session {
         self.keepalive_at = None;
     }
 
-    fn end_stream(&mut self) {
+    fn end_stream(&mut self, now: Millis) {
+        if let Phase::Streaming(restream) = &self.phase {
+            let mut end = BytesMut::new();
+            let ttft = self.time_to_first_content().unwrap_or(0);
+            restream.write_end(
+                &mut end,
+                Stats {
+                    tokens: restream.content_events,
+                    ttft_ms: ttft,
+                    duration_ms: now.saturating_sub(self.received_at),
+                },
+            );
+            if let Some(p) = &mut self.pacer {
+                let _ = p.push(now, &end);
+            } else if !end.is_empty() {
+                self.emit(now, &end);
+            }
+        }
+        self.flush(now);
+        self.remember_link();
         if let Some(mut encoder) = self.encoder.take() {
             let mut trailer = Vec::new();
             encoder.finish(&mut trailer);
@@ -591,6 +726,22 @@ impl Session {
         }
         self.actions.push_back(Action::RespondEnd);
         self.finish();
+    }
+
+    /// Stores this client's link estimate for its next stream, when it is
+    /// first-hand and new.
+    fn remember_link(&mut self) {
+        let (Some(key), Some(p)) = (&self.link_key, &self.pacer) else {
+            return;
+        };
+        if let Some(r) = p.estimate().to_remember(self.link_stored) {
+            let value = serde_json::to_vec(&r).unwrap_or_default();
+            self.actions.push_back(Action::KvPut {
+                key: key.clone(),
+                value: value.into(),
+                ttl_secs: link::REMEMBER_TTL_SECS,
+            });
+        }
     }
 
     fn respond(&mut self, head: ResponseHead, body: Bytes) {
@@ -630,11 +781,13 @@ impl Session {
             Downstream::NothingSent => self.respond_json(error.status(), &error.to_json()),
             Downstream::EventStream => {
                 let mut event = BytesMut::new();
-                restream::write_event(&mut event, None, &error.to_json().to_string());
-                self.emit(event.freeze());
-                self.end_stream();
+                self.format.write_error(&mut event, &error.to_json());
+                // What was held goes first, then the error, then the end.
+                self.phase = Phase::Finished;
+                self.write(self.last_now, event.freeze(), true);
+                self.end_stream(self.last_now);
             }
-            Downstream::Body => self.end_stream(),
+            Downstream::Body => self.end_stream(self.last_now),
         }
     }
 }

@@ -1,0 +1,419 @@
+//! A small streaming deflate encoder (RFC 1951) with a bounded window,
+//! built for token streams: many small writes, each followed by a flush.
+//!
+//! - LZ77 over a [`WINDOW`]-byte window with hash chains; greedy matching,
+//!   the chain depth set by the level.
+//! - Fixed Huffman codes. A flushed block of one token event is a few
+//!   literals and one or two long matches against the previous event, for
+//!   which a dynamic code table (~60 bytes of header per block) never pays.
+//! - Whole state is about 33 KiB (history 8 KiB, hash heads 8 KiB, chains
+//!   16 KiB), allocated once per response and never grown.
+//!
+//! General-purpose libraries keep a 32 KiB window and a fixed set of large
+//! tables (miniz_oxide: ~320 KB per context), which is more than a gateway
+//! holding thousands of streams can afford.
+
+/// The farthest back a match may reach. The zlib header declares it.
+pub const WINDOW: usize = 4096;
+/// History kept: the window plus the bytes being compressed.
+const HISTORY: usize = 2 * WINDOW;
+const HASH_BITS: u32 = 12;
+const HASH_SIZE: usize = 1 << HASH_BITS;
+const MIN_MATCH: usize = 3;
+const MAX_MATCH: usize = 258;
+
+/// How a flush point ends the data written so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Byte-aligned: an empty stored block (`00 00 ff ff`) follows. Any
+    /// inflater decodes everything written so far.
+    Sync,
+    /// An empty fixed block (10 bits) follows; the last partial byte is held
+    /// back. Two to four bytes fewer per flush.
+    Partial,
+}
+
+/// Streaming raw-deflate state.
+pub struct Deflater {
+    history: Vec<u8>,
+    /// Per hash bucket: the most recent history position + 1 (0 = none).
+    head: Vec<u16>,
+    /// Per history position: the previous position + 1 with the same hash.
+    chain: Vec<u16>,
+    max_chain: usize,
+    bits: u64,
+    nbits: u32,
+}
+
+impl Deflater {
+    /// `level` 1 (fastest) to 9 (most thorough search); 0 is treated as 1.
+    pub fn new(level: u32) -> Self {
+        Self {
+            history: Vec::with_capacity(HISTORY),
+            head: vec![0; HASH_SIZE],
+            chain: vec![0; HISTORY],
+            max_chain: chain_for(level),
+            bits: 0,
+            nbits: 0,
+        }
+    }
+
+    /// Changes the search effort for the following writes.
+    pub fn set_level(&mut self, level: u32) {
+        self.max_chain = chain_for(level);
+    }
+
+    /// Compresses `input` into one block ended by a flush of `mode`.
+    pub fn write(&mut self, input: &[u8], mode: Flush, out: &mut Vec<u8>) {
+        if !input.is_empty() {
+            self.put(0b010, 3); // not final, fixed Huffman
+            for piece in input.chunks(WINDOW) {
+                self.compress(piece, out);
+            }
+            self.put_code(256); // end of block
+        }
+        match mode {
+            Flush::Sync => {
+                self.put(0, 3); // not final, stored
+                self.align(out);
+                out.extend_from_slice(&[0, 0, 0xff, 0xff]);
+            }
+            Flush::Partial => {
+                self.put(0b010, 3);
+                self.put_code(256);
+                self.drain(out);
+            }
+        }
+    }
+
+    /// Ends the stream: a final empty block, padded to a byte.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.put(0b011, 3); // final, fixed Huffman
+        self.put_code(256);
+        self.align(out);
+    }
+
+    fn compress(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        if self.history.len() + piece.len() > HISTORY {
+            self.slide();
+        }
+        let start = self.history.len();
+        self.history.extend_from_slice(piece);
+        let end = self.history.len();
+        let mut p = start;
+        while p < end {
+            let (len, dist) = if end - p >= MIN_MATCH {
+                self.longest_match(p, end)
+            } else {
+                (0, 0)
+            };
+            if len >= MIN_MATCH {
+                self.put_match(len, dist);
+                for q in p..p + len {
+                    if q + MIN_MATCH <= end {
+                        self.insert(q);
+                    }
+                }
+                p += len;
+            } else {
+                self.put_code(self.history[p] as usize);
+                if p + MIN_MATCH <= end {
+                    self.insert(p);
+                }
+                p += 1;
+            }
+            self.drain(out);
+        }
+    }
+
+    fn hash(&self, p: usize) -> usize {
+        let h = &self.history[p..p + 3];
+        let v = u32::from(h[0]) | u32::from(h[1]) << 8 | u32::from(h[2]) << 16;
+        (v.wrapping_mul(0x9E37_79B1) >> (32 - HASH_BITS)) as usize
+    }
+
+    fn insert(&mut self, p: usize) {
+        let h = self.hash(p);
+        self.chain[p] = self.head[h];
+        self.head[h] = (p + 1) as u16;
+    }
+
+    fn longest_match(&self, p: usize, end: usize) -> (usize, usize) {
+        let limit = (end - p).min(MAX_MATCH);
+        let hist = &self.history;
+        let mut best = (0, 0);
+        let mut cand = self.head[self.hash(p)] as usize;
+        let mut steps = self.max_chain;
+        while cand != 0 && steps > 0 {
+            let q = cand - 1;
+            let dist = p - q;
+            if dist > WINDOW {
+                break;
+            }
+            // Cheap reject: a longer match must agree at the current best.
+            if hist[q + best.0.min(limit - 1)] == hist[p + best.0.min(limit - 1)] {
+                let len = hist[q..q + limit]
+                    .iter()
+                    .zip(&hist[p..p + limit])
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                if len > best.0 {
+                    best = (len, dist);
+                    if len == limit {
+                        break;
+                    }
+                }
+            }
+            cand = self.chain[q] as usize;
+            steps -= 1;
+        }
+        best
+    }
+
+    /// Drops the oldest history so that `WINDOW` bytes remain, and rebases
+    /// the hash tables.
+    fn slide(&mut self) {
+        let d = self.history.len().saturating_sub(WINDOW);
+        if d == 0 {
+            return;
+        }
+        self.history.drain(..d);
+        let rebase = |v: &mut u16| *v = if (*v as usize) > d { *v - d as u16 } else { 0 };
+        self.head.iter_mut().for_each(rebase);
+        self.chain.copy_within(d.., 0);
+        self.chain[..HISTORY - d].iter_mut().for_each(rebase);
+    }
+
+    fn put(&mut self, value: u32, n: u32) {
+        self.bits |= u64::from(value) << self.nbits;
+        self.nbits += n;
+    }
+
+    /// A literal/length symbol in the fixed code (RFC 1951 §3.2.6).
+    fn put_code(&mut self, sym: usize) {
+        let (code, len) = match sym {
+            0..=143 => (0x30 + sym as u32, 8),
+            144..=255 => (0x190 + (sym - 144) as u32, 9),
+            256..=279 => ((sym - 256) as u32, 7),
+            _ => (0xc0 + (sym - 280) as u32, 8),
+        };
+        self.put(reverse(code, len), len);
+    }
+
+    fn put_match(&mut self, len: usize, dist: usize) {
+        let l = len - 3;
+        if len == MAX_MATCH {
+            self.put_code(285);
+        } else if l < 8 {
+            self.put_code(257 + l);
+        } else {
+            let nb = usize::BITS - 1 - l.leading_zeros(); // floor(log2 l) >= 3
+            let extra = nb - 2;
+            self.put_code(257 + 4 * (nb as usize - 1) + ((l >> extra) & 3));
+            self.put((l & ((1 << extra) - 1)) as u32, extra);
+        }
+        let d = dist - 1;
+        if d < 4 {
+            self.put(reverse(d as u32, 5), 5);
+        } else {
+            let nb = usize::BITS - 1 - d.leading_zeros(); // >= 2
+            let extra = nb - 1;
+            let code = 2 * nb as usize + ((d >> extra) & 1);
+            self.put(reverse(code as u32, 5), 5);
+            self.put((d & ((1 << extra) - 1)) as u32, extra);
+        }
+    }
+
+    /// Moves whole bytes from the bit buffer to `out`.
+    fn drain(&mut self, out: &mut Vec<u8>) {
+        while self.nbits >= 8 {
+            out.push(self.bits as u8);
+            self.bits >>= 8;
+            self.nbits -= 8;
+        }
+    }
+
+    fn align(&mut self, out: &mut Vec<u8>) {
+        self.nbits = self.nbits.div_ceil(8) * 8;
+        self.drain(out);
+    }
+}
+
+fn chain_for(level: u32) -> usize {
+    match level {
+        0 | 1 => 2,
+        2 => 4,
+        3 => 6,
+        4 => 8,
+        5 => 16,
+        6 => 32,
+        7 => 64,
+        8 => 128,
+        _ => 256,
+    }
+}
+
+fn reverse(code: u32, len: u32) -> u32 {
+    code.reverse_bits() >> (32 - len)
+}
+
+/// CRC-32 (IEEE), as the gzip trailer needs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Crc32 {
+    crc: u32,
+    len: u32,
+}
+
+const CRC_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+impl Crc32 {
+    pub fn update(&mut self, data: &[u8]) {
+        let mut c = !self.crc;
+        for &b in data {
+            c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+        }
+        self.crc = !c;
+        self.len = self.len.wrapping_add(data.len() as u32);
+    }
+
+    /// The gzip trailer: CRC-32 and input length mod 2^32, little-endian.
+    pub fn trailer(&self) -> [u8; 8] {
+        let mut t = [0; 8];
+        t[..4].copy_from_slice(&self.crc.to_le_bytes());
+        t[4..].copy_from_slice(&self.len.to_le_bytes());
+        t
+    }
+}
+
+/// Adler-32, as the zlib trailer needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Adler32 {
+    a: u32,
+    b: u32,
+}
+
+impl Default for Adler32 {
+    fn default() -> Self {
+        Self { a: 1, b: 0 }
+    }
+}
+
+impl Adler32 {
+    pub fn update(&mut self, data: &[u8]) {
+        // 5552 is the most bytes before `b` can overflow (zlib's NMAX).
+        for chunk in data.chunks(5552) {
+            for &x in chunk {
+                self.a += u32::from(x);
+                self.b += self.a;
+            }
+            self.a %= 65521;
+            self.b %= 65521;
+        }
+    }
+
+    pub fn trailer(&self) -> [u8; 4] {
+        ((self.b << 16) | self.a).to_be_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{Decompress, FlushDecompress};
+    use proptest::prelude::*;
+
+    fn inflate(data: &[u8]) -> Vec<u8> {
+        let mut d = Decompress::new(false);
+        let mut out = Vec::with_capacity(data.len() * 50 + 4096);
+        let _ = d.decompress_vec(data, &mut out, FlushDecompress::Sync);
+        out
+    }
+
+    #[test]
+    fn every_match_length_and_distance_round_trips() {
+        // A run repeated at every distance up to the window, with every
+        // length up to the maximum.
+        let mut input = Vec::new();
+        let mut seed = 7u32;
+        for _ in 0..3 * WINDOW {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            input.push(b"abcdefgh"[(seed >> 16) as usize % 8]);
+        }
+        for len in 3..=MAX_MATCH + 5 {
+            let from = input.len() - (len * 37) % WINDOW - len;
+            let copy = input[from..from + len].to_vec();
+            input.extend_from_slice(&copy);
+        }
+        for level in [1, 5, 9] {
+            let mut d = Deflater::new(level);
+            let mut out = Vec::new();
+            d.write(&input, Flush::Sync, &mut out);
+            assert_eq!(inflate(&out), input, "level {level}");
+            assert!(out.len() < input.len() / 2);
+        }
+    }
+
+    #[test]
+    fn crc_and_adler_match_reference_values() {
+        let mut c = Crc32::default();
+        c.update(b"123456789");
+        assert_eq!(&c.trailer()[..4], &0xCBF4_3926u32.to_le_bytes());
+        let mut a = Adler32::default();
+        a.update(b"Wikipedia");
+        assert_eq!(a.trailer(), 0x11E6_0398u32.to_be_bytes());
+        let big = vec![0xffu8; 100_000];
+        let mut a = Adler32::default();
+        a.update(&big[..33_333]);
+        a.update(&big[33_333..]);
+        let mut whole = Adler32::default();
+        whole.update(&big);
+        assert_eq!(a.trailer(), whole.trailer());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any bytes, cut into any writes, flushed either way: after each
+        /// write everything so far decodes.
+        #[test]
+        fn arbitrary_writes_decode_after_each_flush(
+            writes in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), any::<u8>()], 0..3000), 1..12),
+            partial in any::<bool>(),
+            level in 1u32..10,
+        ) {
+            let mode = if partial { Flush::Partial } else { Flush::Sync };
+            let mut d = Deflater::new(level);
+            let mut out = Vec::new();
+            let mut sent = Vec::new();
+            for w in &writes {
+                d.write(w, mode, &mut out);
+                sent.extend_from_slice(w);
+                prop_assert_eq!(&inflate(&out), &sent);
+            }
+            d.finish(&mut out);
+            let mut dec = Decompress::new(false);
+            let mut all = Vec::with_capacity(sent.len() + 16);
+            let status = dec.decompress_vec(&out, &mut all, FlushDecompress::Finish).unwrap();
+            prop_assert_eq!(status, flate2::Status::StreamEnd);
+            prop_assert_eq!(all, sent);
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The downstream stream formats, chosen per request with
+//! `X-Tokenedge-Format`:
+//!
+//! | format   | content type          | per token                | end                                   |
+//! |----------|-----------------------|--------------------------|---------------------------------------|
+//! | `openai` | `text/event-stream`   | the upstream event as is | `data: [DONE]`                        |
+//! | `compact`| `text/event-stream`   | `data: "<text>"`         | `event: done` + finish, usage, stats  |
+//! | `ndjson` | `application/x-ndjson`| `{"t":"<text>"}`         | `{"finish_reason",usage,stats}` line  |
+//! | `text`   | `text/plain`          | the text                 | nothing                               |
+//!
+//! Token text is a JSON string in `compact` and `ndjson`, so any character
+//! survives. Deltas that carry more than text (tool calls, refusals,
+//! reasoning) become `event: delta` / `{"delta":...}` with the upstream's
+//! JSON; `text` refuses requests that could produce them. Errors after the
+//! head: `event: error` / `{"error":...}` / a final `[error] ...` line.
+
+use bytes::{BufMut, BytesMut};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::core::error::Error;
+use crate::core::restream::write_event;
+
+/// The request header that selects the format.
+pub const HEADER: &str = "x-tokenedge-format";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    OpenAi,
+    Compact,
+    Ndjson,
+    Text,
+}
+
+/// Figures about the finished stream, sent in the final event of the
+/// compact formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Events that carried generated text.
+    pub tokens: u64,
+    /// Request received → first generated text.
+    pub ttft_ms: u64,
+    /// Request received → end of stream.
+    pub duration_ms: u64,
+}
+
+impl Format {
+    /// Reads the header (absent = `openai`).
+    pub fn from_header(value: Option<&str>) -> Result<Self, Error> {
+        let Some(v) = value else {
+            return Ok(Self::OpenAi);
+        };
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "openai" => Ok(Self::OpenAi),
+            "compact" => Ok(Self::Compact),
+            "ndjson" => Ok(Self::Ndjson),
+            "text" => Ok(Self::Text),
+            _ => Err(Error::invalid(
+                format!(
+                    "Unknown X-Tokenedge-Format '{v}': expected openai, compact, ndjson or text"
+                ),
+                None,
+            )),
+        }
+    }
+
+    /// Refuses requests whose answers this format cannot carry.
+    pub fn check_request(self, body: &Map<String, Value>) -> Result<(), Error> {
+        if self == Self::OpenAi {
+            return Ok(());
+        }
+        if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+            return Err(Error::invalid(
+                "X-Tokenedge-Format compact, ndjson and text carry one choice: use n=1 or the openai format",
+                Some("n"),
+            ));
+        }
+        if self == Self::Text && (body.contains_key("tools") || body.contains_key("functions")) {
+            return Err(Error::invalid(
+                "X-Tokenedge-Format text carries only text: use compact, ndjson or openai with tools",
+                Some("tools"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenAi | Self::Compact => "text/event-stream; charset=utf-8",
+            Self::Ndjson => "application/x-ndjson",
+            Self::Text => "text/plain; charset=utf-8",
+        }
+    }
+
+    /// Whether the format is SSE (so comments can keep the connection up).
+    pub fn is_event_stream(self) -> bool {
+        matches!(self, Self::OpenAi | Self::Compact)
+    }
+
+    /// Writes one token's text.
+    pub fn write_text(self, out: &mut BytesMut, text: &str) {
+        match self {
+            Self::OpenAi => {}
+            Self::Compact => {
+                out.put_slice(b"data: ");
+                put_json(out, &text);
+                out.put_slice(b"\n\n");
+            }
+            Self::Ndjson => {
+                out.put_slice(b"{\"t\":");
+                put_json(out, &text);
+                out.put_slice(b"}\n");
+            }
+            Self::Text => out.put_slice(text.as_bytes()),
+        }
+    }
+
+    /// Writes a delta that carries more than text.
+    pub fn write_delta(self, out: &mut BytesMut, delta: &RawValue) {
+        match self {
+            Self::Compact => write_event(out, Some("delta"), delta.get()),
+            Self::Ndjson => {
+                out.put_slice(b"{\"delta\":");
+                out.put_slice(delta.get().as_bytes());
+                out.put_slice(b"}\n");
+            }
+            Self::OpenAi | Self::Text => {}
+        }
+    }
+
+    /// Writes the final event of a completed stream.
+    pub fn write_end(
+        self,
+        out: &mut BytesMut,
+        finish_reason: Option<&str>,
+        usage: Option<&RawValue>,
+        stats: Stats,
+    ) {
+        #[derive(Serialize)]
+        struct End<'a> {
+            finish_reason: Option<&'a str>,
+            usage: Option<&'a RawValue>,
+            stats: Stats,
+        }
+        let end = End {
+            finish_reason,
+            usage,
+            stats,
+        };
+        match self {
+            Self::Compact => {
+                out.put_slice(b"event: done\ndata: ");
+                put_json(out, &end);
+                out.put_slice(b"\n\n");
+            }
+            Self::Ndjson => {
+                put_json(out, &end);
+                out.put_u8(b'\n');
+            }
+            Self::OpenAi | Self::Text => {}
+        }
+    }
+
+    /// Writes an error after the head went out. `error` is the
+    /// `{"error":{...}}` object.
+    pub fn write_error(self, out: &mut BytesMut, error: &Value) {
+        match self {
+            Self::OpenAi => write_event(out, None, &error.to_string()),
+            Self::Compact => write_event(out, Some("error"), &error.to_string()),
+            Self::Ndjson => {
+                put_json(out, error);
+                out.put_u8(b'\n');
+            }
+            Self::Text => {
+                let message = error["error"]["message"]
+                    .as_str()
+                    .unwrap_or("stream failed");
+                out.put_slice(b"\n\n[error] ");
+                out.put_slice(message.as_bytes());
+                out.put_u8(b'\n');
+            }
+        }
+    }
+}
+
+fn put_json<T: Serialize + ?Sized>(out: &mut BytesMut, value: &T) {
+    // Serialising strings and these structs cannot fail.
+    let _ = serde_json::to_writer(out.writer(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(f: impl FnOnce(&mut BytesMut)) -> String {
+        let mut b = BytesMut::new();
+        f(&mut b);
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn header_values() {
+        assert_eq!(Format::from_header(None).unwrap(), Format::OpenAi);
+        assert_eq!(
+            Format::from_header(Some(" Compact ")).unwrap(),
+            Format::Compact
+        );
+        assert_eq!(Format::from_header(Some("NDJSON")).unwrap(), Format::Ndjson);
+        assert_eq!(Format::from_header(Some("text")).unwrap(), Format::Text);
+        assert_eq!(Format::from_header(Some("xml")).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn token_text_survives_any_character() {
+        let t = " a\"b\\c\nd\re\u{2028}😀";
+        let compact = s(|b| Format::Compact.write_text(b, t));
+        let data = compact
+            .strip_prefix("data: ")
+            .unwrap()
+            .strip_suffix("\n\n")
+            .unwrap();
+        assert!(!data.contains('\n') && !data.contains('\r'));
+        assert_eq!(serde_json::from_str::<String>(data).unwrap(), t);
+        let nd = s(|b| Format::Ndjson.write_text(b, t));
+        let v: Value = serde_json::from_str(nd.strip_suffix('\n').unwrap()).unwrap();
+        assert_eq!(v["t"], t);
+        assert_eq!(s(|b| Format::Text.write_text(b, t)), t);
+    }
+
+    #[test]
+    fn end_and_error_events() {
+        let usage = RawValue::from_string(r#"{"total_tokens":3}"#.into()).unwrap();
+        let stats = Stats {
+            tokens: 2,
+            ttft_ms: 5,
+            duration_ms: 9,
+        };
+        assert_eq!(
+            s(|b| Format::Compact.write_end(b, Some("stop"), Some(&usage), stats)),
+            "event: done\ndata: {\"finish_reason\":\"stop\",\"usage\":{\"total_tokens\":3},\"stats\":{\"tokens\":2,\"ttft_ms\":5,\"duration_ms\":9}}\n\n"
+        );
+        assert_eq!(
+            s(|b| Format::Ndjson.write_end(b, None, None, stats)),
+            "{\"finish_reason\":null,\"usage\":null,\"stats\":{\"tokens\":2,\"ttft_ms\":5,\"duration_ms\":9}}\n"
+        );
+        let err = serde_json::json!({"error": {"message": "boom"}});
+        assert_eq!(
+            s(|b| Format::Compact.write_error(b, &err)),
+            "event: error\ndata: {\"error\":{\"message\":\"boom\"}}\n\n"
+        );
+        assert_eq!(
+            s(|b| Format::Text.write_error(b, &err)),
+            "\n\n[error] boom\n"
+        );
+    }
+
+    #[test]
+    fn requests_the_format_cannot_carry() {
+        let body = |j: &str| serde_json::from_str::<Map<String, Value>>(j).unwrap();
+        assert!(Format::Compact.check_request(&body(r#"{"n":2}"#)).is_err());
+        assert!(Format::OpenAi.check_request(&body(r#"{"n":2}"#)).is_ok());
+        assert!(Format::Compact
+            .check_request(&body(r#"{"n":1,"tools":[]}"#))
+            .is_ok());
+        let e = Format::Text
+            .check_request(&body(r#"{"tools":[]}"#))
+            .unwrap_err();
+        assert_eq!(e.to_json()["error"]["param"], "tools");
+    }
+}
