@@ -666,3 +666,320 @@ fn identity_without_accept_encoding_and_errors_stay_plain_json() {
     assert_eq!(w.header("content-encoding"), None);
     assert_eq!(w.json()["error"]["code"], "unsupported_media_type");
 }
+
+// ---- formats, flush policy and the remembered link ------------------------
+
+/// Fires every timer due up to `until`, as an adapter would.
+fn fire_timers(s: &mut Session, w: &mut World, until: u64) {
+    while let Some(due) = s.poll_timeout().filter(|d| *d <= until) {
+        s.handle_timeout(due);
+        w.pump(s, due);
+    }
+}
+
+/// Feeds each event of a vector `gap` ms apart from t=2, firing timers in
+/// between, and reports the platform taking every chunk at once. Returns
+/// the number of upstream events fed.
+fn feed(s: &mut Session, w: &mut World, vector: &str, gap: u64) -> usize {
+    let mut t = 2;
+    let mut n = 0;
+    for event in vector.split_inclusive("\n\n") {
+        fire_timers(s, w, t);
+        s.handle_upstream_chunk(t, Bytes::copy_from_slice(event.as_bytes()));
+        w.pump(s, t);
+        s.handle_downstream_drained(t);
+        w.pump(s, t);
+        t += gap;
+        n += 1;
+    }
+    fire_timers(s, w, t + 10_000);
+    n
+}
+
+const LLAMA_CHAT: &str = include_str!("vectors/llamacpp_chat.sse");
+
+/// The generated text of a vector, read with a JSON parser.
+fn content_of(vector: &str) -> (String, usize) {
+    let mut text = String::new();
+    let mut events = 0;
+    for line in vector.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+            if !c.is_empty() {
+                text.push_str(c);
+                events += 1;
+            }
+        }
+    }
+    (text, events)
+}
+
+fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
+    body.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let mut name = None;
+            let mut data = String::new();
+            for line in e.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = Some(n.to_string());
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            (name, data)
+        })
+        .collect()
+}
+
+#[test]
+fn compact_format_carries_text_then_a_final_event() {
+    let (mut s, mut w) = streaming_with(config(), &[("x-tokenedge-format", "compact")]);
+    assert_eq!(
+        w.header("content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
+    feed(&mut s, &mut w, LLAMA_CHAT, 20);
+    assert!(w.ended);
+    let (want, tokens) = content_of(LLAMA_CHAT);
+    let events = sse_events(&w.text());
+    let (last, rest) = events.split_last().unwrap();
+    let text: String = rest
+        .iter()
+        .map(|(name, data)| {
+            assert_eq!(name, &None);
+            serde_json::from_str::<String>(data).unwrap()
+        })
+        .collect();
+    assert_eq!(text, want);
+    assert_eq!(last.0.as_deref(), Some("done"));
+    let end: Value = serde_json::from_str(&last.1).unwrap();
+    assert_eq!(end["finish_reason"], "length");
+    assert!(end["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(end["stats"]["tokens"], tokens as u64);
+    assert!(
+        end["stats"]["duration_ms"].as_u64().unwrap() > end["stats"]["ttft_ms"].as_u64().unwrap()
+    );
+    // Far fewer bytes than the OpenAI events, before any compression.
+    assert!(w.body.len() * 5 < LLAMA_CHAT.len(), "{}", w.body.len());
+}
+
+#[test]
+fn ndjson_and_text_formats() {
+    let (want, _) = content_of(LLAMA_CHAT);
+    let (mut s, mut w) = streaming_with(config(), &[("x-tokenedge-format", "ndjson")]);
+    assert_eq!(w.header("content-type"), Some("application/x-ndjson"));
+    feed(&mut s, &mut w, LLAMA_CHAT, 20);
+    let lines: Vec<Value> = w
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (last, rest) = lines.split_last().unwrap();
+    let text: String = rest.iter().map(|l| l["t"].as_str().unwrap()).collect();
+    assert_eq!(text, want);
+    assert_eq!(last["finish_reason"], "length");
+
+    let (mut s, mut w) = streaming_with(config(), &[("x-tokenedge-format", "text")]);
+    assert_eq!(w.header("content-type"), Some("text/plain; charset=utf-8"));
+    feed(&mut s, &mut w, LLAMA_CHAT, 20);
+    assert!(w.ended);
+    assert_eq!(w.text(), want);
+    // One chunk per token: the text streams as it is generated.
+    assert!(w.chunks.len() >= 10);
+}
+
+#[test]
+fn tool_calls_survive_the_compact_formats() {
+    let vector = include_str!("vectors/openai_tool_calls.sse");
+    let (mut s, mut w) = streaming_with(config(), &[("x-tokenedge-format", "compact")]);
+    feed(&mut s, &mut w, vector, 5);
+    let events = sse_events(&w.text());
+    let args: String = events
+        .iter()
+        .filter(|(n, _)| n.as_deref() == Some("delta"))
+        .map(|(_, d)| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            v["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert!(
+        serde_json::from_str::<Value>(&args).is_ok(),
+        "arguments: {args}"
+    );
+    let end: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
+    assert_eq!(end["finish_reason"], "tool_calls");
+}
+
+#[test]
+fn format_errors_are_400_before_any_upstream_call() {
+    for (format, body, param) in [
+        ("xml", CHAT_STREAM, None),
+        (
+            "compact",
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"n":2}"#,
+            Some("n"),
+        ),
+        (
+            "text",
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"tools":[]}"#,
+            Some("tools"),
+        ),
+    ] {
+        let mut s = Session::new(config());
+        let mut w = World::default();
+        let head = RequestHead::new(
+            "POST",
+            "/v1/chat/completions",
+            vec![
+                ("content-type".into(), "application/json".into()),
+                ("x-tokenedge-format".into(), format.into()),
+            ],
+        );
+        s.handle_request(0, head, Bytes::copy_from_slice(body.as_bytes()));
+        w.pump(&mut s, 0);
+        assert_eq!(w.status(), 400, "{format}");
+        assert_eq!(w.json()["error"]["param"].as_str(), param, "{format}");
+        assert!(w.upstream.is_empty());
+        assert!(w.kv_writes.is_empty());
+    }
+}
+
+#[test]
+fn compact_error_mid_stream_is_an_error_event() {
+    let (mut s, mut w) = streaming_with(config(), &[("x-tokenedge-format", "compact")]);
+    s.handle_upstream_chunk(2, Bytes::from(CONTENT));
+    s.handle_upstream_failed(3, "connection reset");
+    w.pump(&mut s, 3);
+    let events = sse_events(&w.text());
+    assert_eq!(events[0], (None, "\"Hi\"".to_string()));
+    assert_eq!(events[1].0.as_deref(), Some("error"));
+    assert!(w.ended);
+}
+
+/// Event counts per flush for the vector at `gap` ms per event.
+fn flushes_for(extra: &[(&str, &str)], gap: u64) -> (usize, usize, World) {
+    let (mut s, mut w) = streaming_with(config(), extra);
+    let n = feed(&mut s, &mut w, LLAMA_CHAT, gap);
+    assert!(w.ended);
+    let decoded = if w.header("content-encoding") == Some("gzip") {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&w.body[..]), &mut out)
+            .unwrap();
+        out
+    } else {
+        w.text()
+    };
+    assert_eq!(decoded, LLAMA_CHAT, "nothing lost, nothing reordered");
+    (n, w.chunks.len(), w)
+}
+
+#[test]
+fn fast_and_unknown_links_get_every_event_at_once() {
+    for extra in [
+        vec![],
+        vec![("x-tokenedge-bandwidth", "50000")],
+        vec![("downlink", "10"), ("accept-encoding", "gzip")],
+    ] {
+        let (events, chunks, w) = flushes_for(&extra, 20);
+        // One chunk per event (the gzip trailer adds one).
+        let trailer = usize::from(w.header("content-encoding").is_some());
+        assert_eq!(chunks, events + trailer, "{extra:?}");
+        assert!(w
+            .chunks
+            .windows(2)
+            .all(|c| c[0].0 < c[1].0 || c[1].1.len() <= 20));
+    }
+}
+
+#[test]
+fn slow_links_coalesce_events_with_bounded_delay() {
+    // 64 kbit/s = 8 B/ms: an identity event (~300 B + framing) takes ~50 ms
+    // of link; at 10 ms per event the link is the bottleneck.
+    let (events, chunks, w) = flushes_for(&[("x-tokenedge-bandwidth", "64")], 10);
+    assert!(chunks * 3 < events, "{chunks} flushes for {events} events");
+    // No event waits longer than the hold limit.
+    let mut sent_at = 2u64;
+    let mut waited = 0;
+    let mut received = 0usize;
+    let mut arrival = w.chunks.iter().map(|(t, b)| (*t, b.len()));
+    let (mut t_chunk, mut upto) = arrival.next().unwrap();
+    for event in LLAMA_CHAT.split_inclusive("\n\n") {
+        received += event.len();
+        while received > upto {
+            let (t, len) = arrival.next().unwrap();
+            t_chunk = t;
+            upto += len;
+        }
+        waited = waited.max(t_chunk - sent_at);
+        sent_at += 10;
+    }
+    assert!(
+        waited <= tokenedge::core::pacing::MAX_HOLD_MS,
+        "waited {waited} ms"
+    );
+    // Save-Data gathers even on an unknown link.
+    let (events, chunks, _) = flushes_for(&[("save-data", "on")], 20);
+    assert!(chunks * 5 < events, "{chunks} flushes for {events} events");
+    // The fixed rule used by the benchmark.
+    let (events, chunks, _) = flushes_for(&[("x-tokenedge-flush", "4")], 20);
+    assert_eq!(chunks, events.div_ceil(4));
+}
+
+fn client_request(ip: &str, extra: &[(&str, &str)]) -> RequestHead {
+    let mut headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("authorization".to_string(), "Bearer client-key".to_string()),
+    ];
+    headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut head = RequestHead::new("POST", "/v1/chat/completions", headers);
+    head.client.ip = Some(ip.parse().unwrap());
+    head
+}
+
+/// Runs one streamed request from `ip` against the world's KV; returns the
+/// number of chunks the client got.
+fn stream_from(w: &mut World, ip: &str, extra: &[(&str, &str)]) -> usize {
+    let mut s = Session::new(config());
+    w.head = None;
+    w.ended = false;
+    w.chunks.clear();
+    w.body.clear();
+    s.handle_request(0, client_request(ip, extra), Bytes::from(CHAT_STREAM));
+    w.pump(&mut s, 0);
+    s.handle_upstream_head(1, 200, &sse_head());
+    w.pump(&mut s, 1);
+    feed(&mut s, w, LLAMA_CHAT, 10);
+    assert!(w.ended);
+    assert_eq!(w.text(), LLAMA_CHAT);
+    w.chunks.len()
+}
+
+#[test]
+fn the_link_is_remembered_per_client_network() {
+    let mut w = World::default();
+    let events = LLAMA_CHAT.matches("\n\n").count();
+    // First stream: the app says 64 kbit/s; the estimate is stored.
+    let first = stream_from(&mut w, "203.0.113.7", &[("x-tokenedge-bandwidth", "64")]);
+    assert!(first * 3 < events);
+    assert_eq!(w.kv_writes.len(), 1);
+    let (key, value, ttl) = &w.kv_writes[0];
+    assert!(key.starts_with("link:v1:") && !key.contains("203"));
+    assert_eq!(serde_json::from_slice::<Value>(value).unwrap()["kbps"], 64);
+    assert!(*ttl >= 24 * 3600);
+    // Same network, no header: paced by the remembered figure, no rewrite.
+    let second = stream_from(&mut w, "203.0.113.99", &[]);
+    assert!(second * 3 < events, "{second}");
+    assert_eq!(w.kv_writes.len(), 1);
+    // Another network: nothing known, every event at once.
+    assert_eq!(stream_from(&mut w, "198.51.100.1", &[]), events);
+    // KV failing: served the same, just without the memory.
+    w.kv_down = true;
+    assert_eq!(stream_from(&mut w, "203.0.113.7", &[]), events);
+    assert_eq!(w.kv_reads.len(), 4);
+}

@@ -6,6 +6,12 @@
 //! Client disconnects: workerd cancels the response stream, which drops the
 //! [`Pump`]; its `Drop` tells the session, and the session's
 //! `CancelUpstream` aborts the upstream fetch through its `AbortController`.
+//!
+//! Drain: the body is a pull stream, so each time workerd asks for the next
+//! chunk it has taken the previous one; that is reported as
+//! `handle_downstream_drained`. KV: the `KV` binding (absent = every read
+//! answers "not known"); writes run under `ctx.wait_until` so they finish
+//! after the response.
 
 use std::future::{pending, Future};
 use std::pin::{pin, Pin};
@@ -14,15 +20,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::{select, Either};
 use futures_util::{stream, StreamExt};
+use worker::kv::KvStore;
 use worker::{
     event, js_sys, AbortController, ByteStream, Context, Date, EncodeBody, Env, Fetch, Headers,
     Method, Request, RequestInit, Response, Result,
 };
 
 use crate::core::config::{vars, Config};
-use crate::core::http::{RequestHead, ResponseHead, UpstreamRequest};
+use crate::core::http::{ClientInfo, RequestHead, ResponseHead, UpstreamRequest};
 use crate::core::session::{Action, Session};
 use crate::core::Millis;
+
+/// The KV namespace binding (optional).
+const KV_BINDING: &str = "KV";
 
 fn now() -> Millis {
     Date::now().as_millis()
@@ -58,20 +68,31 @@ enum Out {
 enum Wake {
     Head(Result<Response>),
     Chunk(Option<Result<Vec<u8>>>),
+    Kv(String, Option<Vec<u8>>),
     Timer,
 }
+
+type KvRead = Pin<Box<dyn Future<Output = (String, Option<Vec<u8>>)>>>;
 
 /// Owns the session and its upstream I/O for the life of one request.
 struct Pump {
     session: Session,
+    ctx: Context,
+    kv: Option<KvStore>,
     abort: Option<AbortController>,
     head: Option<Pin<Box<dyn Future<Output = Result<Response>>>>>,
     body: Option<ByteStream>,
+    kv_read: Option<KvRead>,
+    /// A chunk went to the platform; its next pull means it was taken.
+    chunk_out: bool,
 }
 
 impl Pump {
     /// Runs the session until it has something for the client.
     async fn next(&mut self) -> Out {
+        if std::mem::take(&mut self.chunk_out) {
+            self.session.handle_downstream_drained(now());
+        }
         loop {
             while let Some(action) = self.session.poll_action() {
                 match action {
@@ -79,22 +100,55 @@ impl Pump {
                     Action::CancelUpstream => self.cancel(),
                     Action::Respond(head, body) => return Out::Full(head, body),
                     Action::RespondHead(head) => return Out::Head(head),
-                    Action::RespondChunk(bytes) => return Out::Chunk(bytes),
+                    Action::RespondChunk(bytes) => {
+                        self.chunk_out = true;
+                        return Out::Chunk(bytes);
+                    }
                     Action::RespondEnd => return Out::End,
+                    Action::KvGet { key } => self.kv_get(key),
+                    Action::KvPut {
+                        key,
+                        value,
+                        ttl_secs,
+                    } => self.kv_put(key, value, ttl_secs),
                 }
             }
             let deadline = self.session.poll_timeout();
-            if deadline.is_none() && self.head.is_none() && self.body.is_none() {
+            if deadline.is_none()
+                && self.head.is_none()
+                && self.body.is_none()
+                && self.kv_read.is_none()
+            {
                 return Out::End; // nothing can happen any more
             }
             let wake = {
-                let io = async {
-                    if let Some(head) = self.head.as_mut() {
+                let Pump {
+                    head,
+                    body,
+                    kv_read,
+                    ..
+                } = self;
+                let upstream = async {
+                    if let Some(head) = head.as_mut() {
                         Wake::Head(head.await)
-                    } else if let Some(body) = self.body.as_mut() {
+                    } else if let Some(body) = body.as_mut() {
                         Wake::Chunk(body.next().await)
                     } else {
                         pending().await
+                    }
+                };
+                let kv = async {
+                    match kv_read.as_mut() {
+                        Some(read) => {
+                            let (key, value) = read.await;
+                            Wake::Kv(key, value)
+                        }
+                        None => pending().await,
+                    }
+                };
+                let io = async {
+                    match select(pin!(upstream), pin!(kv)).await {
+                        Either::Left((w, _)) | Either::Right((w, _)) => w,
                     }
                 };
                 let timer = async {
@@ -137,8 +191,35 @@ impl Pump {
                     self.body = None;
                     self.session.handle_upstream_end(t);
                 }
+                Wake::Kv(key, value) => {
+                    self.kv_read = None;
+                    self.session
+                        .handle_kv_value(t, &key, value.map(Bytes::from));
+                }
             }
         }
+    }
+
+    /// Starts a KV read; a failure or a missing binding reads as "absent".
+    fn kv_get(&mut self, key: String) {
+        let Some(kv) = self.kv.clone() else {
+            return self.session.handle_kv_value(now(), &key, None);
+        };
+        self.kv_read = Some(Box::pin(async move {
+            let value = kv.get(&key).bytes().await.ok().flatten();
+            (key, value)
+        }));
+    }
+
+    /// Writes in the background; the response does not wait for it.
+    fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64) {
+        let Some(kv) = self.kv.clone() else { return };
+        self.ctx.wait_until(async move {
+            if let Ok(put) = kv.put_bytes(&key, &value) {
+                // Workers KV refuses TTLs under 60 s.
+                let _ = put.expiration_ttl(ttl_secs.max(60)).execute().await;
+            }
+        });
     }
 
     fn send(&mut self, req: UpstreamRequest) {
@@ -161,6 +242,7 @@ impl Pump {
     }
 
     fn cancel(&mut self) {
+        self.kv_read = None;
         self.head = None;
         self.body = None;
         if let Some(controller) = self.abort.take() {
@@ -175,47 +257,72 @@ impl Drop for Pump {
         // response finished, in which case this is a no-op).
         self.session.handle_downstream_closed(now());
         while let Some(action) = self.session.poll_action() {
-            if action == Action::CancelUpstream {
-                self.cancel();
+            match action {
+                Action::CancelUpstream => self.cancel(),
+                Action::KvPut {
+                    key,
+                    value,
+                    ttl_secs,
+                } => self.kv_put(key, value, ttl_secs),
+                _ => {}
             }
         }
     }
 }
 
-fn client_accept_encoding(req: &Request) -> Option<String> {
+/// A field of `request.cf` (the platform's facts about the client).
+fn cf_field(req: &Request, name: &str) -> Option<worker::wasm_bindgen::JsValue> {
     let cf = js_sys::Reflect::get(req.inner(), &"cf".into()).ok()?;
     if cf.is_undefined() || cf.is_null() {
         return None;
     }
-    js_sys::Reflect::get(&cf, &"clientAcceptEncoding".into())
-        .ok()?
-        .as_string()
+    js_sys::Reflect::get(&cf, &name.into()).ok()
+}
+
+fn client_info(req: &Request) -> ClientInfo {
+    ClientInfo {
+        ip: req
+            .headers()
+            .get("cf-connecting-ip")
+            .ok()
+            .flatten()
+            .and_then(|ip| ip.trim().parse().ok()),
+        tcp_rtt_ms: cf_field(req, "clientTcpRtt")
+            .and_then(|v| v.as_f64())
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .map(|r| r as u32),
+    }
 }
 
 #[event(fetch)]
-pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> Result<Response> {
+pub async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     let url = req.url()?;
     let method = req.method().to_string();
     let mut headers: Vec<(String, String)> = req.headers().entries().collect();
     // Cloudflare rewrites Accept-Encoding before the worker sees it; the
     // client's own header is in `cf.clientAcceptEncoding` (an empty string
     // when the client sent none).
-    if let Some(original) = client_accept_encoding(&req) {
+    if let Some(original) = cf_field(&req, "clientAcceptEncoding").and_then(|v| v.as_string()) {
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case("accept-encoding"));
         if !original.is_empty() {
             headers.push(("accept-encoding".into(), original));
         }
     }
-    let head = RequestHead::new(&method, url.path(), headers);
+    let mut head = RequestHead::new(&method, url.path(), headers);
+    head.client = client_info(&req);
     let body = match method.as_str() {
         "GET" | "HEAD" | "OPTIONS" => Vec::new(),
         _ => req.bytes().await.unwrap_or_default(),
     };
     let mut pump = Pump {
         session: Session::new(config(&env)),
+        ctx,
+        kv: env.kv(KV_BINDING).ok(),
         abort: None,
         head: None,
         body: None,
+        kv_read: None,
+        chunk_out: false,
     };
     pump.session.handle_request(now(), head, body.into());
 
