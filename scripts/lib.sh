@@ -38,12 +38,13 @@ start_model() {
 }
 
 # start_wrangler PORT INSPECTOR_PORT [--var NAME:VALUE ...]: wrangler dev
-# (workerd) on loopback, building the worker first.
+# (workerd) on loopback, building the worker first. Local KV starts empty
+# for every run.
 start_wrangler() {
   local port=$1 inspector=$2
   shift 2
   (cd "$ROOT" && exec wrangler dev --ip 127.0.0.1 --port "$port" --inspector-port "$inspector" \
-    --show-interactive-dev-session=false "$@" </dev/null >"$TOKENEDGE_LOGS/wrangler-$port.log" 2>&1) &
+    --show-interactive-dev-session=false --persist-to "$TOKENEDGE_LOGS/state-$port" "$@" </dev/null >"$TOKENEDGE_LOGS/wrangler-$port.log" 2>&1) &
   _pids+=($!)
   wait_http "http://127.0.0.1:$port/healthz" 600
 }

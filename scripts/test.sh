@@ -33,10 +33,10 @@ echo "wasm size: $raw bytes raw, $gz bytes gzip -9"
 step "end-to-end on workerd (wrangler dev) with the local model"
 MODEL_PORT=18081
 start_model "$MODEL_PORT"
-keys="e2e-key-1,e2e-key-2"
+keys="e2e-key-1,e2e-key-2,e2e-key-link"
 start_wrangler 18787 19229 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys"
 # The same worker with its upstream on a port nothing listens on.
 start_wrangler 18788 19230 --var "UPSTREAM_URL:http://127.0.0.1:9" --var "API_KEYS:$keys"
 TOKENEDGE_URL=http://127.0.0.1:18787 TOKENEDGE_DEAD_URL=http://127.0.0.1:18788 \
-  TOKENEDGE_KEY=e2e-key-2 MODEL_URL="http://127.0.0.1:$MODEL_PORT" TOKENEDGE_RUNTIME=workerd \
+  TOKENEDGE_KEY=e2e-key-2 TOKENEDGE_LINK_KEY=e2e-key-link MODEL_URL="http://127.0.0.1:$MODEL_PORT" TOKENEDGE_RUNTIME=workerd \
   "$TOKENEDGE_PY" -m pytest -v -s tests/e2e

@@ -1,0 +1,113 @@
+"""End-to-end: the compact, ndjson and text formats, and the flush policy,
+through the runtime with the real model. Compressed streams are inflated as
+the bytes arrive, so a buffered stream fails the timing checks."""
+
+import json
+import os
+import time
+import zlib
+
+import httpx
+
+URL = os.environ["TOKENEDGE_URL"]
+KEY = os.environ["TOKENEDGE_KEY"]
+# A key of its own: the link remembered for it must not pace other tests.
+LINK_KEY = os.environ["TOKENEDGE_LINK_KEY"]
+
+CHAT = {
+    "model": "smollm2",
+    "messages": [{"role": "user", "content": "Write a short story about a lighthouse keeper."}],
+    "max_tokens": 48,
+    "temperature": 0.7,
+    "stream": True,
+}
+
+
+def stream(headers, key=KEY, body=CHAT):
+    """POSTs a stream and returns (response headers, [(seconds, decoded
+    bytes)] per network read, wire bytes)."""
+    headers = {"Authorization": f"Bearer {key}", **headers}
+    start = time.monotonic()
+    reads, wire = [], 0
+    with httpx.stream("POST", f"{URL}/v1/chat/completions", json=body, headers=headers, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        gz = r.headers.get("content-encoding") == "gzip"
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        for raw in r.iter_raw():
+            wire += len(raw)
+            data = inflater.decompress(raw) if gz else raw
+            reads.append((time.monotonic() - start, data))
+        return r.headers, reads, wire
+
+
+def spread(times):
+    return times[-1] - times[0]
+
+
+def test_compact_streams_token_text_and_ends_with_stats():
+    headers, reads, wire = stream({"X-Tokenedge-Format": "compact", "Accept-Encoding": "gzip"})
+    assert headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert headers["content-encoding"] == "gzip"
+    text = b"".join(d for _, d in reads).decode()
+    events = [e for e in text.split("\n\n") if e]
+    tokens = [json.loads(e[6:]) for e in events if e.startswith("data: ")]
+    assert len(tokens) >= 10 and all(isinstance(t, str) for t in tokens)
+    assert events[-1].startswith("event: done\ndata: ")
+    end = json.loads(events[-1].split("data: ", 1)[1])
+    assert end["finish_reason"] in ("stop", "length")
+    assert end["usage"]["completion_tokens"] > 0
+    assert end["stats"]["tokens"] == len(tokens)
+    # Decoded read by read: the text arrives over the generation.
+    token_times = [t for t, d in reads if b'data: "' in d]
+    assert len(token_times) >= 10 and spread(token_times) >= 0.2
+    # Short events: a few bytes each, whatever the coding.
+    assert wire / len(tokens) < 40, wire
+
+
+def test_ndjson_lines_arrive_one_by_one():
+    headers, reads, _ = stream({"X-Tokenedge-Format": "ndjson", "Accept-Encoding": "gzip"})
+    assert headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(l) for l in b"".join(d for _, d in reads).decode().splitlines()]
+    assert len([l for l in lines if "t" in l]) >= 10
+    assert "stats" in lines[-1] and lines[-1]["usage"]["completion_tokens"] > 0
+    token_times = [t for t, d in reads if b'{"t":' in d]
+    assert spread(token_times) >= 0.2
+
+
+def test_text_is_plain_and_streamed():
+    headers, reads, _ = stream({"X-Tokenedge-Format": "text"})
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+    text = b"".join(d for _, d in reads).decode()
+    assert len(text.split()) >= 5 and "data:" not in text and "{" not in text[:1]
+    assert len(reads) >= 10 and spread([t for t, _ in reads]) >= 0.2
+
+
+def test_unknown_format_is_400():
+    r = httpx.post(
+        f"{URL}/v1/chat/completions",
+        json=CHAT,
+        headers={"Authorization": f"Bearer {KEY}", "X-Tokenedge-Format": "xml"},
+        timeout=30,
+    )
+    assert r.status_code == 400
+    assert "X-Tokenedge-Format" in r.json()["error"]["message"]
+
+
+def reads_per_token(headers, key):
+    _, reads, _ = stream({"X-Tokenedge-Format": "compact", "Accept-Encoding": "gzip", **headers}, key=key)
+    text = b"".join(d for _, d in reads).decode()
+    tokens = text.count('data: "')
+    return len([1 for _, d in reads if d]) / tokens, tokens
+
+
+def test_slow_link_coalesces_and_the_estimate_is_remembered():
+    # 8 kbit/s: one compressed flush with framing is ~100 ms of link, while
+    # the model makes a token every ~20-25 ms: several tokens per flush.
+    slow, tokens = reads_per_token({"X-Tokenedge-Bandwidth": "8"}, LINK_KEY)
+    assert slow <= 0.5, f"{slow:.2f} reads per token over {tokens} tokens"
+    # Same client and network, no header: the remembered estimate paces it.
+    remembered, tokens = reads_per_token({}, LINK_KEY)
+    assert remembered <= 0.5, f"{remembered:.2f} reads per token over {tokens} tokens"
+    # A fast link is remembered over it again: every token at once.
+    fast, tokens = reads_per_token({"X-Tokenedge-Bandwidth": "100000"}, LINK_KEY)
+    assert fast >= 0.8, f"{fast:.2f} reads per token over {tokens} tokens"
