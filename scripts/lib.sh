@@ -35,6 +35,12 @@ start_model() {
   "$TOKENEDGE_PY" "$ROOT/scripts/model_server.py" --port "$1" >"$TOKENEDGE_LOGS/model-$1.log" 2>&1 &
   _pids+=($!)
   wait_http "http://127.0.0.1:$1/health" 120
+  # /health answers 503 while the model loads.
+  local deadline=$((SECONDS + 120))
+  until curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$1/health"; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "model server on :$1 never became ready" >&2; return 1; }
+    sleep 0.5
+  done
 }
 
 # start_wrangler PORT INSPECTOR_PORT [--var NAME:VALUE ...]: wrangler dev
