@@ -209,8 +209,13 @@ def shape(kbps):
         sh(f"{ns}tc qdisc replace dev {dev} root tbf rate {kbps}kbit burst {burst} latency 10s")
 
 
-def tx_bytes():
-    return int(open("/sys/class/net/te0/statistics/tx_bytes").read())
+def tx():
+    base = "/sys/class/net/te0/statistics/"
+    return int(open(base + "tx_bytes").read()), int(open(base + "tx_packets").read())
+
+
+# Ethernet (14) + IPv4 (20) + TCP with timestamps (32) per packet.
+PACKET_HEADERS = 66
 
 
 def workerd_cpu_ns():
@@ -232,11 +237,13 @@ def control(replay_port, rate=None):
 
 
 def one(url, mode, kbps, key):
-    before_tx, before_cpu = tx_bytes(), workerd_cpu_ns()
+    (before_tx, before_pk), before_cpu = tx(), workerd_cpu_ns()
     out = subprocess.run(["ip", "netns", "exec", "tecli", sys.executable, __file__, "client", url, mode, str(kbps), key],
                          capture_output=True, text=True, check=True).stdout
     r = json.loads(out)
-    r["wire"] = tx_bytes() - before_tx
+    after_tx, after_pk = tx()
+    r["wire"] = after_tx - before_tx
+    r["packets"] = after_pk - before_pk
     r["cpu_ns"] = workerd_cpu_ns() - before_cpu
     return r
 
@@ -246,13 +253,16 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def summarize(runs, emit_lists):
+def summarize(runs, emit_lists, one_way_ms):
+    """Medians over the runs. Lag is reported as added lag: arrival minus
+    emission minus the one-way propagation delay of the link."""
     rows = []
     for r, emit in zip(runs, emit_lists):
         n = min(len(r["arrivals"]), len(emit))
-        lags = [(r["arrivals"][i] - emit[i]) * 1000 for i in range(n)]
+        lags = [(r["arrivals"][i] - emit[i]) * 1000 - one_way_ms for i in range(n)]
         rows.append({
             "tokens": n, "wire_per_token": r["wire"] / max(n, 1),
+            "http_per_token": (r["wire"] - r["packets"] * PACKET_HEADERS) / max(n, 1),
             "p50": pct(lags, 50), "p95": pct(lags, 95), "max": max(lags),
             "done": (r["done"] - r["start"]) * 1000, "cpu_us": r["cpu_ns"] / 1000 / max(n, 1),
         })
@@ -265,8 +275,8 @@ def run(args):
     results = []
     url = f"http://10.77.0.1:{proxy_port}"
     model_url = f"http://10.77.0.1:{model_proxy_port}"
-    print("| link | upstream | mode | wire B/token | lag p50 ms | lag p95 ms | lag max ms | completion ms | workerd CPU µs/token |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| link | upstream | mode | wire B/token | above TCP/IP B/token | added lag p50 ms | p95 ms | max ms | completion ms | workerd CPU µs/token |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, kbps, rtt in LINKS:
         shape(kbps)
         # Delay proxies for this link's RTT, in front of both workers.
@@ -281,16 +291,17 @@ def run(args):
                     # A fresh key per run: nothing remembered from the last.
                     runs.append(one(url, mode, kbps, "bench-" + secrets.token_hex(6)))
                     emits.append(control(replay_port)["emit"])
-                s = summarize(runs, emits)
+                s = summarize(runs, emits, rtt / 2)
                 label = f"replay {rate} tok/s" if rate else "replay unpaced"
                 results.append({"link": name, "upstream": label, "mode": mode, **s})
-                print(f"| {name} | {label} | {mode} | {s['wire_per_token']:.1f} | {s['p50']:.0f} | {s['p95']:.0f} | {s['max']:.0f} | {s['done']:.0f} | {s['cpu_us']:.1f} |", flush=True)
+                print(f"| {name} | {label} | {mode} | {s['wire_per_token']:.1f} | {s['http_per_token']:.1f} | {s['p50']:.0f} | {s['p95']:.0f} | {s['max']:.0f} | {s['done']:.0f} | {s['cpu_us']:.1f} |", flush=True)
         # One run per mode against the real model: emit times are not
         # known there, so lag is measured against the first token.
         for mode in ("gzip/event", "adaptive+hint"):
             r = one(model_url, mode, kbps, "bench-" + secrets.token_hex(6))
             n = len(r["arrivals"])
-            print(f"| {name} | real model | {mode} | {r['wire'] / max(n, 1):.1f} | – | – | – | {(r['done'] - r['start']) * 1000:.0f} | {r['cpu_ns'] / 1000 / max(n, 1):.1f} |", flush=True)
+            http = (r["wire"] - r["packets"] * PACKET_HEADERS) / max(n, 1)
+            print(f"| {name} | real model | {mode} | {r['wire'] / max(n, 1):.1f} | {http:.1f} | – | – | – | {(r['done'] - r['start']) * 1000:.0f} | {r['cpu_ns'] / 1000 / max(n, 1):.1f} |", flush=True)
             results.append({"link": name, "upstream": "real model", "mode": mode, "tokens": n,
                             "wire_per_token": r["wire"] / max(n, 1), "done": (r["done"] - r["start"]) * 1000})
         for p in procs:

@@ -3,13 +3,16 @@
 //! chunk (as the upstream writes it). Throughput is in events (≈ tokens).
 //!
 //! Baseline in the same run: copying the same bytes chunk by chunk into a
-//! fresh buffer, the least any re-streamer must do.
+//! fresh buffer, the least any re-streamer must do. The session is measured
+//! plain, with gzip (one context, a sync flush per event), and with gzip in
+//! the compact format.
 //!
 //!   cargo bench --bench restream
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use tokenedge::core::config::Config;
+use tokenedge::core::format::Format;
 use tokenedge::core::http::RequestHead;
 use tokenedge::core::restream::Restream;
 use tokenedge::core::session::{Action, Session};
@@ -54,7 +57,7 @@ fn bench(c: &mut Criterion) {
 
     group.bench_function("restream", |b| {
         b.iter(|| {
-            let mut r = Restream::new();
+            let mut r = Restream::new(Format::OpenAi);
             let mut total = 0;
             for chunk in &chunks {
                 total += r.push(chunk).unwrap().bytes.len();
@@ -71,28 +74,38 @@ fn bench(c: &mut Criterion) {
         br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
     );
     let sse = [("content-type".to_string(), "text/event-stream".to_string())];
-    group.bench_function("session", |b| {
-        b.iter(|| {
-            let mut s = Session::new(config.clone());
-            let head = RequestHead::new(
-                "POST",
-                "/v1/chat/completions",
-                vec![("content-type".into(), "application/json".into())],
-            );
-            s.handle_request(0, head, request.clone());
-            s.handle_upstream_head(1, 200, &sse);
-            let mut total = 0;
-            for (i, chunk) in chunks.iter().enumerate() {
-                s.handle_upstream_chunk(2 + i as u64, chunk.clone());
-                while let Some(a) = s.poll_action() {
-                    if let Action::RespondChunk(b) = a {
-                        total += b.len();
+    for (name, extra) in [
+        ("session", vec![]),
+        ("session_gzip", vec![("accept-encoding", "gzip")]),
+        (
+            "session_gzip_compact",
+            vec![
+                ("accept-encoding", "gzip"),
+                ("x-tokenedge-format", "compact"),
+            ],
+        ),
+    ] {
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut s = Session::new(config.clone());
+                let head = RequestHead::new("POST", "/v1/chat/completions", headers.clone());
+                s.handle_request(0, head, request.clone());
+                s.handle_upstream_head(1, 200, &sse);
+                let mut total = 0;
+                for (i, chunk) in chunks.iter().enumerate() {
+                    s.handle_upstream_chunk(2 + i as u64, chunk.clone());
+                    while let Some(a) = s.poll_action() {
+                        if let Action::RespondChunk(b) = a {
+                            total += b.len();
+                        }
                     }
                 }
-            }
-            total
-        })
-    });
+                total
+            })
+        });
+    }
     group.finish();
 }
 

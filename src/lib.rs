@@ -7,8 +7,9 @@
 //!                1 auth, CORS, validate, size limits              vLLM, SGLang, TGI, …)
 //!                2 build the upstream request                          │ SSE tokens
 //!                3 parse upstream SSE (push parser) ◀──────────────────┘
-//!                4 re-frame as OpenAI SSE, field for field
-//!                5 compress (gzip/deflate, sync flush per event)
+//!                4 re-frame: OpenAI SSE field for field, or compact/ndjson/text
+//!                5 pace flushes to the client's link; compress each flush
+//!                  (gzip/deflate, one context, sync flush)
 //!      ◀─────────6 stream to the app, keep-alives, explicit errors
 //! ```
 //!
@@ -19,12 +20,13 @@
 //! each [`core::session::Action`], wait for I/O or the next deadline.
 //!
 //! Streamed responses are compressed with gzip or deflate when the client
-//! accepts it: one context per response, a sync flush after every event so
-//! each token is decodable the moment it arrives.
+//! accepts it: one context per response, a sync flush at every flush point
+//! so each token is decodable the moment it arrives. When to flush follows
+//! the client's link ([`core::pacing`]): at once on a fast or unknown link,
+//! fewer and fuller writes on a slow or busy one.
 //!
-//! What it does not do (yet): adapt flushing to the client's link (coalesce
-//! several tokens per flush), cache, route between replicas, resume dropped
-//! streams, or retry. It never reads a
+//! What it does not do (yet): cache answers, route between replicas, resume
+//! dropped streams, or retry. It never reads a
 //! clock in the core, never forwards the client's `Authorization` upstream,
 //! and never ends a broken stream as if it had completed.
 
