@@ -73,7 +73,10 @@ impl Restream {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Output, SseError> {
         self.parser.push(chunk, &mut self.events)?;
         let mut content_events = 0;
-        for event in self.events.drain(..) {
+        // Taken out for the loop (and put back) so events can be written
+        // through `&mut self`; the buffer's allocation is kept.
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
             if self.done {
                 continue; // nothing is valid after [DONE]
             }
@@ -84,39 +87,50 @@ impl Restream {
                 }
                 continue;
             }
-            let facts = inspect_chunk(&event.data);
-            self.finished |= facts.finished;
-            content_events += u32::from(facts.has_content);
             self.events_forwarded += 1;
-            if self.format == Format::OpenAi {
+            let (finished, has_content) = if self.format == Format::OpenAi {
                 write_event(&mut self.out, event.event.as_deref(), &event.data);
-                continue;
-            }
-            let Some(parts) = chunk_parts(&event.data) else {
-                continue;
+                let facts = inspect_chunk(&event.data);
+                (facts.finished, facts.has_content)
+            } else {
+                self.write_parts(&event.data)
             };
-            if let Some(error) = parts.error {
-                let error = serde_json::json!({ "error": serde_json::from_str::<serde_json::Value>(error.get()).unwrap_or_default() });
-                self.format.write_error(&mut self.out, &error);
-            }
-            if !parts.text.is_empty() {
-                self.format.write_text(&mut self.out, &parts.text);
-            }
-            if let Some(delta) = parts.other_delta {
-                self.format.write_delta(&mut self.out, delta);
-            }
-            if let Some(f) = parts.finish_reason {
-                self.finish_reason = Some(f.into_owned());
-            }
-            if let Some(u) = parts.usage {
-                self.usage = Some(u.to_owned());
-            }
+            self.finished |= finished;
+            content_events += u32::from(has_content);
         }
+        self.events = events;
         self.content_events += u64::from(content_events);
         Ok(Output {
             bytes: self.out.split().freeze(),
             content_events,
         })
+    }
+
+    /// Writes one event in a compact format, reading it once; returns
+    /// (finished, carried content) as [`inspect_chunk`] would for choice 0.
+    fn write_parts(&mut self, data: &str) -> (bool, bool) {
+        let Some(parts) = chunk_parts(data) else {
+            return (false, false);
+        };
+        if let Some(error) = parts.error {
+            let error = serde_json::json!({ "error": serde_json::from_str::<serde_json::Value>(error.get()).unwrap_or_default() });
+            self.format.write_error(&mut self.out, &error);
+        }
+        if !parts.text.is_empty() {
+            self.format.write_text(&mut self.out, &parts.text);
+        }
+        if let Some(delta) = parts.other_delta {
+            self.format.write_delta(&mut self.out, delta);
+        }
+        let has_content = !parts.text.is_empty() || parts.other_delta.is_some();
+        let finished = parts.finish_reason.is_some();
+        if let Some(f) = parts.finish_reason {
+            self.finish_reason = Some(f.into_owned());
+        }
+        if let Some(u) = parts.usage {
+            self.usage = Some(u.to_owned());
+        }
+        (finished, has_content)
     }
 
     /// Writes the end of a completed stream in the response's format
