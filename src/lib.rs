@@ -34,7 +34,10 @@
 
 pub mod core;
 
-#[cfg(all(feature = "workers", target_arch = "wasm32"))]
+#[cfg(target_arch = "wasm32")]
 pub mod adapters {
+    #[cfg(feature = "spin")]
+    pub mod spin;
+    #[cfg(feature = "workers")]
     pub mod workers;
 }
