@@ -1,5 +1,6 @@
 # Shared by scripts/run.sh, scripts/test.sh and bench/: starting the local
-# model server and wrangler dev, waiting for them, and stopping them on exit.
+# model server, wrangler dev and the Spin component, waiting for them, and
+# stopping them on exit.
 # Source after `eval "$(scripts/setup.sh)"`.
 
 TOKENEDGE_LOGS=${TOKENEDGE_LOGS:-$(mktemp -d /tmp/tokenedge-logs.XXXXXX)}
@@ -53,4 +54,28 @@ start_wrangler() {
     --show-interactive-dev-session=false --persist-to "$TOKENEDGE_LOGS/state-$port" "$@" </dev/null >"$TOKENEDGE_LOGS/wrangler-$port.log" 2>&1) &
   _pids+=($!)
   wait_http "http://127.0.0.1:$port/healthz" 600
+}
+
+# build_spin: builds the Spin component with the build command in spin.toml
+# (what `spin build` runs) and sets SPIN_WASM to it.
+build_spin() {
+  local cmd
+  cmd=$(sed -n 's/^command = "\(.*\)"$/\1/p' "$ROOT/spin.toml")
+  [ -n "$cmd" ] || { echo "spin.toml has no build command" >&2; return 1; }
+  (cd "$ROOT" && eval "$cmd")
+  SPIN_WASM="${CARGO_TARGET_DIR:-$ROOT/target}/wasm32-wasip2/release/tokenedge.wasm"
+}
+
+# start_spin PORT [NAME=VALUE ...]: the Spin component (build_spin first) in
+# the test host on loopback, with spin.toml's variables; each NAME=VALUE
+# overrides one, as SPIN_VARIABLE_<NAME> does for `spin up`. Its
+# in-memory key-value store starts empty.
+start_spin() {
+  local port=$1 kv envs=()
+  shift
+  for kv in "$@"; do envs+=("SPIN_VARIABLE_${kv%%=*}=${kv#*=}"); done
+  (cd "$ROOT" && exec env "${envs[@]}" "$SPIN_HOST_BIN" --manifest spin.toml --component "$SPIN_WASM" \
+    --listen "127.0.0.1:$port" </dev/null >"$TOKENEDGE_LOGS/spin-$port.log" 2>&1) &
+  _pids+=($!)
+  wait_http "http://127.0.0.1:$port/healthz" 120
 }

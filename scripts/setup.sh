@@ -80,12 +80,30 @@ setup_rust() {
   echo "export CARGO_TARGET_DIR='$CACHE/target'"
 }
 
+# The Spin target, and the test host that stands in for `spin up` in CI
+# (tests/spin-host: wasmtime 44, the release Spin 4.0.2 is built on), keyed
+# by the host's sources so a change rebuilds it.
+setup_spin() {
+  rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2 >&2
+  local host="$ROOT/tests/spin-host" key dir
+  key=$(cd "$host" && cat Cargo.toml Cargo.lock $(find src wit -type f | sort) | sha256sum | cut -c1-12)
+  dir="$CACHE/spin-host-$key"
+  if [ ! -x "$dir/tokenedge-spin-host" ]; then
+    log "building the Spin test host into $dir (wasmtime; several minutes on a cold machine)"
+    CARGO_TARGET_DIR="$CACHE/spin-host-target" cargo build -q --locked --release --manifest-path "$host/Cargo.toml" >&2
+    mkdir -p "$dir"
+    cp "$CACHE/spin-host-target/release/tokenedge-spin-host" "$dir/"
+  fi
+  echo "export SPIN_HOST_BIN='$dir/tokenedge-spin-host'"
+}
+
 case "$want" in
   python) setup_python ;;
   node) setup_node ;;
   rust) setup_rust ;;
-  all) setup_python; setup_node; setup_rust ;;
-  *) echo "usage: $0 [all|python|node|rust]" >&2; exit 2 ;;
+  spin) setup_python; setup_rust; setup_spin ;;
+  all) setup_python; setup_node; setup_rust; setup_spin ;;
+  *) echo "usage: $0 [all|python|node|rust|spin]" >&2; exit 2 ;;
 esac
 echo "export CLOUDFLARE_CF_FETCH_ENABLED=false"
 echo "export WRANGLER_SEND_METRICS=false NO_UPDATE_NOTIFIER=1"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls this):
 # formatting, lints for every build, unit and vector tests, benches compile,
-# docs, the worker build and its size, and the end-to-end suite against the
-# worker under wrangler dev (workerd) in front of the real local model.
+# docs, the worker and Spin component builds and their sizes, and the one
+# end-to-end suite run twice in front of the real local model: against the
+# worker under wrangler dev (workerd), and against the Spin component in the
+# wasmtime test host. The two runtimes' timings are printed side by side.
 # Installs whatever is missing first (scripts/setup.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +20,8 @@ step "clippy (native, all targets)"
 cargo clippy --all-targets -- -D warnings
 step "clippy (workers, wasm32-unknown-unknown)"
 cargo clippy --lib --features workers --target wasm32-unknown-unknown -- -D warnings
+step "clippy (spin, wasm32-wasip2)"
+cargo clippy --lib --features spin --target wasm32-wasip2 -- -D warnings
 step "unit, session and vector tests"
 cargo test
 step "benches compile"
@@ -30,13 +34,41 @@ raw=$(stat -c %s build/index_bg.wasm)
 gz=$(gzip -9 -c build/index_bg.wasm | wc -c)
 echo "wasm size: $raw bytes raw, $gz bytes gzip -9"
 
-step "end-to-end on workerd (wrangler dev) with the local model"
+step "spin build (the build command in spin.toml)"
+build_spin
+raw=$(stat -c %s "$SPIN_WASM")
+gz=$(gzip -9 -c "$SPIN_WASM" | wc -c)
+echo "component size: $raw bytes raw, $gz bytes gzip -9"
+# The test host implements the Spin interfaces from the WIT files shipped in
+# the spin-sdk crate the component is built with; they must still match.
+sdk=$(cargo metadata --format-version 1 --features spin --filter-platform wasm32-wasip2 |
+  "$TOKENEDGE_PY" -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "spin-sdk"))')
+for d in spin-key-value@3.0.0 spin-variables@3.0.0; do
+  diff -r "$(dirname "$sdk")/wit/deps/$d" "tests/spin-host/wit/deps/$d"
+done
+echo "test host WIT matches $(dirname "$sdk")"
+
 MODEL_PORT=18081
-start_model "$MODEL_PORT"
 keys="e2e-key-1,e2e-key-2,e2e-key-link"
+REPORT="$TOKENEDGE_LOGS/e2e-timing.jsonl"
+: >"$REPORT"
+e2e() { # RUNTIME URL DEAD_URL
+  TOKENEDGE_RUNTIME=$1 TOKENEDGE_URL=$2 TOKENEDGE_DEAD_URL=$3 TOKENEDGE_KEY=e2e-key-2 \
+    TOKENEDGE_LINK_KEY=e2e-key-link MODEL_URL="http://127.0.0.1:$MODEL_PORT" TOKENEDGE_REPORT="$REPORT" \
+    "$TOKENEDGE_PY" -m pytest -v -s tests/e2e
+}
+start_model "$MODEL_PORT"
+
+step "end-to-end on workerd (wrangler dev) with the local model"
 start_wrangler 18787 19229 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys"
 # The same worker with its upstream on a port nothing listens on.
 start_wrangler 18788 19230 --var "UPSTREAM_URL:http://127.0.0.1:9" --var "API_KEYS:$keys"
-TOKENEDGE_URL=http://127.0.0.1:18787 TOKENEDGE_DEAD_URL=http://127.0.0.1:18788 \
-  TOKENEDGE_KEY=e2e-key-2 TOKENEDGE_LINK_KEY=e2e-key-link MODEL_URL="http://127.0.0.1:$MODEL_PORT" TOKENEDGE_RUNTIME=workerd \
-  "$TOKENEDGE_PY" -m pytest -v -s tests/e2e
+e2e workerd http://127.0.0.1:18787 http://127.0.0.1:18788
+
+step "end-to-end on Spin (the component in the wasmtime test host) with the local model"
+start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys"
+start_spin 18798 "UPSTREAM_URL=http://127.0.0.1:9" "UPSTREAM_ORIGIN=http://127.0.0.1:9" "API_KEYS=$keys"
+e2e spin http://127.0.0.1:18797 http://127.0.0.1:18798
+
+step "end-to-end timings, both runtimes"
+"$TOKENEDGE_PY" tests/e2e/report.py "$REPORT"

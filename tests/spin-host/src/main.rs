@@ -25,6 +25,7 @@
 //!
 //! ```text
 //! tokenedge-spin-host --manifest spin.toml [--component path.wasm] [--listen 127.0.0.1:3000]
+//! tokenedge-spin-host --manifest spin.toml --imports   # list what the component imports
 //! ```
 
 use std::collections::HashMap;
