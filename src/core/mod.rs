@@ -3,6 +3,7 @@
 //! the current time and carry out the actions it returns.
 
 pub mod access;
+pub mod cache;
 pub mod compress;
 pub mod config;
 pub mod deflate;

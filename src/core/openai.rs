@@ -343,6 +343,19 @@ pub struct ChunkParts<'a> {
     pub error: Option<&'a RawValue>,
 }
 
+/// The `model` an upstream event names, if any.
+pub fn chunk_model(data: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct ModelView<'a> {
+        #[serde(borrow)]
+        model: Option<Cow<'a, str>>,
+    }
+    serde_json::from_str::<ModelView>(data)
+        .ok()?
+        .model
+        .map(Cow::into_owned)
+}
+
 #[derive(Deserialize)]
 struct PartsView<'a> {
     #[serde(default, borrow)]

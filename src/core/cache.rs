@@ -1,0 +1,484 @@
+//! The exact response cache: which requests may be answered from KV, the
+//! key they are stored under, and the stored entry.
+//!
+//! A request is cacheable when its output is deterministic — `temperature`
+//! is 0 or a `seed` is given — it asks for one choice, and it does not say
+//! `Cache-Control: no-store` (`no-cache` skips the lookup but still
+//! stores). The key hashes the caller's scope (its API key, or one shared
+//! scope when the deployment opts in) with a canonical form of the request
+//! body: every field except [`IGNORED_FIELDS`], object keys sorted at every
+//! depth, numbers as serde_json prints them. So the model, the messages or
+//! prompt, and every sampling, length, stop, penalty, tool and format
+//! parameter are part of it, including ones this code does not know.
+//!
+//! Only completed answers are stored (a finish reason seen, no upstream
+//! failure, no tool-call or other non-text delta), as one KV value written
+//! once at the end: there is never a partial entry. An entry is the text
+//! pieces as the upstream streamed them, the finish reason and the usage;
+//! a hit is replayed from it as a stream in any format, or as JSON.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::core::http::RequestHead;
+use crate::core::openai::{CompletionRequest, Endpoint};
+
+/// Prefix of every cache key; the version changes with the entry format.
+pub const KEY_PREFIX: &str = "cache:v1:";
+/// Largest entry stored, far below Workers KV's 25 MiB per value.
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// How long a lookup may hold the request before it goes upstream anyway.
+pub const LOOKUP_TIMEOUT_MS: u64 = 300;
+/// Response header saying how the cache took part: `hit` or `miss`.
+pub const X_CACHE: &str = "x-cache";
+
+/// Request fields that do not change the generated output.
+pub const IGNORED_FIELDS: &[&str] = &[
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "parallel_tool_calls",
+];
+
+/// What the cache may do for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub key: String,
+    /// Look the key up before going upstream (false for `no-cache`).
+    pub read: bool,
+}
+
+/// The cache plan for a validated request, or `None` when it is not
+/// cacheable. `scope` is the caller's API key (or `None` for a shared
+/// cache).
+pub fn plan(req: &RequestHead, request: &CompletionRequest, scope: Option<&str>) -> Option<Plan> {
+    let directives = req
+        .header("cache-control")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let has = |d: &str| directives.split(',').any(|x| x.trim() == d);
+    if has("no-store") {
+        return None;
+    }
+    let body = &request.body;
+    let deterministic = body
+        .get("temperature")
+        .and_then(Value::as_f64)
+        .is_some_and(|t| t == 0.0)
+        || body.get("seed").is_some_and(Value::is_number);
+    let one_choice = body
+        .get("n")
+        .is_none_or(|n| n.is_null() || n.as_u64() == Some(1));
+    if !deterministic || !one_choice {
+        return None;
+    }
+    Some(Plan {
+        key: key(request.endpoint, &request.body, scope),
+        read: !has("no-cache"),
+    })
+}
+
+/// `cache:v1:` + hex SHA-256 of the scope and the canonical request.
+pub fn key(endpoint: Endpoint, body: &Map<String, Value>, scope: Option<&str>) -> String {
+    let mut canonical = String::new();
+    canonical.push_str(endpoint.path());
+    canonical.push('\n');
+    let kept: Map<String, Value> = body
+        .iter()
+        .filter(|(k, _)| !IGNORED_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    write_canonical(&mut canonical, &Value::Object(kept));
+    let mut hash = Sha256::new();
+    match scope {
+        Some(s) => {
+            hash.update(b"key\0");
+            hash.update(Sha256::digest(s.as_bytes()));
+        }
+        None => hash.update(b"shared\0"),
+    }
+    hash.update(canonical.as_bytes());
+    let mut out = String::with_capacity(KEY_PREFIX.len() + 64);
+    out.push_str(KEY_PREFIX);
+    for b in hash.finalize() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// JSON with object keys sorted at every depth.
+fn write_canonical(out: &mut String, v: &Value) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(out, &map[k]);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(out, item);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// A stored answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Entry {
+    /// The model the upstream named.
+    pub model: String,
+    /// Unix seconds when it was generated.
+    pub created: u64,
+    /// The text, in the pieces the upstream streamed it in.
+    pub pieces: Vec<String>,
+    pub finish_reason: String,
+    #[serde(default)]
+    pub usage: Option<Value>,
+}
+
+impl Entry {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    fn id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.pieces.concat().as_bytes());
+        h.update(self.created.to_be_bytes());
+        let d = h.finalize();
+        let hex: String = d[..12].iter().map(|b| format!("{b:02x}")).collect();
+        format!("cmpl-cache-{hex}")
+    }
+
+    /// The entry as an upstream event stream (`data: …` events ending in
+    /// `[DONE]`), to be re-streamed in the client's format.
+    pub fn to_sse(&self, endpoint: Endpoint) -> Vec<u8> {
+        let id = self.id();
+        let object = match endpoint {
+            Endpoint::Chat => "chat.completion.chunk",
+            Endpoint::Completions => "text_completion",
+        };
+        let event = |choices: Value, usage: Option<&Value>| {
+            let mut e = serde_json::json!({
+                "id": id, "object": object, "created": self.created, "model": self.model,
+                "choices": choices,
+            });
+            if let Some(u) = usage {
+                e["usage"] = u.clone();
+            }
+            format!("data: {e}\n\n")
+        };
+        let piece = |text: &str, finish: Option<&str>| match endpoint {
+            Endpoint::Chat => {
+                serde_json::json!([{"index": 0, "delta": {"content": text}, "finish_reason": finish}])
+            }
+            Endpoint::Completions => {
+                serde_json::json!([{"index": 0, "text": text, "finish_reason": finish}])
+            }
+        };
+        let mut out = String::new();
+        if endpoint == Endpoint::Chat {
+            out.push_str(&event(
+                serde_json::json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+                None,
+            ));
+        }
+        for p in &self.pieces {
+            out.push_str(&event(piece(p, None), None));
+        }
+        out.push_str(&event(piece("", Some(&self.finish_reason)), None));
+        if let Some(u) = &self.usage {
+            out.push_str(&event(serde_json::json!([]), Some(u)));
+        }
+        out.push_str("data: [DONE]\n\n");
+        out.into_bytes()
+    }
+
+    /// The entry as a complete (`stream: false`) response body.
+    pub fn to_json(&self, endpoint: Endpoint) -> Value {
+        let text = self.pieces.concat();
+        let (object, choice) = match endpoint {
+            Endpoint::Chat => (
+                "chat.completion",
+                serde_json::json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": self.finish_reason}),
+            ),
+            Endpoint::Completions => (
+                "text_completion",
+                serde_json::json!({"index": 0, "text": text, "finish_reason": self.finish_reason}),
+            ),
+        };
+        let mut v = serde_json::json!({
+            "id": self.id(), "object": object, "created": self.created, "model": self.model,
+            "choices": [choice],
+        });
+        if let Some(u) = &self.usage {
+            v["usage"] = u.clone();
+        }
+        v
+    }
+
+    /// An entry from a complete (`stream: false`) upstream answer, when it
+    /// holds exactly one finished text choice.
+    pub fn from_json(body: &[u8], created: u64) -> Option<Self> {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        let choices = v.get("choices")?.as_array()?;
+        let [choice] = choices.as_slice() else {
+            return None;
+        };
+        let message = choice.get("message");
+        if message.is_some_and(|m| m.get("tool_calls").is_some_and(|t| !t.is_null())) {
+            return None;
+        }
+        let text = message
+            .and_then(|m| m.get("content"))
+            .or_else(|| choice.get("text"))?
+            .as_str()?;
+        Some(Entry {
+            model: v.get("model").and_then(Value::as_str).unwrap_or("").into(),
+            created,
+            pieces: vec![text.to_owned()],
+            finish_reason: choice.get("finish_reason")?.as_str()?.to_owned(),
+            usage: v.get("usage").filter(|u| !u.is_null()).cloned(),
+        })
+    }
+}
+
+/// Collects a streamed answer while it passes through, for the cache.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    entry: Entry,
+    bytes: usize,
+    /// Something made the answer unfit to store (a non-text delta, an
+    /// error event, too large).
+    spoiled: bool,
+}
+
+impl Recorder {
+    pub fn new(created: u64) -> Self {
+        Self {
+            entry: Entry {
+                created,
+                ..Entry::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    /// One upstream event's data.
+    pub fn event(&mut self, data: &str) {
+        if self.spoiled || data == "[DONE]" {
+            return;
+        }
+        let Some(parts) = crate::core::openai::chunk_parts(data) else {
+            return;
+        };
+        if parts.error.is_some() || parts.other_delta.is_some() {
+            self.spoiled = true;
+            return;
+        }
+        if self.entry.model.is_empty() {
+            if let Some(m) = crate::core::openai::chunk_model(data) {
+                self.entry.model = m;
+            }
+        }
+        if !parts.text.is_empty() {
+            self.bytes += parts.text.len() + 8;
+            self.entry.pieces.push(parts.text.into_owned());
+        }
+        if let Some(f) = parts.finish_reason {
+            self.entry.finish_reason = f.into_owned();
+        }
+        if let Some(u) = parts.usage {
+            self.entry.usage = serde_json::from_str(u.get()).ok();
+        }
+        if self.bytes > MAX_ENTRY_BYTES {
+            self.spoiled = true;
+        }
+    }
+
+    /// The entry, when the answer completed and may be stored.
+    pub fn finish(self) -> Option<Entry> {
+        (!self.spoiled && !self.entry.finish_reason.is_empty()).then_some(self.entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::openai::parse_request;
+
+    fn req(body: &str, headers: &[(&str, &str)]) -> (RequestHead, CompletionRequest) {
+        let head = RequestHead::new(
+            "POST",
+            "/v1/chat/completions",
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        (
+            head,
+            parse_request(Endpoint::Chat, body.as_bytes()).unwrap(),
+        )
+    }
+
+    fn plan_of(body: &str, headers: &[(&str, &str)], scope: Option<&str>) -> Option<Plan> {
+        let (h, r) = req(body, headers);
+        plan(&h, &r, scope)
+    }
+
+    const MSG: &str = r#""model":"m","messages":[{"role":"user","content":"hi"}]"#;
+
+    #[test]
+    fn what_is_cacheable() {
+        let k = Some("k1");
+        assert!(plan_of(&format!("{{{MSG},\"temperature\":0}}"), &[], k).is_some());
+        assert!(plan_of(&format!("{{{MSG},\"temperature\":0.0}}"), &[], k).is_some());
+        assert!(plan_of(&format!("{{{MSG},\"seed\":7,\"temperature\":0.9}}"), &[], k).is_some());
+        assert!(
+            plan_of(&format!("{{{MSG}}}"), &[], k).is_none(),
+            "default temperature samples"
+        );
+        assert!(plan_of(&format!("{{{MSG},\"temperature\":0.2}}"), &[], k).is_none());
+        assert!(plan_of(&format!("{{{MSG},\"temperature\":0,\"n\":2}}"), &[], k).is_none());
+        assert!(plan_of(&format!("{{{MSG},\"temperature\":0,\"n\":1}}"), &[], k).is_some());
+        let body = format!("{{{MSG},\"temperature\":0}}");
+        assert!(plan_of(&body, &[("Cache-Control", "no-store")], k).is_none());
+        assert!(plan_of(&body, &[("cache-control", "max-age=0, No-Store")], k).is_none());
+        let p = plan_of(&body, &[("cache-control", "no-cache")], k).unwrap();
+        assert!(!p.read, "no-cache skips the lookup but stores");
+        assert!(plan_of(&body, &[], k).unwrap().read);
+    }
+
+    #[test]
+    fn key_ignores_order_stream_and_user_but_not_parameters() {
+        let k = Some("k1");
+        let base = plan_of(
+            &format!("{{{MSG},\"temperature\":0,\"max_tokens\":5}}"),
+            &[],
+            k,
+        )
+        .unwrap()
+        .key;
+        assert!(base.starts_with(KEY_PREFIX) && base.len() == KEY_PREFIX.len() + 64);
+        let reordered = r#"{"max_tokens":5,"temperature":0,"messages":[{"content":"hi","role":"user"}],"model":"m","stream":true,"user":"u","stream_options":{"include_usage":true}}"#;
+        assert_eq!(plan_of(reordered, &[], k).unwrap().key, base);
+        for changed in [
+            r#""temperature":0,"max_tokens":6"#,
+            r#""temperature":0,"max_tokens":5,"stop":["x"]"#,
+            r#""temperature":0,"max_tokens":5,"top_p":0.5"#,
+            r#""temperature":0,"max_tokens":5,"response_format":{"type":"json_object"}"#,
+            r#""temperature":0,"max_tokens":5,"some_future_knob":1"#,
+        ] {
+            assert_ne!(
+                plan_of(&format!("{{{MSG},{changed}}}"), &[], k)
+                    .unwrap()
+                    .key,
+                base,
+                "{changed}"
+            );
+        }
+        let other_model = r#"{"model":"m2","messages":[{"role":"user","content":"hi"}],"temperature":0,"max_tokens":5}"#;
+        assert_ne!(plan_of(other_model, &[], k).unwrap().key, base);
+        let other_text = r#"{"model":"m","messages":[{"role":"user","content":"hi!"}],"temperature":0,"max_tokens":5}"#;
+        assert_ne!(plan_of(other_text, &[], k).unwrap().key, base);
+    }
+
+    #[test]
+    fn scopes_do_not_share_entries() {
+        let body = format!("{{{MSG},\"temperature\":0}}");
+        let a = plan_of(&body, &[], Some("key-a")).unwrap().key;
+        let b = plan_of(&body, &[], Some("key-b")).unwrap().key;
+        let shared = plan_of(&body, &[], None).unwrap().key;
+        assert_ne!(a, b);
+        assert_ne!(a, shared);
+        assert!(!a.contains("key-a"));
+        let (h, r) = req(&body, &[]);
+        let completions = key(Endpoint::Completions, &r.body, Some("key-a"));
+        assert_ne!(completions, plan(&h, &r, Some("key-a")).unwrap().key);
+    }
+
+    #[test]
+    fn recorder_keeps_only_completed_text_answers() {
+        let mut r = Recorder::new(100);
+        r.event(r#"{"model":"smol","choices":[{"index":0,"delta":{"role":"assistant","content":null}}]}"#);
+        r.event(r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#);
+        r.event(r#"{"choices":[{"index":0,"delta":{"content":"lo"}}]}"#);
+        r.event(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
+        r.event(
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
+        );
+        r.event("[DONE]");
+        let e = r.finish().unwrap();
+        assert_eq!(e.pieces, ["Hel", "lo"]);
+        assert_eq!(e.finish_reason, "stop");
+        assert_eq!(e.model, "smol");
+        assert_eq!(e.usage.as_ref().unwrap()["completion_tokens"], 2);
+        assert_eq!(Entry::decode(&e.encode()).unwrap(), e);
+
+        let mut cut = Recorder::new(1);
+        cut.event(r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#);
+        assert!(cut.finish().is_none(), "no finish reason: never stored");
+
+        let mut tools = Recorder::new(1);
+        tools.event(r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":"f"}}]}}]}"#);
+        tools.event(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#);
+        assert!(tools.finish().is_none());
+
+        let mut error = Recorder::new(1);
+        error.event(r#"{"error":{"message":"boom"}}"#);
+        error.event(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
+        assert!(error.finish().is_none());
+    }
+
+    #[test]
+    fn replays_as_stream_and_json() {
+        let e = Entry {
+            model: "smol".into(),
+            created: 5,
+            pieces: vec!["Hel".into(), "lo".into()],
+            finish_reason: "length".into(),
+            usage: Some(serde_json::json!({"completion_tokens": 2})),
+        };
+        let sse = String::from_utf8(e.to_sse(Endpoint::Chat)).unwrap();
+        let mut again = Recorder::new(5);
+        for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            again.event(line);
+        }
+        assert_eq!(again.finish().unwrap(), e);
+        assert!(sse.ends_with("data: [DONE]\n\n"));
+        let json = e.to_json(Endpoint::Chat);
+        assert_eq!(json["choices"][0]["message"]["content"], "Hello");
+        assert_eq!(json["usage"]["completion_tokens"], 2);
+        let back = Entry::from_json(json.to_string().as_bytes(), 5).unwrap();
+        assert_eq!(back.pieces.concat(), "Hello");
+        assert_eq!(back.finish_reason, "length");
+        let text = e.to_json(Endpoint::Completions);
+        assert_eq!(text["choices"][0]["text"], "Hello");
+        let sse = String::from_utf8(e.to_sse(Endpoint::Completions)).unwrap();
+        assert!(sse.contains(r#""text":"Hel""#));
+    }
+}
