@@ -77,6 +77,9 @@ impl World {
                     self.kv.insert(key.clone(), value.clone());
                     self.kv_writes.push((key, value, ttl_secs));
                 }
+                Action::KvDelete { key } => {
+                    self.kv.remove(&key);
+                }
             }
         }
     }

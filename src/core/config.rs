@@ -13,6 +13,8 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
 /// Default interval of SSE keep-alive comments while waiting for the first
 /// token: below the 30–60 s idle timeouts of common proxies and carriers.
 pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 15_000;
+/// How long an exact-cache entry lives: a day.
+pub const DEFAULT_CACHE_TTL_SECS: u64 = 86_400;
 /// Longest upstream error body we read to extract its message.
 pub const MAX_UPSTREAM_ERROR_BYTES: usize = 64 * 1024;
 
@@ -26,6 +28,8 @@ pub mod vars {
     pub const FIRST_BYTE_TIMEOUT_MS: &str = "FIRST_BYTE_TIMEOUT_MS";
     pub const IDLE_TIMEOUT_MS: &str = "IDLE_TIMEOUT_MS";
     pub const KEEPALIVE_INTERVAL_MS: &str = "KEEPALIVE_INTERVAL_MS";
+    pub const CACHE_TTL_SECS: &str = "CACHE_TTL_SECS";
+    pub const CACHE_SHARED: &str = "CACHE_SHARED";
     pub const ALL: &[&str] = &[
         UPSTREAM_URL,
         UPSTREAM_API_KEY,
@@ -35,6 +39,8 @@ pub mod vars {
         FIRST_BYTE_TIMEOUT_MS,
         IDLE_TIMEOUT_MS,
         KEEPALIVE_INTERVAL_MS,
+        CACHE_TTL_SECS,
+        CACHE_SHARED,
     ];
 }
 
@@ -80,6 +86,10 @@ pub struct Config {
     pub first_byte_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub keepalive_interval_ms: u64,
+    /// Exact-cache entry lifetime; 0 turns the cache off.
+    pub cache_ttl_secs: u64,
+    /// One cache for every API key instead of one per key.
+    pub cache_shared: bool,
 }
 
 impl Default for Config {
@@ -93,6 +103,8 @@ impl Default for Config {
             first_byte_timeout_ms: DEFAULT_FIRST_BYTE_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
+            cache_ttl_secs: DEFAULT_CACHE_TTL_SECS,
+            cache_shared: false,
         }
     }
 }
@@ -150,6 +162,9 @@ impl Config {
                 DEFAULT_KEEPALIVE_INTERVAL_MS,
             )
             .max(1),
+            cache_ttl_secs: number(vars::CACHE_TTL_SECS, DEFAULT_CACHE_TTL_SECS),
+            cache_shared: get(vars::CACHE_SHARED)
+                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes")),
         }
     }
 }

@@ -40,6 +40,7 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use crate::core::access;
+use crate::core::cache::{self, Entry, Recorder};
 use crate::core::compress::{Encoder, FlushMode, DEFAULT_LEVEL};
 use crate::core::config::{Config, MAX_UPSTREAM_ERROR_BYTES};
 use crate::core::encoding::{self, Coding};
@@ -50,6 +51,7 @@ use crate::core::link::{self, LinkEstimate, Remembered};
 use crate::core::openai::{self, Endpoint};
 use crate::core::pacing::{self, Pacer, Rule};
 use crate::core::restream::{Ending, Restream};
+use crate::core::sse;
 use crate::core::Millis;
 
 /// How long `/healthz` waits for the upstream before calling it unreachable.
@@ -90,6 +92,8 @@ pub enum Action {
         value: Bytes,
         ttl_secs: u64,
     },
+    /// Delete this key, in the background. A failure is ignored.
+    KvDelete { key: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +107,8 @@ enum Route {
 enum Phase {
     /// Waiting for `handle_request`.
     Idle,
+    /// Waiting (briefly) for the exact cache's answer before going upstream.
+    CacheLookup,
     /// Upstream request sent, no response head yet.
     AwaitingHead,
     /// Upstream answered non-2xx; collecting its body for the message.
@@ -157,6 +163,27 @@ pub struct Session {
     upstream_deadline: Option<Millis>,
     /// Next keep-alive comment, for event streams only.
     keepalive_at: Option<Millis>,
+    /// The exact cache's part in this request, when it is cacheable.
+    cache: Option<Box<CacheState>>,
+}
+
+/// A cacheable request: its key, the upstream request held during the
+/// lookup, and the answer recorded on its way through.
+struct CacheState {
+    key: String,
+    endpoint: Endpoint,
+    stream: bool,
+    lookup_started: Millis,
+    lookup_ms: Option<Millis>,
+    hit: bool,
+    /// The upstream body, sent when the lookup misses.
+    pending: Option<Bytes>,
+    parser: sse::Parser,
+    events: Vec<sse::Event>,
+    recorder: Recorder,
+    /// A complete (`stream: false`) answer, up to the entry limit.
+    body: Vec<u8>,
+    spoiled: bool,
 }
 
 impl Session {
@@ -184,6 +211,7 @@ impl Session {
             first_content_at: None,
             upstream_deadline: None,
             keepalive_at: None,
+            cache: None,
         }
     }
 
@@ -195,7 +223,11 @@ impl Session {
     /// When to call [`Session::handle_timeout`] if no other input came.
     pub fn poll_timeout(&self) -> Option<Millis> {
         let flush = self.pacer.as_ref().and_then(Pacer::poll_timeout);
-        [self.upstream_deadline, self.keepalive_at, flush]
+        let lookup = match (&self.phase, &self.cache) {
+            (Phase::CacheLookup, Some(c)) => Some(c.lookup_started + cache::LOOKUP_TIMEOUT_MS),
+            _ => None,
+        };
+        [self.upstream_deadline, self.keepalive_at, flush, lookup]
             .into_iter()
             .flatten()
             .min()
@@ -299,13 +331,39 @@ impl Session {
                     endpoint,
                     stream: request.stream,
                 });
-                self.send_upstream(
-                    now,
-                    "POST",
-                    endpoint.path(),
-                    request.upstream_body().into(),
-                    request.stream,
-                );
+                let scope = (!self.config.cache_shared).then(|| access::bearer(&req).unwrap_or(""));
+                let plan = (self.config.cache_ttl_secs > 0)
+                    .then(|| cache::plan(&req, &request, scope))
+                    .flatten();
+                let body: Bytes = request.upstream_body().into();
+                match plan {
+                    Some(plan) => {
+                        self.cache = Some(Box::new(CacheState {
+                            key: plan.key.clone(),
+                            endpoint,
+                            stream: request.stream,
+                            lookup_started: now,
+                            lookup_ms: None,
+                            hit: false,
+                            pending: None,
+                            parser: sse::Parser::default(),
+                            events: Vec::new(),
+                            recorder: Recorder::new(now / 1000),
+                            body: Vec::new(),
+                            spoiled: false,
+                        }));
+                        if plan.read {
+                            if let Some(c) = &mut self.cache {
+                                c.pending = Some(body);
+                            }
+                            self.phase = Phase::CacheLookup;
+                            self.actions.push_back(Action::KvGet { key: plan.key });
+                        } else {
+                            self.send_upstream(now, "POST", endpoint.path(), body, request.stream);
+                        }
+                    }
+                    None => self.send_upstream(now, "POST", endpoint.path(), body, request.stream),
+                }
                 if request.stream && self.format.is_event_stream() {
                     self.keepalive_at = Some(now + self.config.keepalive_interval_ms);
                 }
@@ -417,6 +475,7 @@ impl Session {
                     ("cache-control".into(), "no-store".into()),
                     ("server-timing".into(), self.server_timing()),
                 ];
+                self.cache_header(&mut h);
                 self.start_encoding(&mut h);
                 h.extend(self.cors.iter().cloned());
                 self.actions
@@ -443,26 +502,15 @@ impl Session {
                     self.finish_upstream_error();
                 }
             }
-            Phase::Streaming(restream) => match restream.push(&chunk) {
-                Ok(out) => {
-                    let done = restream.done();
-                    if out.content_events > 0 && self.first_content_at.is_none() {
-                        self.first_content_at = Some(now);
-                    }
-                    if !out.bytes.is_empty() {
-                        self.write(now, out.bytes, false);
-                    }
-                    if done {
-                        self.cancel_upstream();
-                        self.end_stream(now);
-                    }
-                }
-                Err(e) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
-                    detail: e.to_string(),
-                })),
-            },
-            Phase::Passthrough => self.emit(now, &chunk),
-            Phase::Idle | Phase::AwaitingHead | Phase::Finished => {}
+            Phase::Streaming(_) => {
+                self.record(&chunk);
+                self.feed_stream(now, &chunk);
+            }
+            Phase::Passthrough => {
+                self.record(&chunk);
+                self.emit(now, &chunk);
+            }
+            Phase::Idle | Phase::CacheLookup | Phase::AwaitingHead | Phase::Finished => {}
         }
     }
 
@@ -477,17 +525,23 @@ impl Session {
         match &self.phase {
             Phase::ReadingError { .. } => self.finish_upstream_error(),
             Phase::Streaming(restream) => match restream.ending() {
-                Ending::Done | Ending::FinishedWithoutDone => self.end_stream(now),
+                Ending::Done | Ending::FinishedWithoutDone => {
+                    self.store_answer();
+                    self.end_stream(now)
+                }
                 Ending::Truncated => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
                     detail: "the upstream ended the stream without [DONE] or a finish_reason"
                         .into(),
                 })),
             },
-            Phase::Passthrough => self.end_stream(now),
+            Phase::Passthrough => {
+                self.store_answer();
+                self.end_stream(now)
+            }
             Phase::AwaitingHead => {
                 self.handle_upstream_failed(now, "connection closed before a response")
             }
-            Phase::Idle | Phase::Finished => {}
+            Phase::Idle | Phase::CacheLookup | Phase::Finished => {}
         }
     }
 
@@ -538,7 +592,21 @@ impl Session {
 
     /// The answer to an [`Action::KvGet`]: the stored value, or `None` when
     /// the key is absent or the store failed (both mean "not known").
-    pub fn handle_kv_value(&mut self, _now: Millis, key: &str, value: Option<Bytes>) {
+    pub fn handle_kv_value(&mut self, now: Millis, key: &str, value: Option<Bytes>) {
+        self.last_now = self.last_now.max(now);
+        if matches!(self.phase, Phase::CacheLookup)
+            && self.cache.as_ref().is_some_and(|c| c.key == key)
+        {
+            let entry = value.as_deref().and_then(Entry::decode);
+            if value.is_some() && entry.is_none() {
+                // Unreadable (an older format): drop it.
+                self.actions.push_back(Action::KvDelete { key: key.to_owned() });
+            }
+            return match entry {
+                Some(entry) => self.replay(now, entry),
+                None => self.cache_missed(now),
+            };
+        }
         if self.link_key.as_deref() != Some(key) || self.link_stored.is_some() {
             return;
         }
@@ -566,6 +634,14 @@ impl Session {
             .is_some_and(|t| now >= t)
         {
             self.flush(now);
+        }
+        if matches!(self.phase, Phase::CacheLookup)
+            && self
+                .cache
+                .as_ref()
+                .is_some_and(|c| now >= c.lookup_started + cache::LOOKUP_TIMEOUT_MS)
+        {
+            self.cache_missed(now);
         }
         if self.upstream_deadline.is_some_and(|d| now >= d) {
             self.upstream_deadline = None;
@@ -600,14 +676,123 @@ impl Session {
     // ---- helpers -------------------------------------------------------
 
     fn server_timing(&self) -> String {
+        if let Some(c) = self.cache.as_ref().filter(|c| c.hit) {
+            // Answered from the cache: the lookup is all there was.
+            return format!("cache;desc=hit;dur={}", c.lookup_ms.unwrap_or(0));
+        }
         let edge = self.upstream_sent_at.saturating_sub(self.received_at);
-        match self.upstream_head_at {
+        let mut t = match self.upstream_head_at {
             Some(h) => format!(
                 "edge;dur={edge}, upstream;dur={}",
                 h.saturating_sub(self.upstream_sent_at)
             ),
             None => format!("edge;dur={edge}"),
+        };
+        if let Some(ms) = self.cache.as_ref().and_then(|c| c.lookup_ms) {
+            t.push_str(&format!(", cache;desc=miss;dur={ms}"));
         }
+        t
+    }
+
+    /// `X-Cache: hit | miss` on answers to cacheable requests.
+    fn cache_header(&self, headers: &mut Headers) {
+        if let Some(c) = &self.cache {
+            let v = if c.hit { "hit" } else { "miss" };
+            headers.push((cache::X_CACHE.into(), v.into()));
+        }
+    }
+
+    /// Re-streams upstream (or replayed) event-stream bytes to the client.
+    fn feed_stream(&mut self, now: Millis, chunk: &[u8]) {
+        let Phase::Streaming(restream) = &mut self.phase else {
+            return;
+        };
+        match restream.push(chunk) {
+            Ok(out) => {
+                let done = restream.done();
+                if out.content_events > 0 && self.first_content_at.is_none() {
+                    self.first_content_at = Some(now);
+                }
+                if !out.bytes.is_empty() {
+                    self.write(now, out.bytes, false);
+                }
+                if done {
+                    self.cancel_upstream();
+                    self.store_answer();
+                    self.end_stream(now);
+                }
+            }
+            Err(e) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
+                detail: e.to_string(),
+            })),
+        }
+    }
+
+    /// Keeps a copy of the answer of a cacheable request as it passes.
+    fn record(&mut self, chunk: &[u8]) {
+        let Some(c) = self.cache.as_deref_mut().filter(|c| !c.hit && !c.spoiled) else {
+            return;
+        };
+        if c.stream {
+            if c.parser.push(chunk, &mut c.events).is_err() {
+                c.spoiled = true;
+            }
+            for e in c.events.drain(..) {
+                c.recorder.event(&e.data);
+            }
+        } else if c.body.len() + chunk.len() <= cache::MAX_ENTRY_BYTES {
+            c.body.extend_from_slice(chunk);
+        } else {
+            c.spoiled = true;
+        }
+    }
+
+    /// Stores the answer of a cacheable request that completed upstream:
+    /// one write, of a whole answer, or nothing.
+    fn store_answer(&mut self) {
+        let ttl_secs = self.config.cache_ttl_secs;
+        let Some(c) = self.cache.as_deref_mut().filter(|c| !c.hit && !c.spoiled) else {
+            return;
+        };
+        c.spoiled = true; // stored once
+        let entry = if c.stream {
+            std::mem::take(&mut c.recorder).finish()
+        } else {
+            Entry::from_json(&std::mem::take(&mut c.body), c.lookup_started / 1000)
+        };
+        if let Some(entry) = entry {
+            self.actions.push_back(Action::KvPut {
+                key: c.key.clone(),
+                value: entry.encode().into(),
+                ttl_secs,
+            });
+        }
+    }
+
+    /// The lookup found nothing (or took too long): go upstream.
+    fn cache_missed(&mut self, now: Millis) {
+        let Some(c) = self.cache.as_deref_mut() else { return };
+        c.lookup_ms = Some(now.saturating_sub(c.lookup_started));
+        let (endpoint, stream) = (c.endpoint, c.stream);
+        let body = c.pending.take().unwrap_or_default();
+        self.send_upstream(now, "POST", endpoint.path(), body, stream);
+    }
+
+    /// Answers from a stored entry: as a stream through the same
+    /// re-streaming, formats, pacing and compression as a live answer, or
+    /// as JSON.
+    fn replay(&mut self, now: Millis, entry: Entry) {
+        let Some(c) = self.cache.as_deref_mut() else { return };
+        c.lookup_ms = Some(now.saturating_sub(c.lookup_started));
+        c.hit = true;
+        c.pending = None;
+        let (endpoint, stream) = (c.endpoint, c.stream);
+        if !stream {
+            return self.respond_json(200, &entry.to_json(endpoint));
+        }
+        self.start_event_stream();
+        self.phase = Phase::Streaming(Box::new(Restream::new(self.format)));
+        self.feed_stream(now, &entry.to_sse(endpoint));
     }
 
     fn start_event_stream(&mut self) {
@@ -620,6 +805,7 @@ impl Session {
             ("x-accel-buffering".into(), "no".into()),
             ("server-timing".into(), self.server_timing()),
         ];
+        self.cache_header(&mut headers);
         self.start_encoding(&mut headers);
         headers.extend(self.cors.iter().cloned());
         self.actions.push_back(Action::RespondHead(ResponseHead {
@@ -754,6 +940,10 @@ impl Session {
             ("content-type".into(), "application/json".into()),
             ("cache-control".into(), "no-store".into()),
         ];
+        if self.cache.as_ref().is_some_and(|c| c.hit) {
+            headers.push(("server-timing".into(), self.server_timing()));
+        }
+        self.cache_header(&mut headers);
         headers.extend(self.cors.iter().cloned());
         let mut bytes = serde_json::to_vec(body).unwrap_or_default();
         bytes.push(b'\n');
