@@ -139,7 +139,8 @@ def client(url, mode, bandwidth_kbps, key):
         "max_tokens": 300, "temperature": 0, "stream": True,
     }).encode()
     h = {"Host": host_port, "Content-Type": "application/json", "Authorization": f"Bearer {key}",
-         "Content-Length": str(len(body)), "Connection": "close", "X-Tokenedge-Flush": rule, **headers}
+         "Content-Length": str(len(body)), "Connection": "close", "X-Tokenedge-Flush": rule,
+         "Cache-Control": "no-store", **headers}
     if mode == "adaptive+hint":
         h["X-Tokenedge-Bandwidth"] = str(bandwidth_kbps)
     req = f"POST /v1/chat/completions HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"

@@ -986,3 +986,153 @@ fn the_link_is_remembered_per_client_network() {
     assert_eq!(stream_from(&mut w, "203.0.113.7", &[]), events);
     assert_eq!(w.kv_reads.len(), 4);
 }
+
+// ---- exact cache --------------------------------------------------------
+
+const CHAT_DETERMINISTIC: &str =
+    r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"temperature":0}"#;
+
+/// One request through a world whose KV persists across requests.
+fn cached_request(
+    kv: &std::collections::HashMap<String, Bytes>,
+    key: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> (Session, World) {
+    let mut s = Session::new(config());
+    let mut w = World {
+        kv: kv.clone(),
+        ..World::default()
+    };
+    let mut headers = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        ("Authorization".to_string(), format!("Bearer {key}")),
+    ];
+    headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let head = RequestHead::new("POST", "/v1/chat/completions", headers);
+    s.handle_request(0, head, Bytes::copy_from_slice(body.as_bytes()));
+    w.pump(&mut s, 0);
+    (s, w)
+}
+
+#[test]
+fn exact_cache_miss_stores_and_hit_replays_identical_text() {
+    let mut kv = std::collections::HashMap::new();
+    let (mut s, mut w) = cached_request(&kv, "k1", CHAT_DETERMINISTIC, &[]);
+    assert_eq!(w.upstream.len(), 1, "a miss goes upstream");
+    s.handle_upstream_head(1, 200, &sse_head());
+    w.pump(&mut s, 1);
+    assert_eq!(w.header("x-cache"), Some("miss"));
+    feed(&mut s, &mut w, LLAMA_CHAT, 10);
+    assert!(w.ended);
+    let stored: Vec<_> = w
+        .kv_writes
+        .iter()
+        .filter(|(k, ..)| k.starts_with("cache:v1:"))
+        .collect();
+    assert_eq!(stored.len(), 1, "one write of the whole answer");
+    assert_eq!(stored[0].2, 86_400);
+    let (want, events) = content_of(LLAMA_CHAT);
+    assert_eq!(content_of(&w.text()).0, want);
+
+    kv = w.kv;
+    let (_s, w) = cached_request(&kv, "k1", CHAT_DETERMINISTIC, &[]);
+    assert!(w.upstream.is_empty(), "a hit does not go upstream");
+    assert!(w.ended);
+    assert_eq!(w.header("x-cache"), Some("hit"));
+    assert!(w
+        .header("server-timing")
+        .unwrap()
+        .starts_with("cache;desc=hit"));
+    let (text, n) = content_of(&w.text());
+    assert_eq!(text, want);
+    assert_eq!(n, events, "the same pieces, one event each");
+    assert!(w.text().trim_end().ends_with("data: [DONE]"));
+    assert!(w.text().contains("\"usage\""));
+
+    // The same answer in another format, and as JSON.
+    let (_s, w) = cached_request(
+        &kv,
+        "k1",
+        CHAT_DETERMINISTIC,
+        &[("X-Tokenedge-Format", "text")],
+    );
+    assert!(w.upstream.is_empty());
+    assert_eq!(w.text(), want);
+    let json_body = CHAT_DETERMINISTIC.replace("\"stream\":true", "\"stream\":false");
+    let (_s, w) = cached_request(&kv, "k1", &json_body, &[]);
+    assert!(w.upstream.is_empty());
+    assert_eq!(w.json()["choices"][0]["message"]["content"], want.as_str());
+    assert_eq!(w.header("x-cache"), Some("hit"));
+
+    // Another key does not see it; no-store neither reads nor writes.
+    let (_s, w) = cached_request(&kv, "k2", CHAT_DETERMINISTIC, &[]);
+    assert_eq!(w.upstream.len(), 1, "entries are scoped to the API key");
+    let (_s, w) = cached_request(
+        &kv,
+        "k1",
+        CHAT_DETERMINISTIC,
+        &[("Cache-Control", "no-store")],
+    );
+    assert_eq!(w.upstream.len(), 1);
+    assert!(w.header("x-cache").is_none() && w.kv_reads.iter().all(|k| !k.starts_with("cache:")));
+}
+
+#[test]
+fn exact_cache_stores_nothing_for_broken_or_sampled_answers() {
+    let mut kv = std::collections::HashMap::new();
+    // Cut mid-stream: an error event, and no entry.
+    let (mut s, mut w) = cached_request(&kv, "k1", CHAT_DETERMINISTIC, &[]);
+    s.handle_upstream_head(1, 200, &sse_head());
+    let half: String = LLAMA_CHAT.split_inclusive("\n\n").take(5).collect();
+    s.handle_upstream_chunk(2, Bytes::from(half));
+    s.handle_upstream_failed(3, "reset");
+    w.pump(&mut s, 3);
+    assert!(w.ended);
+    assert!(
+        w.kv_writes.iter().all(|(k, ..)| !k.starts_with("cache:")),
+        "{:?}",
+        w.kv_writes
+    );
+    // A sampled request is not cacheable at all.
+    kv = w.kv;
+    let (mut s, mut w) = cached_request(&kv, "k1", CHAT_STREAM, &[]);
+    s.handle_upstream_head(1, 200, &sse_head());
+    feed(&mut s, &mut w, LLAMA_CHAT, 10);
+    assert!(w.header("x-cache").is_none());
+    assert!(w.kv_writes.iter().all(|(k, ..)| !k.starts_with("cache:")));
+}
+
+#[test]
+fn exact_cache_with_kv_down_or_slow_still_serves() {
+    let mut kv = std::collections::HashMap::new();
+    let mut s = Session::new(config());
+    let mut w = World {
+        kv_down: true,
+        ..World::default()
+    };
+    let (head, body) = post("/v1/chat/completions", CHAT_DETERMINISTIC);
+    s.handle_request(0, head, body);
+    w.pump(&mut s, 0);
+    assert_eq!(w.upstream.len(), 1, "a failed read is a miss");
+
+    // A read that never answers: the lookup gives up and goes upstream.
+    let mut s = Session::new(config());
+    let (head, body) = post("/v1/chat/completions", CHAT_DETERMINISTIC);
+    s.handle_request(0, head, body);
+    let mut gets = 0;
+    while let Some(a) = s.poll_action() {
+        gets += usize::from(matches!(a, Action::KvGet { .. }));
+        assert!(!matches!(a, Action::SendUpstream(_)));
+    }
+    assert!(gets >= 1);
+    let due = s.poll_timeout().unwrap();
+    assert!(due <= 300);
+    s.handle_timeout(due);
+    let mut w = World {
+        kv: std::mem::take(&mut kv),
+        ..World::default()
+    };
+    w.pump(&mut s, due);
+    assert_eq!(w.upstream.len(), 1);
+}

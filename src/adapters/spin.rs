@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::future::{join_all, select, Either};
+use futures_util::future::{join_all, select, select_all, Either};
 use futures_util::{stream, Stream, StreamExt};
 use http_body::Frame;
 use http_body_util::Full;
@@ -85,7 +85,7 @@ enum Out {
 enum Wake {
     Head(Result<spin_sdk::http::Response, ErrorCode>),
     Chunk(Option<Result<Bytes, ErrorCode>>),
-    Kv(String, Option<Vec<u8>>),
+    Kv(usize, String, Option<Vec<u8>>),
     Timer,
 }
 
@@ -94,7 +94,8 @@ struct Pump {
     session: Session,
     head: Option<Boxed<Result<spin_sdk::http::Response, ErrorCode>>>,
     body: Option<UpstreamBody>,
-    kv_read: Option<Boxed<(String, Option<Vec<u8>>)>>,
+    /// KV reads under way (the link record and the cache entry can both be).
+    kv_reads: Vec<Boxed<(String, Option<Vec<u8>>)>>,
     kv_writes: Vec<Boxed<()>>,
     /// A chunk went to the platform; its next pull means it was taken.
     chunk_out: bool,
@@ -106,7 +107,7 @@ impl Pump {
             session,
             head: None,
             body: None,
-            kv_read: None,
+            kv_reads: Vec::new(),
             kv_writes: Vec::new(),
             chunk_out: false,
         }
@@ -132,7 +133,8 @@ impl Pump {
                         join_all(self.kv_writes.drain(..)).await;
                         return Out::End;
                     }
-                    Action::KvGet { key } => self.kv_read = Some(Box::pin(kv_get(key))),
+                    Action::KvGet { key } => self.kv_reads.push(Box::pin(kv_get(key))),
+                    Action::KvDelete { key } => self.kv_writes.push(Box::pin(kv_delete(key))),
                     Action::KvPut {
                         key,
                         value,
@@ -144,7 +146,7 @@ impl Pump {
             if deadline.is_none()
                 && self.head.is_none()
                 && self.body.is_none()
-                && self.kv_read.is_none()
+                && self.kv_reads.is_empty()
             {
                 join_all(self.kv_writes.drain(..)).await;
                 return Out::End; // nothing can happen any more
@@ -153,7 +155,7 @@ impl Pump {
                 let Pump {
                     head,
                     body,
-                    kv_read,
+                    kv_reads,
                     ..
                 } = self;
                 let upstream = async {
@@ -166,12 +168,11 @@ impl Pump {
                     }
                 };
                 let kv = async {
-                    match kv_read.as_mut() {
-                        Some(read) => {
-                            let (key, value) = read.await;
-                            Wake::Kv(key, value)
-                        }
-                        None => pending().await,
+                    if kv_reads.is_empty() {
+                        pending().await
+                    } else {
+                        let ((key, value), i, _) = select_all(kv_reads.iter_mut()).await;
+                        Wake::Kv(i, key, value)
                     }
                 };
                 let io = async {
@@ -220,8 +221,8 @@ impl Pump {
                     self.body = None;
                     self.session.handle_upstream_end(t);
                 }
-                Wake::Kv(key, value) => {
-                    self.kv_read = None;
+                Wake::Kv(i, key, value) => {
+                    drop(self.kv_reads.swap_remove(i));
                     self.session
                         .handle_kv_value(t, &key, value.map(Bytes::from));
                 }
@@ -243,7 +244,7 @@ impl Pump {
 
     /// Dropping the outbound futures and body closes the upstream request.
     fn cancel(&mut self) {
-        self.kv_read = None;
+        self.kv_reads.clear();
         self.head = None;
         self.body = None;
     }
@@ -284,6 +285,12 @@ async fn kv_get(key: String) -> (String, Option<Vec<u8>>) {
         (expiry > now()).then(|| value.to_vec())
     });
     (key, value)
+}
+
+async fn kv_delete(key: String) {
+    if let Ok(store) = Store::open_default().await {
+        let _ = store.delete(&key).await;
+    }
 }
 
 async fn kv_put(key: String, value: Bytes, ttl_secs: u64) {

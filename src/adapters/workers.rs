@@ -18,7 +18,7 @@ use std::pin::{pin, Pin};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{select, Either};
+use futures_util::future::{select, select_all, Either};
 use futures_util::{stream, StreamExt};
 use worker::kv::KvStore;
 use worker::{
@@ -68,7 +68,7 @@ enum Out {
 enum Wake {
     Head(Result<Response>),
     Chunk(Option<Result<Vec<u8>>>),
-    Kv(String, Option<Vec<u8>>),
+    Kv(usize, String, Option<Vec<u8>>),
     Timer,
 }
 
@@ -82,7 +82,8 @@ struct Pump {
     abort: Option<AbortController>,
     head: Option<Pin<Box<dyn Future<Output = Result<Response>>>>>,
     body: Option<ByteStream>,
-    kv_read: Option<KvRead>,
+    /// KV reads under way (the link record and the cache entry can both be).
+    kv_reads: Vec<KvRead>,
     /// A chunk went to the platform; its next pull means it was taken.
     chunk_out: bool,
 }
@@ -111,13 +112,14 @@ impl Pump {
                         value,
                         ttl_secs,
                     } => self.kv_put(key, value, ttl_secs),
+                    Action::KvDelete { key } => self.kv_delete(key),
                 }
             }
             let deadline = self.session.poll_timeout();
             if deadline.is_none()
                 && self.head.is_none()
                 && self.body.is_none()
-                && self.kv_read.is_none()
+                && self.kv_reads.is_empty()
             {
                 return Out::End; // nothing can happen any more
             }
@@ -125,7 +127,7 @@ impl Pump {
                 let Pump {
                     head,
                     body,
-                    kv_read,
+                    kv_reads,
                     ..
                 } = self;
                 let upstream = async {
@@ -138,12 +140,11 @@ impl Pump {
                     }
                 };
                 let kv = async {
-                    match kv_read.as_mut() {
-                        Some(read) => {
-                            let (key, value) = read.await;
-                            Wake::Kv(key, value)
-                        }
-                        None => pending().await,
+                    if kv_reads.is_empty() {
+                        pending().await
+                    } else {
+                        let ((key, value), i, _) = select_all(kv_reads.iter_mut()).await;
+                        Wake::Kv(i, key, value)
                     }
                 };
                 let io = async {
@@ -191,8 +192,8 @@ impl Pump {
                     self.body = None;
                     self.session.handle_upstream_end(t);
                 }
-                Wake::Kv(key, value) => {
-                    self.kv_read = None;
+                Wake::Kv(i, key, value) => {
+                    drop(self.kv_reads.swap_remove(i));
                     self.session
                         .handle_kv_value(t, &key, value.map(Bytes::from));
                 }
@@ -205,7 +206,7 @@ impl Pump {
         let Some(kv) = self.kv.clone() else {
             return self.session.handle_kv_value(now(), &key, None);
         };
-        self.kv_read = Some(Box::pin(async move {
+        self.kv_reads.push(Box::pin(async move {
             let value = kv.get(&key).bytes().await.ok().flatten();
             (key, value)
         }));
@@ -219,6 +220,13 @@ impl Pump {
                 // Workers KV refuses TTLs under 60 s.
                 let _ = put.expiration_ttl(ttl_secs.max(60)).execute().await;
             }
+        });
+    }
+
+    fn kv_delete(&mut self, key: String) {
+        let Some(kv) = self.kv.clone() else { return };
+        self.ctx.wait_until(async move {
+            let _ = kv.delete(&key).await;
         });
     }
 
@@ -242,7 +250,7 @@ impl Pump {
     }
 
     fn cancel(&mut self) {
-        self.kv_read = None;
+        self.kv_reads.clear();
         self.head = None;
         self.body = None;
         if let Some(controller) = self.abort.take() {
@@ -321,7 +329,7 @@ pub async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response>
         abort: None,
         head: None,
         body: None,
-        kv_read: None,
+        kv_reads: Vec::new(),
         chunk_out: false,
     };
     pump.session.handle_request(now(), head, body.into());

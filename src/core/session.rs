@@ -600,7 +600,9 @@ impl Session {
             let entry = value.as_deref().and_then(Entry::decode);
             if value.is_some() && entry.is_none() {
                 // Unreadable (an older format): drop it.
-                self.actions.push_back(Action::KvDelete { key: key.to_owned() });
+                self.actions.push_back(Action::KvDelete {
+                    key: key.to_owned(),
+                });
             }
             return match entry {
                 Some(entry) => self.replay(now, entry),
@@ -771,7 +773,9 @@ impl Session {
 
     /// The lookup found nothing (or took too long): go upstream.
     fn cache_missed(&mut self, now: Millis) {
-        let Some(c) = self.cache.as_deref_mut() else { return };
+        let Some(c) = self.cache.as_deref_mut() else {
+            return;
+        };
         c.lookup_ms = Some(now.saturating_sub(c.lookup_started));
         let (endpoint, stream) = (c.endpoint, c.stream);
         let body = c.pending.take().unwrap_or_default();
@@ -782,7 +786,9 @@ impl Session {
     /// re-streaming, formats, pacing and compression as a live answer, or
     /// as JSON.
     fn replay(&mut self, now: Millis, entry: Entry) {
-        let Some(c) = self.cache.as_deref_mut() else { return };
+        let Some(c) = self.cache.as_deref_mut() else {
+            return;
+        };
         c.lookup_ms = Some(now.saturating_sub(c.lookup_started));
         c.hit = true;
         c.pending = None;
