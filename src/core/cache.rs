@@ -104,9 +104,7 @@ pub fn key(endpoint: Endpoint, body: &Map<String, Value>, scope: Option<&str>) -
     hash.update(canonical.as_bytes());
     let mut out = String::with_capacity(KEY_PREFIX.len() + 64);
     out.push_str(KEY_PREFIX);
-    for b in hash.finalize() {
-        out.push_str(&format!("{b:02x}"));
-    }
+    out.push_str(&crate::core::hex(&hash.finalize()));
     out
 }
 
@@ -169,8 +167,7 @@ impl Entry {
         h.update(self.pieces.concat().as_bytes());
         h.update(self.created.to_be_bytes());
         let d = h.finalize();
-        let hex: String = d[..12].iter().map(|b| format!("{b:02x}")).collect();
-        format!("cmpl-cache-{hex}")
+        format!("cmpl-cache-{}", crate::core::hex(&d[..12]))
     }
 
     /// The entry as an upstream event stream (`data: …` events ending in

@@ -156,7 +156,7 @@ pub fn remember_key(api_key: &str, ip: Option<IpAddr>) -> Option<String> {
     h.update(b"\0");
     h.update(prefix.as_bytes());
     let digest = h.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::core::hex(&digest[..16]);
     Some(format!("link:v1:{hex}"))
 }
 

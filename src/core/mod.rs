@@ -21,3 +21,8 @@ pub mod sse;
 /// Milliseconds on the adapter's clock (e.g. `Date.now()` on Workers). Only
 /// differences matter; the core never reads a clock itself.
 pub type Millis = u64;
+
+/// Lower-case hex of `bytes` (KV keys and ids).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
