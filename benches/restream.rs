@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let config = Config {
-        upstream_url: "http://up".into(),
+        upstream_urls: vec!["http://up".into()],
         ..Config::default()
     };
     let request = Bytes::from_static(

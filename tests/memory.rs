@@ -42,7 +42,7 @@ fn a_gzip_stream_of_1000_events_stays_under_64_kib() {
         .map(|i| Bytes::copy_from_slice(content[i % content.len()].as_bytes()))
         .collect();
     let config = Config {
-        upstream_url: "http://upstream:8081".into(),
+        upstream_urls: vec!["http://upstream:8081".into()],
         ..Config::default()
     };
     let head = RequestHead::new(

@@ -18,7 +18,7 @@ const REQUEST: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}
 /// client's body and whether the response ended.
 fn drive(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
     let mut s = Session::new(Config {
-        upstream_url: "http://up".into(),
+        upstream_urls: vec!["http://up".into()],
         ..Config::default()
     });
     let head = RequestHead::new(

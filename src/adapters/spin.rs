@@ -38,6 +38,7 @@ use spin_sdk::wasip3::http::types::ErrorCode;
 
 use crate::core::config::{vars, Config};
 use crate::core::http::{ClientInfo, RequestHead, ResponseHead, UpstreamRequest};
+use crate::core::route::Health;
 use crate::core::session::{Action, Session};
 use crate::core::Millis;
 
@@ -50,6 +51,19 @@ const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
 const SPIN_HEADER_PREFIX: &str = "spin-";
 /// Bytes of expiry time in front of every stored value.
 const EXPIRY_LEN: usize = 8;
+
+thread_local! {
+    /// Replica health, kept for the life of the isolate or instance.
+    static HEALTH: std::cell::RefCell<Health> = std::cell::RefCell::default();
+}
+
+fn health() -> Health {
+    HEALTH.with(|h| h.borrow().clone())
+}
+
+fn report_health(replica: &str, up: bool) {
+    HEALTH.with(|h| h.borrow_mut().report(replica, up, now()));
+}
 
 fn now() -> Millis {
     SystemTime::now()
@@ -134,6 +148,7 @@ impl Pump {
                         return Out::End;
                     }
                     Action::KvGet { key } => self.kv_reads.push(Box::pin(kv_get(key))),
+                    Action::ReplicaHealth { replica, up } => report_health(&replica, up),
                     Action::KvDelete { key } => self.kv_writes.push(Box::pin(kv_delete(key))),
                     Action::KvPut {
                         key,
@@ -374,7 +389,7 @@ async fn handle(req: Request) -> http::Response<Body> {
         "GET" | "HEAD" | "OPTIONS" => Bytes::new(),
         _ => req.into_body().bytes().await.unwrap_or_default(),
     };
-    let mut pump = Pump::new(Session::new(config().await));
+    let mut pump = Pump::new(Session::new(config().await).with_health(health()));
     pump.session.handle_request(now(), head, body);
 
     match pump.next().await {

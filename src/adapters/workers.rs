@@ -28,11 +28,25 @@ use worker::{
 
 use crate::core::config::{vars, Config};
 use crate::core::http::{ClientInfo, RequestHead, ResponseHead, UpstreamRequest};
+use crate::core::route::Health;
 use crate::core::session::{Action, Session};
 use crate::core::Millis;
 
 /// The KV namespace binding (optional).
 const KV_BINDING: &str = "KV";
+
+thread_local! {
+    /// Replica health, kept for the life of the isolate or instance.
+    static HEALTH: std::cell::RefCell<Health> = std::cell::RefCell::default();
+}
+
+fn health() -> Health {
+    HEALTH.with(|h| h.borrow().clone())
+}
+
+fn report_health(replica: &str, up: bool) {
+    HEALTH.with(|h| h.borrow_mut().report(replica, up, now()));
+}
 
 fn now() -> Millis {
     Date::now().as_millis()
@@ -112,6 +126,7 @@ impl Pump {
                         value,
                         ttl_secs,
                     } => self.kv_put(key, value, ttl_secs),
+                    Action::ReplicaHealth { replica, up } => report_health(&replica, up),
                     Action::KvDelete { key } => self.kv_delete(key),
                 }
             }
@@ -323,7 +338,7 @@ pub async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response>
         _ => req.bytes().await.unwrap_or_default(),
     };
     let mut pump = Pump {
-        session: Session::new(config(&env)),
+        session: Session::new(config(&env)).with_health(health()),
         ctx,
         kv: env.kv(KV_BINDING).ok(),
         abort: None,

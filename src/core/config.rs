@@ -15,6 +15,10 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
 pub const DEFAULT_KEEPALIVE_INTERVAL_MS: u64 = 15_000;
 /// How long an exact-cache entry lives: a day.
 pub const DEFAULT_CACHE_TTL_SECS: u64 = 86_400;
+/// How many tokens of an earlier answer a speculative prefix holds.
+pub const DEFAULT_PREFIX_TOKENS: usize = 16;
+/// How long a warmed prefix is not warmed again.
+pub const DEFAULT_PREFETCH_WINDOW_SECS: u64 = 60;
 /// Longest upstream error body we read to extract its message.
 pub const MAX_UPSTREAM_ERROR_BYTES: usize = 64 * 1024;
 
@@ -30,6 +34,11 @@ pub mod vars {
     pub const KEEPALIVE_INTERVAL_MS: &str = "KEEPALIVE_INTERVAL_MS";
     pub const CACHE_TTL_SECS: &str = "CACHE_TTL_SECS";
     pub const CACHE_SHARED: &str = "CACHE_SHARED";
+    pub const SPECULATIVE_PREFIX: &str = "SPECULATIVE_PREFIX";
+    pub const PREFIX_TOKENS: &str = "PREFIX_TOKENS";
+    pub const UPSTREAM_DIALECT: &str = "UPSTREAM_DIALECT";
+    pub const PREFETCH_WINDOW_SECS: &str = "PREFETCH_WINDOW_SECS";
+    pub const KV_STORE: &str = "KV_STORE";
     pub const ALL: &[&str] = &[
         UPSTREAM_URL,
         UPSTREAM_API_KEY,
@@ -41,6 +50,11 @@ pub mod vars {
         KEEPALIVE_INTERVAL_MS,
         CACHE_TTL_SECS,
         CACHE_SHARED,
+        SPECULATIVE_PREFIX,
+        PREFIX_TOKENS,
+        UPSTREAM_DIALECT,
+        PREFETCH_WINDOW_SECS,
+        KV_STORE,
     ];
 }
 
@@ -71,11 +85,49 @@ impl CorsOrigins {
     }
 }
 
+/// When a request may be answered with a speculative prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Speculate {
+    /// Never.
+    #[default]
+    Off,
+    /// For every eligible request, unless it says `X-Tokenedge-Prefix: off`.
+    On,
+    /// Only for requests that say `X-Tokenedge-Prefix: on`.
+    Request,
+}
+
+/// What the upstream understands beyond the OpenAI API: how (or whether)
+/// it continues an assistant message it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// Plain OpenAI API: a trailing assistant message is a finished turn,
+    /// so chat answers cannot be continued.
+    #[default]
+    OpenAi,
+    /// llama.cpp's server: a trailing assistant message is continued.
+    LlamaCpp,
+    /// vLLM and SGLang: continued with `continue_final_message: true,
+    /// add_generation_prompt: false`.
+    Vllm,
+}
+
+impl Dialect {
+    fn parse(v: &str) -> Self {
+        match v.to_ascii_lowercase().replace(['.', '-', '_'], "").as_str() {
+            "llamacpp" => Dialect::LlamaCpp,
+            "vllm" | "sglang" => Dialect::Vllm,
+            _ => Dialect::OpenAi,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Base URL of the OpenAI-compatible upstream, without a trailing `/`,
-    /// e.g. `http://127.0.0.1:8081` (paths `/v1/...` are appended).
-    pub upstream_url: String,
+    /// Base URLs of the OpenAI-compatible upstream's replicas, without a
+    /// trailing `/`, e.g. `http://127.0.0.1:8081` (paths `/v1/...` are
+    /// appended). `UPSTREAM_URL` lists them separated by commas or spaces.
+    pub upstream_urls: Vec<String>,
     /// Sent upstream as `Authorization: Bearer …`; the client's own
     /// `Authorization` is never forwarded.
     pub upstream_api_key: Option<String>,
@@ -90,12 +142,21 @@ pub struct Config {
     pub cache_ttl_secs: u64,
     /// One cache for every API key instead of one per key.
     pub cache_shared: bool,
+    pub speculate: Speculate,
+    /// Tokens (streamed pieces) in a stored speculative prefix.
+    pub prefix_tokens: usize,
+    pub dialect: Dialect,
+    /// A prefix warmed by `/v1/prefetch` is not warmed again for this long.
+    pub prefetch_window_secs: u64,
+    /// The KV namespace binding (Workers) or store label (Spin); `None`
+    /// for the runtime's default (`KV` / `default`).
+    pub kv_store: Option<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            upstream_url: String::new(),
+            upstream_urls: Vec::new(),
             upstream_api_key: None,
             api_keys: Vec::new(),
             cors_origins: CorsOrigins::None,
@@ -105,6 +166,11 @@ impl Default for Config {
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
             cache_ttl_secs: DEFAULT_CACHE_TTL_SECS,
             cache_shared: false,
+            speculate: Speculate::Off,
+            prefix_tokens: DEFAULT_PREFIX_TOKENS,
+            dialect: Dialect::OpenAi,
+            prefetch_window_secs: DEFAULT_PREFETCH_WINDOW_SECS,
+            kv_store: None,
         }
     }
 }
@@ -134,9 +200,10 @@ impl Config {
         };
         let origins = list(vars::CORS_ORIGINS);
         Self {
-            upstream_url: get(vars::UPSTREAM_URL)
+            upstream_urls: list(vars::UPSTREAM_URL)
+                .into_iter()
                 .map(|u| u.trim_end_matches('/').to_owned())
-                .unwrap_or_default(),
+                .collect(),
             upstream_api_key: get(vars::UPSTREAM_API_KEY),
             api_keys: list(vars::API_KEYS),
             cors_origins: if origins.is_empty() {
@@ -165,6 +232,20 @@ impl Config {
             cache_ttl_secs: number(vars::CACHE_TTL_SECS, DEFAULT_CACHE_TTL_SECS),
             cache_shared: get(vars::CACHE_SHARED)
                 .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes")),
+            speculate: match get(vars::SPECULATIVE_PREFIX)
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref()
+            {
+                Some("on" | "1" | "true" | "yes") => Speculate::On,
+                Some("request") => Speculate::Request,
+                _ => Speculate::Off,
+            },
+            prefix_tokens: number(vars::PREFIX_TOKENS, DEFAULT_PREFIX_TOKENS as u64) as usize,
+            dialect: get(vars::UPSTREAM_DIALECT)
+                .map(|v| Dialect::parse(&v))
+                .unwrap_or_default(),
+            prefetch_window_secs: number(vars::PREFETCH_WINDOW_SECS, DEFAULT_PREFETCH_WINDOW_SECS),
+            kv_store: get(vars::KV_STORE),
         }
     }
 }
@@ -190,18 +271,46 @@ mod tests {
         assert_eq!(c.keepalive_interval_ms, 15_000);
         assert!(c.api_keys.is_empty());
         assert_eq!(c.cors_origins, CorsOrigins::None);
+        assert_eq!(c.speculate, Speculate::Off);
+        assert_eq!(c.dialect, Dialect::OpenAi);
+    }
+
+    #[test]
+    fn speculation_settings() {
+        let c = cfg(&[
+            ("SPECULATIVE_PREFIX", "request"),
+            ("UPSTREAM_DIALECT", "llama.cpp"),
+            ("PREFIX_TOKENS", "8"),
+        ]);
+        assert_eq!(c.speculate, Speculate::Request);
+        assert_eq!(c.dialect, Dialect::LlamaCpp);
+        assert_eq!(c.prefix_tokens, 8);
+        assert_eq!(
+            cfg(&[("UPSTREAM_DIALECT", "SGLang")]).dialect,
+            Dialect::Vllm
+        );
+        assert_eq!(
+            cfg(&[("SPECULATIVE_PREFIX", "on")]).speculate,
+            Speculate::On
+        );
     }
 
     #[test]
     fn parses_lists_and_numbers() {
         let c = cfg(&[
-            ("UPSTREAM_URL", "http://127.0.0.1:8081/"),
+            (
+                "UPSTREAM_URL",
+                "http://127.0.0.1:8081/, http://10.0.0.2:8081",
+            ),
             ("API_KEYS", "k1, k2,,k3"),
             ("CORS_ORIGINS", "https://a.example, https://b.example/"),
             ("MAX_BODY_BYTES", "2048"),
             ("FIRST_BYTE_TIMEOUT_MS", "oops"),
         ]);
-        assert_eq!(c.upstream_url, "http://127.0.0.1:8081");
+        assert_eq!(
+            c.upstream_urls,
+            ["http://127.0.0.1:8081", "http://10.0.0.2:8081"]
+        );
         assert_eq!(c.api_keys, ["k1", "k2", "k3"]);
         assert_eq!(c.max_body_bytes, 2048);
         assert_eq!(c.first_byte_timeout_ms, DEFAULT_FIRST_BYTE_TIMEOUT_MS);

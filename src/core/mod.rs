@@ -15,6 +15,7 @@ pub mod link;
 pub mod openai;
 pub mod pacing;
 pub mod restream;
+pub mod route;
 pub mod session;
 pub mod sse;
 

@@ -51,6 +51,7 @@ use crate::core::link::{self, LinkEstimate, Remembered};
 use crate::core::openai::{self, Endpoint};
 use crate::core::pacing::{self, Pacer, Rule};
 use crate::core::restream::{Ending, Restream};
+use crate::core::route::{self, Health};
 use crate::core::sse;
 use crate::core::Millis;
 
@@ -94,6 +95,10 @@ pub enum Action {
     },
     /// Delete this key, in the background. A failure is ignored.
     KvDelete { key: String },
+    /// Record in the deployment's replica health (the [`Health`] the
+    /// adapter keeps across requests) that this replica answered (`up`) or
+    /// failed.
+    ReplicaHealth { replica: String, up: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +170,14 @@ pub struct Session {
     keepalive_at: Option<Millis>,
     /// The exact cache's part in this request, when it is cacheable.
     cache: Option<Box<CacheState>>,
+    /// Replica health as the deployment knew it when the request came.
+    health: Health,
+    /// Indexes into `config.upstream_urls`, in the order to try them.
+    replicas: Vec<usize>,
+    /// Which entry of `replicas` the current upstream request went to.
+    attempt: usize,
+    /// The upstream request as sent, kept to send it again elsewhere.
+    upstream_request: Option<(&'static str, String, Bytes, bool)>,
 }
 
 /// A cacheable request: its key, the upstream request held during the
@@ -212,7 +225,18 @@ impl Session {
             upstream_deadline: None,
             keepalive_at: None,
             cache: None,
+            health: Health::default(),
+            replicas: Vec::new(),
+            attempt: 0,
+            upstream_request: None,
         }
+    }
+
+    /// Gives the session the deployment's replica health (see
+    /// [`crate::core::route`]); without it every replica counts as up.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// The next thing the adapter must do, or `None` to wait for input.
@@ -292,19 +316,15 @@ impl Session {
         if route != Route::Health && !access::authorized(&self.config, &req) {
             return self.fail(Error::new(ErrorKind::InvalidApiKey));
         }
-        if self.config.upstream_url.is_empty() {
+        if self.config.upstream_urls.is_empty() {
             return self.fail(Error::new(ErrorKind::Misconfigured {
                 detail: "UPSTREAM_URL is not set".into(),
             }));
         }
         match route {
-            Route::Health => {
+            Route::Health | Route::Models => {
                 self.route = Some(route);
-                self.send_upstream(now, "GET", "/v1/models", Bytes::new(), false);
-                self.upstream_deadline = Some(now + HEALTH_TIMEOUT_MS);
-            }
-            Route::Models => {
-                self.route = Some(route);
+                self.pick_replicas(now, &[]);
                 self.send_upstream(now, "GET", "/v1/models", Bytes::new(), false);
             }
             Route::Generate { endpoint, .. } => {
@@ -331,6 +351,7 @@ impl Session {
                     endpoint,
                     stream: request.stream,
                 });
+                self.pick_replicas(now, &route::affinity(endpoint, &request.body));
                 let scope = (!self.config.cache_shared).then(|| access::bearer(&req).unwrap_or(""));
                 let plan = (self.config.cache_ttl_secs > 0)
                     .then(|| cache::plan(&req, &request, scope))
@@ -395,6 +416,46 @@ impl Session {
         Ok(())
     }
 
+    fn pick_replicas(&mut self, now: Millis, affinity: &[u8]) {
+        self.replicas = route::order(&self.config.upstream_urls, affinity, &self.health, now);
+        self.attempt = 0;
+    }
+
+    /// The replica the current upstream request goes to.
+    fn replica(&self) -> &str {
+        self.replicas
+            .get(self.attempt)
+            .and_then(|&i| self.config.upstream_urls.get(i))
+            .map_or("", String::as_str)
+    }
+
+    /// Reports the current replica's health when it changed.
+    fn report_replica(&mut self, up: bool) {
+        if self.health.is_up(self.replica(), self.last_now) != up {
+            let replica = self.replica().to_owned();
+            self.health.report(&replica, up, self.last_now);
+            self.actions
+                .push_back(Action::ReplicaHealth { replica, up });
+        }
+    }
+
+    /// The current replica failed before its first byte: marks it down and,
+    /// when another replica is left, sends the request there instead.
+    /// Returns whether it did.
+    fn fall_back(&mut self, now: Millis) -> bool {
+        self.report_replica(false);
+        if self.attempt + 1 >= self.replicas.len() {
+            return false;
+        }
+        let Some((method, path, body, stream)) = self.upstream_request.take() else {
+            return false;
+        };
+        self.cancel_upstream();
+        self.attempt += 1;
+        self.send_upstream(now, method, &path, body, stream);
+        true
+    }
+
     fn send_upstream(
         &mut self,
         now: Millis,
@@ -424,7 +485,8 @@ impl Session {
         if let Some(key) = &self.config.upstream_api_key {
             headers.push(("authorization".into(), format!("Bearer {key}")));
         }
-        let url = format!("{}{}", self.config.upstream_url, path);
+        let url = format!("{}{}", self.replica(), path);
+        self.upstream_request = Some((method, path.to_owned(), body.clone(), stream));
         self.actions
             .push_back(Action::SendUpstream(UpstreamRequest {
                 method,
@@ -434,7 +496,12 @@ impl Session {
             }));
         self.upstream_open = true;
         self.upstream_sent_at = now;
-        self.upstream_deadline = Some(now + self.config.first_byte_timeout_ms);
+        let wait = if self.route == Some(Route::Health) {
+            HEALTH_TIMEOUT_MS
+        } else {
+            self.config.first_byte_timeout_ms
+        };
+        self.upstream_deadline = Some(now + wait);
         self.phase = Phase::AwaitingHead;
     }
 
@@ -444,6 +511,10 @@ impl Session {
         if !matches!(self.phase, Phase::AwaitingHead) {
             return;
         }
+        if route::RETRY_STATUSES.contains(&status) && self.fall_back(now) {
+            return;
+        }
+        self.report_replica(!route::RETRY_STATUSES.contains(&status));
         self.upstream_head_at = Some(now);
         self.upstream_deadline = Some(now + self.config.idle_timeout_ms);
         let Some(route) = self.route else { return };
@@ -553,6 +624,9 @@ impl Session {
         }
         self.upstream_open = false;
         self.upstream_deadline = None;
+        if matches!(self.phase, Phase::AwaitingHead) && self.fall_back(now) {
+            return;
+        }
         match (&self.phase, self.route) {
             (Phase::AwaitingHead, Some(Route::Health)) => self.respond_json(
                 503,
@@ -647,6 +721,9 @@ impl Session {
         }
         if self.upstream_deadline.is_some_and(|d| now >= d) {
             self.upstream_deadline = None;
+            if matches!(self.phase, Phase::AwaitingHead) && self.fall_back(now) {
+                return;
+            }
             return match (&self.phase, self.route) {
                 (Phase::AwaitingHead, Some(Route::Health)) => {
                     self.cancel_upstream();

@@ -1,0 +1,165 @@
+//! The simulated world the core's integration tests share: a scripted
+//! upstream (the test feeds it), a virtual clock (the test passes `now`),
+//! an in-memory KV store and a recording client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokenedge::core::config::Config;
+use tokenedge::core::http::{RequestHead, ResponseHead, UpstreamRequest};
+use tokenedge::core::session::{Action, Session};
+
+/// Everything the session asked for, in order.
+#[derive(Default, Debug)]
+pub struct World {
+    pub upstream: Vec<UpstreamRequest>,
+    pub cancelled: bool,
+    pub head: Option<ResponseHead>,
+    pub body: Vec<u8>,
+    pub ended: bool,
+    /// (time, bytes) of each chunk the client received.
+    pub chunks: Vec<(u64, Vec<u8>)>,
+    /// An in-memory KV store, the keys read and the writes made.
+    pub kv: std::collections::HashMap<String, Bytes>,
+    pub kv_reads: Vec<String>,
+    pub kv_writes: Vec<(String, Bytes, u64)>,
+    /// When set, every KV read fails.
+    pub kv_down: bool,
+    /// Replica health reports, in order.
+    pub health: Vec<(String, bool)>,
+}
+
+impl World {
+    pub fn pump(&mut self, s: &mut Session, now: u64) {
+        let mut reads = Vec::new();
+        loop {
+            self.pump_actions(s, now, &mut reads);
+            if reads.is_empty() {
+                return;
+            }
+            for key in reads.drain(..) {
+                let value = if self.kv_down {
+                    None
+                } else {
+                    self.kv.get(&key).cloned()
+                };
+                self.kv_reads.push(key.clone());
+                s.handle_kv_value(now, &key, value);
+            }
+        }
+    }
+
+    pub fn pump_actions(&mut self, s: &mut Session, now: u64, reads: &mut Vec<String>) {
+        while let Some(a) = s.poll_action() {
+            assert!(!self.ended, "action after the end: {a:?}");
+            match a {
+                Action::SendUpstream(r) => self.upstream.push(r),
+                Action::CancelUpstream => self.cancelled = true,
+                Action::Respond(h, b) => {
+                    assert!(self.head.is_none());
+                    self.head = Some(h);
+                    self.body = b.to_vec();
+                    self.ended = true;
+                }
+                Action::RespondHead(h) => {
+                    assert!(self.head.is_none());
+                    self.head = Some(h);
+                }
+                Action::RespondChunk(b) => {
+                    assert!(self.head.is_some(), "chunk before head");
+                    self.body.extend_from_slice(&b);
+                    self.chunks.push((now, b.to_vec()));
+                }
+                Action::RespondEnd => self.ended = true,
+                Action::KvGet { key } => reads.push(key),
+                Action::KvPut {
+                    key,
+                    value,
+                    ttl_secs,
+                } => {
+                    self.kv.insert(key.clone(), value.clone());
+                    self.kv_writes.push((key, value, ttl_secs));
+                }
+                Action::KvDelete { key } => {
+                    self.kv.remove(&key);
+                }
+                Action::ReplicaHealth { replica, up } => self.health.push((replica, up)),
+            }
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.head.as_ref().expect("no response head").status
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.as_ref()?.header(name)
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("body is JSON")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn config() -> Config {
+    Config {
+        upstream_urls: vec!["http://upstream:8081".into()],
+        ..Config::default()
+    }
+}
+
+pub fn post(path: &str, body: &str) -> (RequestHead, Bytes) {
+    let head = RequestHead::new(
+        "POST",
+        path,
+        vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("Authorization".into(), "Bearer client-key".into()),
+        ],
+    );
+    (head, Bytes::copy_from_slice(body.as_bytes()))
+}
+
+pub const CHAT_STREAM: &str =
+    r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+pub const CHAT_JSON: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+
+pub fn start(cfg: Config, path: &str, body: &str) -> (Session, World) {
+    let mut s = Session::new(cfg);
+    let mut w = World::default();
+    let (head, body) = post(path, body);
+    s.handle_request(0, head, body);
+    w.pump(&mut s, 0);
+    (s, w)
+}
+
+pub fn sse_head() -> Vec<(String, String)> {
+    vec![("content-type".into(), "text/event-stream".into())]
+}
+
+/// A JSON stream request with `extra` headers, answered by an upstream SSE
+/// head at t=1.
+pub fn streaming_with(cfg: Config, extra: &[(&str, &str)]) -> (Session, World) {
+    let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+    headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut s = Session::new(cfg);
+    let mut w = World::default();
+    s.handle_request(
+        0,
+        RequestHead::new("POST", "/v1/chat/completions", headers),
+        Bytes::from(CHAT_STREAM),
+    );
+    s.handle_upstream_head(1, 200, &sse_head());
+    w.pump(&mut s, 1);
+    (s, w)
+}
+
+pub const CONTENT: &str =
+    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+pub const FINISH: &str =
+    "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+pub const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n";
