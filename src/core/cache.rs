@@ -173,6 +173,17 @@ impl Entry {
     /// The entry as an upstream event stream (`data: …` events ending in
     /// `[DONE]`), to be re-streamed in the client's format.
     pub fn to_sse(&self, endpoint: Endpoint) -> Vec<u8> {
+        self.write_sse(endpoint, true)
+    }
+
+    /// Only the opening of such a stream: the role and the text pieces,
+    /// with no finish, usage or `[DONE]` (a speculative prefix, which the
+    /// upstream continues).
+    pub fn to_sse_opening(&self, endpoint: Endpoint) -> Vec<u8> {
+        self.write_sse(endpoint, false)
+    }
+
+    fn write_sse(&self, endpoint: Endpoint, complete: bool) -> Vec<u8> {
         let id = self.id();
         let object = match endpoint {
             Endpoint::Chat => "chat.completion.chunk",
@@ -205,6 +216,9 @@ impl Entry {
         }
         for p in &self.pieces {
             out.push_str(&event(piece(p, None), None));
+        }
+        if !complete {
+            return out.into_bytes();
         }
         out.push_str(&event(piece("", Some(&self.finish_reason)), None));
         if let Some(u) = &self.usage {
@@ -268,6 +282,8 @@ impl Entry {
 pub struct Recorder {
     entry: Entry,
     bytes: usize,
+    /// Keep only this many pieces (a speculative prefix).
+    max_pieces: Option<usize>,
     /// Something made the answer unfit to store (a non-text delta, an
     /// error event, too large).
     spoiled: bool,
@@ -282,6 +298,12 @@ impl Recorder {
             },
             ..Self::default()
         }
+    }
+
+    /// Keeps only the first `n` text pieces.
+    pub fn keep_pieces(mut self, n: usize) -> Self {
+        self.max_pieces = Some(n);
+        self
     }
 
     /// One upstream event's data.
@@ -301,7 +323,8 @@ impl Recorder {
                 self.entry.model = m;
             }
         }
-        if !parts.text.is_empty() {
+        let room = self.max_pieces.is_none_or(|n| self.entry.pieces.len() < n);
+        if !parts.text.is_empty() && room {
             self.bytes += parts.text.len() + 8;
             self.entry.pieces.push(parts.text.into_owned());
         }

@@ -12,11 +12,19 @@
 //! richer delta), and the finish reason and usage are kept for the final
 //! event the session writes with [`Restream::write_end`].
 //!
+//! It can also hand each event to a cache [`Recorder`] (so a recorded
+//! answer is parsed once), and re-stream a continuation after a
+//! speculative prefix ([`Restream::continuing`]): events carrying nothing
+//! before the continuation's first content (its role announcement) are
+//! dropped, since the client already had one, and its usage is shifted
+//! ([`crate::core::prefix`]).
+//!
 //! It does not compress, coalesce or decide when to write: it returns the
 //! bytes for the caller to send.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::core::cache::Recorder;
 use crate::core::format::{Format, Stats};
 use crate::core::openai::{chunk_parts, inspect_chunk};
 use crate::core::sse::{Event, Parser, SseError};
@@ -59,6 +67,12 @@ pub struct Restream {
     done: bool,
     /// Upstream events forwarded so far.
     pub events_forwarded: u64,
+    recorder: Option<Box<Recorder>>,
+    /// Tokens of a speculative prefix this stream continues, moved from
+    /// the prompt to the completion in the usage.
+    prefix_tokens: u64,
+    /// A continuation whose first content has not come yet.
+    awaiting_continuation: bool,
 }
 
 impl Restream {
@@ -67,6 +81,23 @@ impl Restream {
             format,
             ..Self::default()
         }
+    }
+
+    /// Hands every event from now on to `recorder` as well.
+    pub fn record_into(&mut self, recorder: Recorder) {
+        self.recorder = Some(Box::new(recorder));
+    }
+
+    /// The recorder given to [`Restream::record_into`], with what it saw.
+    pub fn take_recorder(&mut self) -> Option<Recorder> {
+        self.recorder.take().map(|r| *r)
+    }
+
+    /// What follows is the upstream's continuation of a speculative prefix
+    /// of `prefix_tokens` tokens that was already streamed.
+    pub fn continuing(&mut self, prefix_tokens: u64) {
+        self.prefix_tokens = prefix_tokens;
+        self.awaiting_continuation = true;
     }
 
     /// Feeds upstream bytes and returns the downstream bytes they complete.
@@ -87,15 +118,30 @@ impl Restream {
                 }
                 continue;
             }
+            if let Some(r) = &mut self.recorder {
+                r.event(&event.data);
+            }
             self.events_forwarded += 1;
             let (finished, has_content) = if self.format == Format::OpenAi {
-                write_event(&mut self.out, event.event.as_deref(), &event.data);
                 let facts = inspect_chunk(&event.data);
+                let empty =
+                    !(facts.has_content || facts.finished || facts.has_usage || facts.is_error);
+                if self.awaiting_continuation && empty {
+                    continue;
+                }
+                let shifted = (self.prefix_tokens > 0 && facts.has_usage)
+                    .then(|| {
+                        crate::core::prefix::shift_event_usage(&event.data, self.prefix_tokens)
+                    })
+                    .flatten();
+                let data = shifted.as_deref().unwrap_or(&event.data);
+                write_event(&mut self.out, event.event.as_deref(), data);
                 (facts.finished, facts.has_content)
             } else {
                 self.write_parts(&event.data)
             };
             self.finished |= finished;
+            self.awaiting_continuation &= !has_content;
             content_events += u32::from(has_content);
         }
         self.events = events;
@@ -128,7 +174,15 @@ impl Restream {
             self.finish_reason = Some(f.into_owned());
         }
         if let Some(u) = parts.usage {
-            self.usage = Some(u.to_owned());
+            let shifted = (self.prefix_tokens > 0)
+                .then(|| {
+                    let mut v: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_str(u.get()).ok()?;
+                    crate::core::prefix::shift_usage(&mut v, self.prefix_tokens);
+                    serde_json::value::to_raw_value(&v).ok()
+                })
+                .flatten();
+            self.usage = Some(shifted.unwrap_or_else(|| u.to_owned()));
         }
         (finished, has_content)
     }

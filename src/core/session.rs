@@ -50,9 +50,9 @@ use crate::core::http::{header, Headers, RequestHead, ResponseHead, UpstreamRequ
 use crate::core::link::{self, LinkEstimate, Remembered};
 use crate::core::openai::{self, Endpoint};
 use crate::core::pacing::{self, Pacer, Rule};
+use crate::core::prefix;
 use crate::core::restream::{Ending, Restream};
 use crate::core::route::{self, Health};
-use crate::core::sse;
 use crate::core::Millis;
 
 /// How long `/healthz` waits for the upstream before calling it unreachable.
@@ -180,9 +180,19 @@ pub struct Session {
     upstream_request: Option<(&'static str, String, Bytes, bool)>,
 }
 
-/// A cacheable request: its key, the upstream request held during the
-/// lookup, and the answer recorded on its way through.
+/// Which KV lookup a request makes before it goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// The exact cache ([`crate::core::cache`]).
+    Exact,
+    /// A speculative prefix ([`crate::core::prefix`]).
+    Prefix,
+}
+
+/// A request the cache takes part in: its key, the upstream request held
+/// during the lookup, and the answer recorded on its way through.
 struct CacheState {
+    lookup: Lookup,
     key: String,
     endpoint: Endpoint,
     stream: bool,
@@ -191,12 +201,16 @@ struct CacheState {
     hit: bool,
     /// The upstream body, sent when the lookup misses.
     pending: Option<Bytes>,
-    parser: sse::Parser,
-    events: Vec<sse::Event>,
-    recorder: Recorder,
+    /// The parsed request, to ask for a continuation on a prefix hit.
+    request: Option<openai::CompletionRequest>,
+    /// Records a streamed answer; handed to the re-streamer.
+    recorder: Option<Recorder>,
     /// A complete (`stream: false`) answer, up to the entry limit.
     body: Vec<u8>,
     spoiled: bool,
+    /// After a prefix hit: the re-streamer that carried the prefix, to
+    /// carry the continuation.
+    prefilled: Option<Box<Restream>>,
 }
 
 impl Session {
@@ -353,46 +367,69 @@ impl Session {
                 });
                 self.pick_replicas(now, &route::affinity(endpoint, &request.body));
                 let scope = (!self.config.cache_shared).then(|| access::bearer(&req).unwrap_or(""));
-                let plan = (self.config.cache_ttl_secs > 0)
+                let exact = (self.config.cache_ttl_secs > 0)
                     .then(|| cache::plan(&req, &request, scope))
                     .flatten();
+                let lookup = match exact {
+                    Some(plan) => Some((Lookup::Exact, plan.key, plan.read)),
+                    None => (self.config.cache_ttl_secs > 0)
+                        .then(|| prefix::plan(&req, &request, &self.config, scope))
+                        .flatten()
+                        .map(|key| (Lookup::Prefix, key, true)),
+                };
                 let body: Bytes = request.upstream_body().into();
-                match plan {
-                    Some(plan) => {
-                        self.cache = Some(Box::new(CacheState {
-                            key: plan.key.clone(),
-                            endpoint,
-                            stream: request.stream,
-                            lookup_started: now,
-                            lookup_ms: None,
-                            hit: false,
-                            pending: None,
-                            parser: sse::Parser::default(),
-                            events: Vec::new(),
-                            recorder: Recorder::new(now / 1000),
-                            body: Vec::new(),
-                            spoiled: false,
-                        }));
-                        if plan.read {
-                            if let Some(c) = &mut self.cache {
-                                c.pending = Some(body);
-                            }
-                            self.phase = Phase::CacheLookup;
-                            self.actions.push_back(Action::KvGet { key: plan.key });
-                        } else {
-                            self.send_upstream(now, "POST", endpoint.path(), body, request.stream);
-                        }
+                let Some((lookup, key, read)) = lookup else {
+                    self.send_upstream(now, "POST", endpoint.path(), body, request.stream);
+                    self.start_keepalives(now, request.stream);
+                    return self.read_link();
+                };
+                let recorder = match lookup {
+                    Lookup::Exact => Recorder::new(now / 1000),
+                    Lookup::Prefix => {
+                        Recorder::new(now / 1000).keep_pieces(self.config.prefix_tokens)
                     }
-                    None => self.send_upstream(now, "POST", endpoint.path(), body, request.stream),
-                }
-                if request.stream && self.format.is_event_stream() {
-                    self.keepalive_at = Some(now + self.config.keepalive_interval_ms);
-                }
-                if let Some(key) = &self.link_key {
-                    let key = key.clone();
+                };
+                let stream = request.stream;
+                self.cache = Some(Box::new(CacheState {
+                    lookup,
+                    key: key.clone(),
+                    endpoint,
+                    stream,
+                    lookup_started: now,
+                    lookup_ms: None,
+                    hit: false,
+                    pending: None,
+                    request: (lookup == Lookup::Prefix).then_some(request),
+                    recorder: Some(recorder),
+                    body: Vec::new(),
+                    spoiled: false,
+                    prefilled: None,
+                }));
+                if read {
+                    if let Some(c) = &mut self.cache {
+                        c.pending = Some(body);
+                    }
+                    self.phase = Phase::CacheLookup;
                     self.actions.push_back(Action::KvGet { key });
+                } else {
+                    self.send_upstream(now, "POST", endpoint.path(), body, stream);
                 }
+                self.start_keepalives(now, stream);
+                self.read_link();
             }
+        }
+    }
+
+    fn start_keepalives(&mut self, now: Millis, stream: bool) {
+        if stream && self.format.is_event_stream() {
+            self.keepalive_at = Some(now + self.config.keepalive_interval_ms);
+        }
+    }
+
+    fn read_link(&mut self) {
+        if let Some(key) = &self.link_key {
+            let key = key.clone();
+            self.actions.push_back(Action::KvGet { key });
         }
     }
 
@@ -537,7 +574,18 @@ impl Session {
         match route {
             Route::Generate { stream: true, .. } => {
                 self.start_event_stream();
-                self.phase = Phase::Streaming(Box::new(Restream::new(self.format)));
+                let prefilled = self.cache.as_mut().and_then(|c| c.prefilled.take());
+                let mut restream =
+                    prefilled.unwrap_or_else(|| Box::new(Restream::new(self.format)));
+                if let Some(r) = self
+                    .cache
+                    .as_mut()
+                    .filter(|c| !c.hit)
+                    .and_then(|c| c.recorder.take())
+                {
+                    restream.record_into(r);
+                }
+                self.phase = Phase::Streaming(restream);
             }
             _ => {
                 let content_type = header(headers, "content-type").unwrap_or("application/json");
@@ -573,10 +621,7 @@ impl Session {
                     self.finish_upstream_error();
                 }
             }
-            Phase::Streaming(_) => {
-                self.record(&chunk);
-                self.feed_stream(now, &chunk);
-            }
+            Phase::Streaming(_) => self.feed_stream(now, &chunk),
             Phase::Passthrough => {
                 self.record(&chunk);
                 self.emit(now, &chunk);
@@ -678,9 +723,13 @@ impl Session {
                     key: key.to_owned(),
                 });
             }
-            return match entry {
-                Some(entry) => self.replay(now, entry),
-                None => self.cache_missed(now),
+            let lookup = self.cache.as_ref().map(|c| c.lookup);
+            return match (entry, lookup) {
+                (Some(entry), Some(Lookup::Exact)) => self.replay(now, entry),
+                (Some(entry), Some(Lookup::Prefix)) if !entry.pieces.is_empty() => {
+                    self.speculate(now, entry)
+                }
+                _ => self.cache_missed(now),
             };
         }
         if self.link_key.as_deref() != Some(key) || self.link_stored.is_some() {
@@ -756,8 +805,13 @@ impl Session {
 
     fn server_timing(&self) -> String {
         if let Some(c) = self.cache.as_ref().filter(|c| c.hit) {
-            // Answered from the cache: the lookup is all there was.
-            return format!("cache;desc=hit;dur={}", c.lookup_ms.unwrap_or(0));
+            // Answered from the cache (or started from it, for a prefix,
+            // before the upstream was asked): the lookup is all there was.
+            let desc = match c.lookup {
+                Lookup::Exact => "hit",
+                Lookup::Prefix => "prefix",
+            };
+            return format!("cache;desc={desc};dur={}", c.lookup_ms.unwrap_or(0));
         }
         let edge = self.upstream_sent_at.saturating_sub(self.received_at);
         let mut t = match self.upstream_head_at {
@@ -773,12 +827,18 @@ impl Session {
         t
     }
 
-    /// `X-Cache: hit | miss` on answers to cacheable requests.
+    /// `X-Cache` on answers to generation requests: `hit` (exact cache),
+    /// `prefix` (speculative prefix), `miss` (looked up, not found) or
+    /// `bypass` (not cacheable).
     fn cache_header(&self, headers: &mut Headers) {
-        if let Some(c) = &self.cache {
-            let v = if c.hit { "hit" } else { "miss" };
-            headers.push((cache::X_CACHE.into(), v.into()));
-        }
+        let v = match &self.cache {
+            Some(c) if c.hit && c.lookup == Lookup::Prefix => "prefix",
+            Some(c) if c.hit => "hit",
+            Some(_) => "miss",
+            None if matches!(self.route, Some(Route::Generate { .. })) => "bypass",
+            None => return,
+        };
+        headers.push((cache::X_CACHE.into(), v.into()));
     }
 
     /// Re-streams upstream (or replayed) event-stream bytes to the client.
@@ -807,37 +867,38 @@ impl Session {
         }
     }
 
-    /// Keeps a copy of the answer of a cacheable request as it passes.
+    /// Keeps a copy of a complete (`stream: false`) answer as it passes;
+    /// streamed answers are recorded by the re-streamer.
     fn record(&mut self, chunk: &[u8]) {
         let Some(c) = self.cache.as_deref_mut().filter(|c| !c.hit && !c.spoiled) else {
             return;
         };
-        if c.stream {
-            if c.parser.push(chunk, &mut c.events).is_err() {
-                c.spoiled = true;
-            }
-            for e in c.events.drain(..) {
-                c.recorder.event(&e.data);
-            }
-        } else if c.body.len() + chunk.len() <= cache::MAX_ENTRY_BYTES {
+        if c.body.len() + chunk.len() <= cache::MAX_ENTRY_BYTES {
             c.body.extend_from_slice(chunk);
         } else {
             c.spoiled = true;
         }
     }
 
-    /// Stores the answer of a cacheable request that completed upstream:
-    /// one write, of a whole answer, or nothing.
+    /// Stores the answer of a request that completed upstream: one write,
+    /// of a whole answer (or of its opening, for a prefix), or nothing.
     fn store_answer(&mut self) {
         let ttl_secs = self.config.cache_ttl_secs;
+        let recorder = match &mut self.phase {
+            Phase::Streaming(r) => r.take_recorder(),
+            _ => None,
+        };
         let Some(c) = self.cache.as_deref_mut().filter(|c| !c.hit && !c.spoiled) else {
             return;
         };
         c.spoiled = true; // stored once
-        let entry = if c.stream {
-            std::mem::take(&mut c.recorder).finish()
-        } else {
-            Entry::from_json(&std::mem::take(&mut c.body), c.lookup_started / 1000)
+        let entry = match (c.stream, c.lookup) {
+            (true, Lookup::Exact) => recorder.and_then(Recorder::finish),
+            (true, Lookup::Prefix) => recorder
+                .and_then(Recorder::finish)
+                .filter(|e| !e.pieces.is_empty())
+                .map(|e| Entry { usage: None, ..e }),
+            (false, _) => Entry::from_json(&std::mem::take(&mut c.body), c.lookup_started / 1000),
         };
         if let Some(entry) = entry {
             self.actions.push_back(Action::KvPut {
@@ -846,6 +907,39 @@ impl Session {
                 ttl_secs,
             });
         }
+    }
+
+    /// A stored prefix was found: stream it now, then ask the upstream to
+    /// continue after it.
+    fn speculate(&mut self, now: Millis, entry: Entry) {
+        let dialect = self.config.dialect;
+        let Some(c) = self.cache.as_deref_mut() else {
+            return;
+        };
+        let Some(request) = c.request.take() else {
+            return;
+        };
+        c.lookup_ms = Some(now.saturating_sub(c.lookup_started));
+        c.hit = true;
+        c.pending = None;
+        let endpoint = c.endpoint;
+        let tokens = entry.pieces.len() as u64;
+        let continuation = prefix::continuation(&request, dialect, &entry.pieces.concat(), tokens);
+        self.start_event_stream();
+        let mut restream = Box::new(Restream::new(self.format));
+        // Events this code wrote itself: they parse.
+        if let Ok(out) = restream.push(&entry.to_sse_opening(endpoint)) {
+            if out.content_events > 0 && self.first_content_at.is_none() {
+                self.first_content_at = Some(now);
+            }
+            self.write(now, out.bytes, true);
+        }
+        restream.continuing(tokens);
+        if let Some(c) = self.cache.as_deref_mut() {
+            c.prefilled = Some(restream);
+        }
+        let body: Bytes = continuation.upstream_body().into();
+        self.send_upstream(now, "POST", endpoint.path(), body, true);
     }
 
     /// The lookup found nothing (or took too long): go upstream.

@@ -163,3 +163,72 @@ pub const CONTENT: &str =
 pub const FINISH: &str =
     "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
 pub const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n";
+
+pub fn fire_timers(s: &mut Session, w: &mut World, until: u64) {
+    while let Some(due) = s.poll_timeout().filter(|d| *d <= until) {
+        s.handle_timeout(due);
+        w.pump(s, due);
+    }
+}
+
+/// Feeds each event of a vector `gap` ms apart from t=2, firing timers in
+/// between, and reports the platform taking every chunk at once. Returns
+/// the number of upstream events fed.
+pub fn feed(s: &mut Session, w: &mut World, vector: &str, gap: u64) -> usize {
+    let mut t = 2;
+    let mut n = 0;
+    for event in vector.split_inclusive("\n\n") {
+        fire_timers(s, w, t);
+        s.handle_upstream_chunk(t, Bytes::copy_from_slice(event.as_bytes()));
+        w.pump(s, t);
+        s.handle_downstream_drained(t);
+        w.pump(s, t);
+        t += gap;
+        n += 1;
+    }
+    fire_timers(s, w, t + 10_000);
+    n
+}
+
+pub const LLAMA_CHAT: &str = include_str!("../vectors/llamacpp_chat.sse");
+
+/// The generated text of a vector, read with a JSON parser.
+pub fn content_of(vector: &str) -> (String, usize) {
+    let mut text = String::new();
+    let mut events = 0;
+    for line in vector.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+            if !c.is_empty() {
+                text.push_str(c);
+                events += 1;
+            }
+        }
+    }
+    (text, events)
+}
+
+pub fn cached_request(
+    cfg: Config,
+    kv: &std::collections::HashMap<String, Bytes>,
+    key: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+) -> (Session, World) {
+    let mut s = Session::new(cfg);
+    let mut w = World {
+        kv: kv.clone(),
+        ..World::default()
+    };
+    let mut headers = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        ("Authorization".to_string(), format!("Bearer {key}")),
+    ];
+    headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let head = RequestHead::new("POST", "/v1/chat/completions", headers);
+    s.handle_request(0, head, Bytes::copy_from_slice(body.as_bytes()));
+    w.pump(&mut s, 0);
+    (s, w)
+}

@@ -1,0 +1,297 @@
+//! Speculative prefix streaming: the opening of an earlier answer to the
+//! same prompt, sent to the client at once while the upstream is asked to
+//! continue from it.
+//!
+//! A sampled (non-deterministic) answer to a prompt seen before usually
+//! opens the way the earlier one did. When a stored prefix exists — the
+//! first [`Config::prefix_tokens`] streamed pieces of an earlier answer to
+//! the same canonical prompt (model and messages, or model and prompt;
+//! sampling parameters ignored) in the same scope — the client gets those
+//! pieces before the upstream has produced anything, and the upstream
+//! generates only the rest:
+//!
+//! - `/v1/chat/completions`: the prefix becomes a trailing assistant
+//!   message. llama.cpp's server continues such a message as it is
+//!   ([`Dialect::LlamaCpp`]); vLLM and SGLang do when told
+//!   `continue_final_message: true, add_generation_prompt: false`
+//!   ([`Dialect::Vllm`]). The plain OpenAI API cannot continue one, so
+//!   there chat requests never speculate.
+//! - `/v1/completions`: the prefix is appended to the prompt, which any
+//!   completions server continues.
+//!
+//! The length limit (`max_tokens`, `max_completion_tokens`) shrinks by the
+//! prefix's tokens, and the usage the client sees moves them from the
+//! prompt back to the completion, so the totals add up as if one request
+//! had generated everything. One streamed piece counts as one token (what
+//! llama.cpp and vLLM stream); a re-tokenised prefix may differ by a token.
+//!
+//! What is eligible: streamed requests with one choice and no tools, whose
+//! chat conversation ends with a user message, that are not
+//! deterministic (those use the exact cache, [`crate::core::cache`]) and do
+//! not say `Cache-Control: no-store`; when the deployment turns the feature
+//! on ([`Speculate`]) and the request does not opt out (or opts in), via
+//! the [`HEADER`] header. A prefix is stored once, from an eligible
+//! request that found none and completed cleanly, and is not rewritten
+//! by the requests it serves, so it stays stable for its TTL.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::core::config::{Config, Dialect, Speculate};
+use crate::core::http::RequestHead;
+use crate::core::openai::{CompletionRequest, Endpoint};
+
+/// Prefix of every stored prefix's key.
+pub const KEY_PREFIX: &str = "prefix:v1:";
+/// Per-request switch: `on` or `off`.
+pub const HEADER: &str = "x-tokenedge-prefix";
+
+/// The KV key of the stored prefix for this request, when the request may
+/// be answered with one.
+pub fn plan(
+    req: &RequestHead,
+    request: &CompletionRequest,
+    config: &Config,
+    scope: Option<&str>,
+) -> Option<String> {
+    let asked = req.header(HEADER).map(|v| v.trim().to_ascii_lowercase());
+    let wanted = match config.speculate {
+        Speculate::Off => false,
+        Speculate::On => asked.as_deref() != Some("off"),
+        Speculate::Request => asked.as_deref() == Some("on"),
+    };
+    let no_store = req.header("cache-control").is_some_and(|v| {
+        v.split(',')
+            .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+    });
+    if !wanted || no_store || config.prefix_tokens == 0 || !request.stream {
+        return None;
+    }
+    let body = &request.body;
+    let one_choice = body
+        .get("n")
+        .is_none_or(|n| n.is_null() || n.as_u64() == Some(1));
+    let tools = body
+        .get("tools")
+        .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()));
+    if !one_choice || tools {
+        return None;
+    }
+    let prompt = match request.endpoint {
+        Endpoint::Chat => {
+            if config.dialect == Dialect::OpenAi {
+                return None;
+            }
+            let messages = body.get("messages")?.as_array()?;
+            let last = messages.last()?;
+            if last.get("role").and_then(Value::as_str) != Some("user") {
+                return None;
+            }
+            body.get("messages")?
+        }
+        Endpoint::Completions => body.get("prompt").filter(|p| p.is_string())?,
+    };
+    let mut hash = Sha256::new();
+    match scope {
+        Some(s) => {
+            hash.update(b"key\0");
+            hash.update(Sha256::digest(s.as_bytes()));
+        }
+        None => hash.update(b"shared\0"),
+    }
+    hash.update(request.endpoint.path().as_bytes());
+    hash.update([0]);
+    hash.update(
+        body.get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .as_bytes(),
+    );
+    hash.update([0]);
+    hash.update(prompt.to_string().as_bytes());
+    Some(format!(
+        "{KEY_PREFIX}{}",
+        crate::core::hex(&hash.finalize())
+    ))
+}
+
+/// The request to send upstream so that it continues after `text`
+/// (`tokens` pieces long).
+pub fn continuation(
+    request: &CompletionRequest,
+    dialect: Dialect,
+    text: &str,
+    tokens: u64,
+) -> CompletionRequest {
+    let mut body = request.body.clone();
+    match request.endpoint {
+        Endpoint::Chat => {
+            if let Some(Value::Array(messages)) = body.get_mut("messages") {
+                messages.push(serde_json::json!({"role": "assistant", "content": text}));
+            }
+            if dialect == Dialect::Vllm {
+                body.insert("continue_final_message".into(), Value::Bool(true));
+                body.insert("add_generation_prompt".into(), Value::Bool(false));
+            }
+        }
+        Endpoint::Completions => {
+            if let Some(Value::String(prompt)) = body.get_mut("prompt") {
+                prompt.push_str(text);
+            }
+        }
+    }
+    for limit in ["max_tokens", "max_completion_tokens"] {
+        if let Some(n) = body.get(limit).and_then(Value::as_u64) {
+            body.insert(limit.into(), Value::from(n.saturating_sub(tokens).max(1)));
+        }
+    }
+    CompletionRequest {
+        endpoint: request.endpoint,
+        stream: request.stream,
+        body,
+    }
+}
+
+/// Moves `tokens` from the prompt's count to the completion's in a usage
+/// object, leaving the total as it was.
+pub fn shift_usage(usage: &mut Map<String, Value>, tokens: u64) {
+    let count = |u: &Map<String, Value>, k: &str| u.get(k).and_then(Value::as_u64);
+    if let (Some(p), Some(c)) = (
+        count(usage, "prompt_tokens"),
+        count(usage, "completion_tokens"),
+    ) {
+        let moved = tokens.min(p);
+        usage.insert("prompt_tokens".into(), Value::from(p - moved));
+        usage.insert("completion_tokens".into(), Value::from(c + moved));
+    }
+}
+
+/// [`shift_usage`] on the `usage` of one stream event's JSON, returned
+/// re-serialised (or `None` when it has no usage object).
+pub fn shift_event_usage(data: &str, tokens: u64) -> Option<String> {
+    let mut v: Value = serde_json::from_str(data).ok()?;
+    shift_usage(v.get_mut("usage")?.as_object_mut()?, tokens);
+    Some(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::openai::parse_request;
+
+    fn plan_of(body: &str, headers: &[(&str, &str)], config: &Config) -> Option<String> {
+        let endpoint = if body.contains("\"prompt\"") {
+            Endpoint::Completions
+        } else {
+            Endpoint::Chat
+        };
+        let head = RequestHead::new(
+            "POST",
+            endpoint.path(),
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        plan(
+            &head,
+            &parse_request(endpoint, body.as_bytes()).unwrap(),
+            config,
+            Some("k"),
+        )
+    }
+
+    fn on() -> Config {
+        Config {
+            speculate: Speculate::On,
+            dialect: Dialect::LlamaCpp,
+            ..Config::default()
+        }
+    }
+
+    const CHAT: &str = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]"#;
+
+    #[test]
+    fn what_may_speculate() {
+        let c = on();
+        let body = format!("{CHAT}}}");
+        let key = plan_of(&body, &[], &c).unwrap();
+        assert!(key.starts_with(KEY_PREFIX));
+        // Sampling parameters do not change the key.
+        assert_eq!(
+            plan_of(
+                &format!("{CHAT},\"temperature\":0.8,\"top_p\":0.9}}"),
+                &[],
+                &c
+            ),
+            Some(key.clone())
+        );
+        assert!(plan_of(&body, &[("X-Tokenedge-Prefix", "off")], &c).is_none());
+        assert!(plan_of(&body, &[("cache-control", "no-store")], &c).is_none());
+        assert!(plan_of(&format!("{CHAT},\"n\":2}}"), &[], &c).is_none());
+        assert!(plan_of(
+            &format!("{CHAT},\"tools\":[{{\"type\":\"function\"}}]}}"),
+            &[],
+            &c
+        )
+        .is_none());
+        let not_stream = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        assert!(plan_of(not_stream, &[], &c).is_none());
+        let prefilled = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"Hel"}]}"#;
+        assert!(plan_of(prefilled, &[], &c).is_none());
+        let openai = Config {
+            dialect: Dialect::OpenAi,
+            ..on()
+        };
+        assert!(plan_of(&body, &[], &openai).is_none());
+        let completions = r#"{"model":"m","stream":true,"prompt":"Once"}"#;
+        assert!(plan_of(completions, &[], &openai).is_some());
+        let by_request = Config {
+            speculate: Speculate::Request,
+            ..on()
+        };
+        assert!(plan_of(&body, &[], &by_request).is_none());
+        assert_eq!(
+            plan_of(&body, &[("x-tokenedge-prefix", "on")], &by_request),
+            Some(key)
+        );
+        assert!(plan_of(&body, &[("x-tokenedge-prefix", "on")], &Config::default()).is_none());
+    }
+
+    #[test]
+    fn continuation_per_dialect() {
+        let r = parse_request(
+            Endpoint::Chat,
+            format!("{CHAT},\"max_tokens\":20}}").as_bytes(),
+        )
+        .unwrap();
+        let c = continuation(&r, Dialect::LlamaCpp, "The capital", 2);
+        assert_eq!(c.body["messages"][1]["role"], "assistant");
+        assert_eq!(c.body["messages"][1]["content"], "The capital");
+        assert_eq!(c.body["max_tokens"], 18);
+        assert!(c.body.get("continue_final_message").is_none());
+        let v = continuation(&r, Dialect::Vllm, "The capital", 30);
+        assert_eq!(v.body["continue_final_message"], true);
+        assert_eq!(v.body["add_generation_prompt"], false);
+        assert_eq!(v.body["max_tokens"], 1);
+        let p = parse_request(
+            Endpoint::Completions,
+            br#"{"model":"m","stream":true,"prompt":"Once"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            continuation(&p, Dialect::OpenAi, " upon", 1).body["prompt"],
+            "Once upon"
+        );
+    }
+
+    #[test]
+    fn usage_adds_up() {
+        let data = r#"{"choices":[],"usage":{"prompt_tokens":42,"completion_tokens":3,"total_tokens":45}}"#;
+        let v: Value = serde_json::from_str(&shift_event_usage(data, 5).unwrap()).unwrap();
+        assert_eq!(v["usage"]["prompt_tokens"], 37);
+        assert_eq!(v["usage"]["completion_tokens"], 8);
+        assert_eq!(v["usage"]["total_tokens"], 45);
+        assert!(shift_event_usage(r#"{"choices":[]}"#, 5).is_none());
+    }
+}

@@ -1,0 +1,192 @@
+//! Speculative prefixes in the simulated world: a sampled answer stores
+//! its opening; the next request with the same prompt gets that opening
+//! before the upstream answers, the upstream is asked to continue it, and
+//! the client sees one stream whose usage adds up.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use serde_json::Value;
+use tokenedge::core::config::{Config, Dialect, Speculate};
+
+const SAMPLED: &str = r#"{"model":"m","messages":[{"role":"user","content":"Make a paper plane"}],"stream":true,"temperature":0.8,"max_tokens":100}"#;
+const K: usize = 4;
+
+fn speculating() -> Config {
+    Config {
+        speculate: Speculate::On,
+        dialect: Dialect::LlamaCpp,
+        prefix_tokens: K,
+        ..config()
+    }
+}
+
+/// Runs one sampled request to completion with `vector` as the upstream's
+/// answer and returns the world (with its KV).
+fn answered(kv: &std::collections::HashMap<String, Bytes>, key: &str, vector: &str) -> World {
+    let (mut s, mut w) = cached_request(speculating(), kv, key, SAMPLED, &[]);
+    s.handle_upstream_head(1, 200, &sse_head());
+    w.pump(&mut s, 1);
+    feed(&mut s, &mut w, vector, 10);
+    assert!(w.ended);
+    w
+}
+
+fn data_events(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect()
+}
+
+fn text_of(body: &str) -> String {
+    data_events(body)
+        .iter()
+        .filter_map(|e| {
+            e["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[test]
+fn a_stored_opening_streams_before_the_upstream_and_is_continued() {
+    let first = answered(&Default::default(), "k1", LLAMA_CHAT);
+    assert_eq!(first.header("x-cache"), Some("miss"));
+    let (key, value, _) = first
+        .kv_writes
+        .iter()
+        .find(|(k, ..)| k.starts_with("prefix:"))
+        .expect("the opening was stored");
+    let stored: Value = serde_json::from_slice(value).unwrap();
+    let pieces: Vec<&str> = stored["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(pieces, ["1", ".", " To", " create"]);
+    let opening: String = pieces.concat();
+
+    // The same prompt, sampled again: the opening goes out at t=0, before
+    // the upstream has even answered.
+    let (mut s, mut w) = cached_request(speculating(), &first.kv, "k1", SAMPLED, &[]);
+    assert_eq!(&w.kv_reads, std::slice::from_ref(key));
+    assert_eq!(w.header("x-cache"), Some("prefix"));
+    assert!(w
+        .header("server-timing")
+        .unwrap()
+        .starts_with("cache;desc=prefix"));
+    assert_eq!(text_of(&w.text()), opening);
+    assert!(!w.ended);
+    let sent: Value = serde_json::from_slice(&w.upstream[0].body).unwrap();
+    assert_eq!(sent["messages"][1]["role"], "assistant");
+    assert_eq!(sent["messages"][1]["content"], opening);
+    assert_eq!(sent["max_tokens"], 100 - K as u64);
+    assert_eq!(sent["temperature"], 0.8);
+
+    // The upstream continues (here: the recorded answer, as a stand-in).
+    s.handle_upstream_head(50, 200, &sse_head());
+    w.pump(&mut s, 50);
+    feed(&mut s, &mut w, LLAMA_CHAT, 10);
+    assert!(w.ended);
+    let body = w.text();
+    let (continued, _) = content_of(LLAMA_CHAT);
+    assert_eq!(text_of(&body), format!("{opening}{continued}"));
+    let events = data_events(&body);
+    let roles = events
+        .iter()
+        .filter(|e| e["choices"][0]["delta"]["role"].is_string())
+        .count();
+    assert_eq!(roles, 1, "one role announcement in one seamless stream");
+    let usage = &events.iter().find(|e| e["usage"].is_object()).unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 40 + K as u64);
+    assert_eq!(usage["prompt_tokens"], 28 - K as u64);
+    assert_eq!(usage["total_tokens"], 68);
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    assert!(
+        w.kv_writes.iter().all(|(k, ..)| !k.starts_with("prefix:")),
+        "a served prefix is not rewritten"
+    );
+}
+
+#[test]
+fn compact_formats_continue_too() {
+    let first = answered(&Default::default(), "k1", LLAMA_CHAT);
+    let (mut s, mut w) = cached_request(
+        speculating(),
+        &first.kv,
+        "k1",
+        SAMPLED,
+        &[("x-tokenedge-format", "text")],
+    );
+    assert_eq!(w.text(), "1. To create");
+    s.handle_upstream_head(50, 200, &sse_head());
+    feed(&mut s, &mut w, LLAMA_CHAT, 10);
+    let (continued, _) = content_of(LLAMA_CHAT);
+    assert!(
+        w.text().starts_with(&format!("1. To create{continued}")),
+        "{}",
+        w.text()
+    );
+}
+
+#[test]
+fn broken_answers_keys_and_kv_failures() {
+    // Cut before the end: nothing stored.
+    let (mut s, mut w) = cached_request(speculating(), &Default::default(), "k1", SAMPLED, &[]);
+    s.handle_upstream_head(1, 200, &sse_head());
+    let half: String = LLAMA_CHAT.split_inclusive("\n\n").take(10).collect();
+    s.handle_upstream_chunk(2, Bytes::from(half));
+    s.handle_upstream_failed(3, "reset");
+    w.pump(&mut s, 3);
+    assert!(w.text().contains("\"error\""));
+    assert!(w.kv_writes.is_empty(), "{:?}", w.kv_writes);
+
+    // Another API key does not see the first key's opening.
+    let first = answered(&Default::default(), "k1", LLAMA_CHAT);
+    let (_, w) = cached_request(speculating(), &first.kv, "k2", SAMPLED, &[]);
+    assert!(w.head.is_none(), "went upstream");
+    assert_eq!(w.upstream.len(), 1);
+    let sent: Value = serde_json::from_slice(&w.upstream[0].body).unwrap();
+    assert_eq!(sent["messages"].as_array().unwrap().len(), 1);
+
+    // A failing store is a miss, and the request is served.
+    let (mut s, mut w) = {
+        let mut s = tokenedge::core::session::Session::new(speculating());
+        let mut w = World {
+            kv: first.kv.clone(),
+            kv_down: true,
+            ..World::default()
+        };
+        let (head, body) = post("/v1/chat/completions", SAMPLED);
+        s.handle_request(0, head, body);
+        w.pump(&mut s, 0);
+        (s, w)
+    };
+    s.handle_upstream_head(1, 200, &sse_head());
+    w.pump(&mut s, 1);
+    feed(&mut s, &mut w, LLAMA_CHAT, 10);
+    assert_eq!(w.header("x-cache"), Some("miss"));
+    assert_eq!(text_of(&w.text()), content_of(LLAMA_CHAT).0);
+
+    // Deterministic requests use the exact cache, not a prefix.
+    let exact = SAMPLED.replace("0.8", "0");
+    let (_, w) = cached_request(speculating(), &first.kv, "k1", &exact, &[]);
+    assert!(w.kv_reads.iter().all(|k| k.starts_with("cache:")));
+}
+
+#[test]
+fn upstream_failure_after_the_prefix_is_an_error_event() {
+    let first = answered(&Default::default(), "k1", LLAMA_CHAT);
+    let (mut s, mut w) = cached_request(speculating(), &first.kv, "k1", SAMPLED, &[]);
+    assert_eq!(w.header("x-cache"), Some("prefix"));
+    s.handle_upstream_failed(5, "connection refused");
+    w.pump(&mut s, 5);
+    assert!(w.ended);
+    let body = w.text();
+    assert!(body.contains("\"error\""), "{body}");
+    assert!(!body.contains("[DONE]"), "never a clean end: {body}");
+}
