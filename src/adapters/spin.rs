@@ -49,6 +49,8 @@ type Boxed<T> = Pin<Box<dyn Future<Output = T>>>;
 const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
 /// Headers Spin adds for the component; they are not the client's.
 const SPIN_HEADER_PREFIX: &str = "spin-";
+/// The key-value store used unless `KV_STORE` names another.
+const DEFAULT_STORE: &str = "default";
 /// Bytes of expiry time in front of every stored value.
 const EXPIRY_LEN: usize = 8;
 
@@ -106,6 +108,8 @@ enum Wake {
 /// Owns the session and its upstream I/O for the life of one request.
 struct Pump {
     session: Session,
+    /// The key-value store's label.
+    store: std::rc::Rc<str>,
     head: Option<Boxed<Result<spin_sdk::http::Response, ErrorCode>>>,
     body: Option<UpstreamBody>,
     /// KV reads under way (the link record and the cache entry can both be).
@@ -116,9 +120,10 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(session: Session) -> Self {
+    fn new(session: Session, store: &str) -> Self {
         Self {
             session,
+            store: store.into(),
             head: None,
             body: None,
             kv_reads: Vec::new(),
@@ -147,14 +152,23 @@ impl Pump {
                         join_all(self.kv_writes.drain(..)).await;
                         return Out::End;
                     }
-                    Action::KvGet { key } => self.kv_reads.push(Box::pin(kv_get(key))),
+                    Action::KvGet { key } => self
+                        .kv_reads
+                        .push(Box::pin(kv_get(self.store.clone(), key))),
                     Action::ReplicaHealth { replica, up } => report_health(&replica, up),
-                    Action::KvDelete { key } => self.kv_writes.push(Box::pin(kv_delete(key))),
+                    Action::KvDelete { key } => self
+                        .kv_writes
+                        .push(Box::pin(kv_delete(self.store.clone(), key))),
                     Action::KvPut {
                         key,
                         value,
                         ttl_secs,
-                    } => self.kv_writes.push(Box::pin(kv_put(key, value, ttl_secs))),
+                    } => self.kv_writes.push(Box::pin(kv_put(
+                        self.store.clone(),
+                        key,
+                        value,
+                        ttl_secs,
+                    ))),
                 }
             }
             let deadline = self.session.poll_timeout();
@@ -277,7 +291,10 @@ impl Drop for Pump {
                     key,
                     value,
                     ttl_secs,
-                } => self.kv_writes.push(Box::pin(kv_put(key, value, ttl_secs))),
+                } => {
+                    self.kv_writes
+                        .push(Box::pin(kv_put(self.store.clone(), key, value, ttl_secs)))
+                }
                 _ => {}
             }
         }
@@ -289,8 +306,8 @@ impl Drop for Pump {
 }
 
 /// A failure, a missing store or an expired value all read as "absent".
-async fn kv_get(key: String) -> (String, Option<Vec<u8>>) {
-    let value = match Store::open_default().await {
+async fn kv_get(store: std::rc::Rc<str>, key: String) -> (String, Option<Vec<u8>>) {
+    let value = match Store::open(&store).await {
         Ok(store) => store.get(&key).await.ok().flatten(),
         Err(_) => None,
     };
@@ -302,18 +319,18 @@ async fn kv_get(key: String) -> (String, Option<Vec<u8>>) {
     (key, value)
 }
 
-async fn kv_delete(key: String) {
-    if let Ok(store) = Store::open_default().await {
+async fn kv_delete(store: std::rc::Rc<str>, key: String) {
+    if let Ok(store) = Store::open(&store).await {
         let _ = store.delete(&key).await;
     }
 }
 
-async fn kv_put(key: String, value: Bytes, ttl_secs: u64) {
+async fn kv_put(store: std::rc::Rc<str>, key: String, value: Bytes, ttl_secs: u64) {
     let expiry = now().saturating_add(ttl_secs.saturating_mul(1000));
     let mut stored = Vec::with_capacity(EXPIRY_LEN + value.len());
     stored.extend_from_slice(&expiry.to_be_bytes());
     stored.extend_from_slice(&value);
-    if let Ok(store) = Store::open_default().await {
+    if let Ok(store) = Store::open(&store).await {
         let _ = store.set(&key, &stored).await;
     }
 }
@@ -389,11 +406,25 @@ async fn handle(req: Request) -> http::Response<Body> {
         "GET" | "HEAD" | "OPTIONS" => Bytes::new(),
         _ => req.into_body().bytes().await.unwrap_or_default(),
     };
-    let mut pump = Pump::new(Session::new(config().await).with_health(health()));
+    let config = config().await;
+    let store = config
+        .kv_store
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STORE.into());
+    let mut pump = Pump::new(Session::new(config).with_health(health()), &store);
     pump.session.handle_request(now(), head, body);
 
     match pump.next().await {
-        Out::Full(head, body) => response(head, Body::Full(Some(body).filter(|b| !b.is_empty()))),
+        Out::Full(head, body) => {
+            if !pump.session.is_finished() {
+                // Answered early (a prefetch): the rest runs after the
+                // response.
+                spin_sdk::wasip3::spawn(
+                    async move { while !matches!(pump.next().await, Out::End) {} },
+                );
+            }
+            response(head, Body::Full(Some(body).filter(|b| !b.is_empty())))
+        }
         Out::Head(head) => {
             let chunks = stream::unfold(pump, |mut pump| async move {
                 match pump.next().await {

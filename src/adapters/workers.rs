@@ -32,7 +32,7 @@ use crate::core::route::Health;
 use crate::core::session::{Action, Session};
 use crate::core::Millis;
 
-/// The KV namespace binding (optional).
+/// The KV namespace binding (optional) unless `KV_STORE` names another.
 const KV_BINDING: &str = "KV";
 
 thread_local! {
@@ -91,7 +91,7 @@ type KvRead = Pin<Box<dyn Future<Output = (String, Option<Vec<u8>>)>>>;
 /// Owns the session and its upstream I/O for the life of one request.
 struct Pump {
     session: Session,
-    ctx: Context,
+    ctx: std::rc::Rc<Context>,
     kv: Option<KvStore>,
     abort: Option<AbortController>,
     head: Option<Pin<Box<dyn Future<Output = Result<Response>>>>>,
@@ -337,10 +337,14 @@ pub async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response>
         "GET" | "HEAD" | "OPTIONS" => Vec::new(),
         _ => req.bytes().await.unwrap_or_default(),
     };
+    let config = config(&env);
+    let kv = env
+        .kv(config.kv_store.as_deref().unwrap_or(KV_BINDING))
+        .ok();
     let mut pump = Pump {
-        session: Session::new(config(&env)).with_health(health()),
-        ctx,
-        kv: env.kv(KV_BINDING).ok(),
+        session: Session::new(config).with_health(health()),
+        ctx: std::rc::Rc::new(ctx),
+        kv,
         abort: None,
         head: None,
         body: None,
@@ -351,6 +355,12 @@ pub async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response>
 
     match pump.next().await {
         Out::Full(head, body) => {
+            if !pump.session.is_finished() {
+                // Answered early (a prefetch): the rest runs after the
+                // response.
+                let ctx = pump.ctx.clone();
+                ctx.wait_until(async move { while !matches!(pump.next().await, Out::End) {} });
+            }
             let response = if body.is_empty() {
                 Response::empty()?
             } else {

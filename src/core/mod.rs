@@ -14,6 +14,7 @@ pub mod http;
 pub mod link;
 pub mod openai;
 pub mod pacing;
+pub mod prefetch;
 pub mod prefix;
 pub mod restream;
 pub mod route;

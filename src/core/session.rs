@@ -17,7 +17,8 @@
 //!             RespondChunk(b)    => write b to the client now
 //!             RespondEnd         => finish the streamed response; done
 //!             KvGet { key }      => read it; report handle_kv_value
-//!             KvPut { .. }       => write it in the background
+//!             KvPut / KvDelete   => write it in the background
+//!             ReplicaHealth{..}  => update the deployment's replica health
 //!         }
 //!     }
 //!     wait for: upstream I/O, the client going away
@@ -31,9 +32,15 @@
 //! response headers, when to answer an error as JSON and when as an SSE
 //! error event, keep-alives, first-byte and idle timeouts, and that a
 //! stream never ends silently truncated; the response format, and when to
-//! flush and how hard to compress ([`crate::core::pacing`]). What it does
-//! not do: any I/O, any
-//! clock read, any retry or replica choice (one upstream for now).
+//! flush and how hard to compress ([`crate::core::pacing`]); the exact
+//! cache and speculative prefixes ([`crate::core::cache`],
+//! [`crate::core::prefix`]), prefix warming ([`crate::core::prefetch`]),
+//! and which replica to use and when to fall back to the next
+//! ([`crate::core::route`]). What it does not do: any I/O, any clock read.
+//!
+//! A `Respond` normally ends the session; a prefetch is answered early and
+//! goes on in the background (`is_finished()` is still false after it):
+//! the adapter keeps driving it, after the response, until it finishes.
 
 use std::collections::VecDeque;
 
@@ -50,6 +57,7 @@ use crate::core::http::{header, Headers, RequestHead, ResponseHead, UpstreamRequ
 use crate::core::link::{self, LinkEstimate, Remembered};
 use crate::core::openai::{self, Endpoint};
 use crate::core::pacing::{self, Pacer, Rule};
+use crate::core::prefetch;
 use crate::core::prefix;
 use crate::core::restream::{Ending, Restream};
 use crate::core::route::{self, Health};
@@ -106,6 +114,7 @@ enum Route {
     Generate { endpoint: Endpoint, stream: bool },
     Models,
     Health,
+    Prefetch { endpoint: Endpoint },
 }
 
 #[derive(Debug)]
@@ -114,6 +123,12 @@ enum Phase {
     Idle,
     /// Waiting (briefly) for the exact cache's answer before going upstream.
     CacheLookup,
+    /// A prefetch, answered: waiting (briefly) for its debounce marker.
+    PrefetchLookup {
+        key: String,
+        started: Millis,
+        body: Bytes,
+    },
     /// Upstream request sent, no response head yet.
     AwaitingHead,
     /// Upstream answered non-2xx; collecting its body for the message.
@@ -134,6 +149,9 @@ enum Downstream {
     EventStream,
     /// Another streamed body (JSON pass-through) is under way.
     Body,
+    /// A complete answer went out early; the session carries on in the
+    /// background (a prefetch) and never writes to the client again.
+    Answered,
 }
 
 /// One request's state. See the module docs for the driver loop.
@@ -263,6 +281,7 @@ impl Session {
         let flush = self.pacer.as_ref().and_then(Pacer::poll_timeout);
         let lookup = match (&self.phase, &self.cache) {
             (Phase::CacheLookup, Some(c)) => Some(c.lookup_started + cache::LOOKUP_TIMEOUT_MS),
+            (Phase::PrefetchLookup { started, .. }, _) => Some(started + cache::LOOKUP_TIMEOUT_MS),
             _ => None,
         };
         [self.upstream_deadline, self.keepalive_at, flush, lookup]
@@ -301,6 +320,12 @@ impl Session {
         let (route, method) = match req.path.as_str() {
             "/healthz" => (Route::Health, "GET"),
             "/v1/models" => (Route::Models, "GET"),
+            prefetch::PATH => (
+                Route::Prefetch {
+                    endpoint: prefetch::endpoint_of(&body),
+                },
+                "POST",
+            ),
             "/v1/chat/completions" => (
                 Route::Generate {
                     endpoint: Endpoint::Chat,
@@ -340,6 +365,41 @@ impl Session {
                 self.route = Some(route);
                 self.pick_replicas(now, &[]);
                 self.send_upstream(now, "GET", "/v1/models", Bytes::new(), false);
+            }
+            Route::Prefetch { endpoint } => {
+                let request = match self
+                    .check_body(&req, &body)
+                    .and_then(|()| openai::parse_request(endpoint, &body))
+                {
+                    Ok(r) => r,
+                    Err(e) => return self.fail(e),
+                };
+                self.route = Some(route);
+                self.pick_replicas(now, &route::affinity(endpoint, &request.body));
+                let key = prefetch::key(&request);
+                self.phase = Phase::PrefetchLookup {
+                    key: key.clone(),
+                    started: now,
+                    body: prefetch::warm_body(&request).into(),
+                };
+                // Answered at once; the rest happens in the background.
+                let mut headers: Headers = vec![
+                    ("content-type".into(), "application/json".into()),
+                    ("cache-control".into(), "no-store".into()),
+                ];
+                headers.extend(self.cors.iter().cloned());
+                let body = serde_json::json!({"object": "prefetch", "status": "accepted"});
+                let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+                bytes.push(b'\n');
+                self.actions.push_back(Action::Respond(
+                    ResponseHead {
+                        status: 202,
+                        headers,
+                    },
+                    bytes.into(),
+                ));
+                self.downstream = Downstream::Answered;
+                self.actions.push_back(Action::KvGet { key });
             }
             Route::Generate { endpoint, .. } => {
                 if let Err(e) = self.check_body(&req, &body) {
@@ -555,6 +615,11 @@ impl Session {
         self.upstream_head_at = Some(now);
         self.upstream_deadline = Some(now + self.config.idle_timeout_ms);
         let Some(route) = self.route else { return };
+        if let Route::Prefetch { .. } = route {
+            // The prompt is processed: the warming is done.
+            self.cancel_upstream();
+            return self.finish();
+        }
         if route == Route::Health {
             let ok = (200..300).contains(&status);
             let body = serde_json::json!({
@@ -626,7 +691,11 @@ impl Session {
                 self.record(&chunk);
                 self.emit(now, &chunk);
             }
-            Phase::Idle | Phase::CacheLookup | Phase::AwaitingHead | Phase::Finished => {}
+            Phase::Idle
+            | Phase::CacheLookup
+            | Phase::PrefetchLookup { .. }
+            | Phase::AwaitingHead
+            | Phase::Finished => {}
         }
     }
 
@@ -657,7 +726,7 @@ impl Session {
             Phase::AwaitingHead => {
                 self.handle_upstream_failed(now, "connection closed before a response")
             }
-            Phase::Idle | Phase::CacheLookup | Phase::Finished => {}
+            Phase::Idle | Phase::CacheLookup | Phase::PrefetchLookup { .. } | Phase::Finished => {}
         }
     }
 
@@ -713,6 +782,14 @@ impl Session {
     /// the key is absent or the store failed (both mean "not known").
     pub fn handle_kv_value(&mut self, now: Millis, key: &str, value: Option<Bytes>) {
         self.last_now = self.last_now.max(now);
+        if let Phase::PrefetchLookup { key: k, .. } = &self.phase {
+            if k == key {
+                return match value {
+                    Some(_) => self.finish(), // warmed recently
+                    None => self.warm(now),
+                };
+            }
+        }
         if matches!(self.phase, Phase::CacheLookup)
             && self.cache.as_ref().is_some_and(|c| c.key == key)
         {
@@ -767,6 +844,10 @@ impl Session {
                 .is_some_and(|c| now >= c.lookup_started + cache::LOOKUP_TIMEOUT_MS)
         {
             self.cache_missed(now);
+        }
+        if matches!(&self.phase, Phase::PrefetchLookup { started, .. } if now >= started + cache::LOOKUP_TIMEOUT_MS)
+        {
+            self.warm(now);
         }
         if self.upstream_deadline.is_some_and(|d| now >= d) {
             self.upstream_deadline = None;
@@ -907,6 +988,26 @@ impl Session {
                 ttl_secs,
             });
         }
+    }
+
+    /// Sends a prefetch's warming request, and marks its prefix as warmed.
+    fn warm(&mut self, now: Millis) {
+        let Phase::PrefetchLookup { key, body, .. } =
+            std::mem::replace(&mut self.phase, Phase::Idle)
+        else {
+            return;
+        };
+        let Some(Route::Prefetch { endpoint }) = self.route else {
+            return;
+        };
+        if self.config.prefetch_window_secs > 0 {
+            self.actions.push_back(Action::KvPut {
+                key,
+                value: Bytes::from_static(b"1"),
+                ttl_secs: self.config.prefetch_window_secs,
+            });
+        }
+        self.send_upstream(now, "POST", endpoint.path(), body, false);
     }
 
     /// A stored prefix was found: stream it now, then ask the upstream to
@@ -1145,6 +1246,7 @@ impl Session {
     fn fail(&mut self, error: Error) {
         self.cancel_upstream();
         match self.downstream {
+            Downstream::Answered => self.finish(),
             Downstream::NothingSent => self.respond_json(error.status(), &error.to_json()),
             Downstream::EventStream => {
                 let mut event = BytesMut::new();

@@ -51,7 +51,14 @@ impl World {
 
     pub fn pump_actions(&mut self, s: &mut Session, now: u64, reads: &mut Vec<String>) {
         while let Some(a) = s.poll_action() {
-            assert!(!self.ended, "action after the end: {a:?}");
+            let to_client = matches!(
+                a,
+                Action::Respond(..)
+                    | Action::RespondHead(_)
+                    | Action::RespondChunk(_)
+                    | Action::RespondEnd
+            );
+            assert!(!(self.ended && to_client), "response after the end: {a:?}");
             match a {
                 Action::SendUpstream(r) => self.upstream.push(r),
                 Action::CancelUpstream => self.cancelled = true,

@@ -1,0 +1,102 @@
+//! Prefix warming: `POST /v1/prefetch` takes the conversation so far (what
+//! the app has while the user is still typing) and has the upstream
+//! process it now, so that its prompt cache already holds that prefix when
+//! the real request comes.
+//!
+//! The body is a chat completions request (or a completions request, when
+//! it has a `prompt` and no `messages`), validated like one. The function
+//! answers `202 Accepted` at once, then — unless the same prefix was warmed
+//! within [`crate::core::config::Config::prefetch_window_secs`], which a
+//! KV marker records — sends it to the replica the real request will be
+//! routed to ([`crate::core::route`]) with `max_tokens: 1` and no
+//! streaming, and drops the answer. It does not store anything else and
+//! never reports the warming's outcome to the client.
+//!
+//! The debounce marker is keyed on the model and the conversation only, for
+//! every tenant: the upstream's prompt cache is shared too. Like every KV
+//! read it is eventually consistent, so two prefetches from different
+//! locations within seconds may both warm; that costs one extra prefill,
+//! nothing more.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::core::openai::{CompletionRequest, Endpoint};
+
+/// Prefix of every debounce marker's key.
+pub const KEY_PREFIX: &str = "prefetch:v1:";
+/// The path.
+pub const PATH: &str = "/v1/prefetch";
+
+/// Which generation endpoint a prefetch body is shaped for.
+pub fn endpoint_of(body: &[u8]) -> Endpoint {
+    let v: Value = serde_json::from_slice(body).unwrap_or_default();
+    if v.get("prompt").is_some() && v.get("messages").is_none() {
+        Endpoint::Completions
+    } else {
+        Endpoint::Chat
+    }
+}
+
+/// The debounce marker's key for this conversation.
+pub fn key(request: &CompletionRequest) -> String {
+    let body = &request.body;
+    let mut hash = Sha256::new();
+    hash.update(request.endpoint.path().as_bytes());
+    hash.update([0]);
+    for field in ["model", "messages", "prompt"] {
+        if let Some(v) = body.get(field) {
+            hash.update(v.to_string().as_bytes());
+        }
+        hash.update([0]);
+    }
+    format!("{KEY_PREFIX}{}", crate::core::hex(&hash.finalize()))
+}
+
+/// The body that warms the upstream: the conversation, one token, no
+/// stream.
+pub fn warm_body(request: &CompletionRequest) -> Vec<u8> {
+    let mut body: Map<String, Value> = request.body.clone();
+    for field in ["stream_options", "max_completion_tokens", "n", "logprobs"] {
+        body.remove(field);
+    }
+    body.insert("stream".into(), Value::Bool(false));
+    body.insert("max_tokens".into(), Value::from(1));
+    serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::openai::parse_request;
+
+    #[test]
+    fn keys_and_warm_bodies() {
+        let a = parse_request(
+            Endpoint::Chat,
+            br#"{"model":"m","stream":true,"max_tokens":300,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        let b = parse_request(
+            Endpoint::Chat,
+            br#"{"model":"m","temperature":1,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        let c = parse_request(
+            Endpoint::Chat,
+            br#"{"model":"m","messages":[{"role":"user","content":"hi there"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(key(&a), key(&b));
+        assert_ne!(key(&a), key(&c));
+        let warm: Value = serde_json::from_slice(&warm_body(&a)).unwrap();
+        assert_eq!(warm["max_tokens"], 1);
+        assert_eq!(warm["stream"], false);
+        assert_eq!(warm["messages"][0]["content"], "hi");
+        assert_eq!(
+            endpoint_of(br#"{"model":"m","prompt":"x"}"#),
+            Endpoint::Completions
+        );
+        assert_eq!(endpoint_of(b"not json"), Endpoint::Chat);
+    }
+}
