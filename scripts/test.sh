@@ -49,26 +49,37 @@ done
 echo "test host WIT matches $(dirname "$sdk")"
 
 MODEL_PORT=18081
+CUT_PORT=18082
 keys="e2e-key-1,e2e-key-2,e2e-key-link"
 REPORT="$TOKENEDGE_LOGS/e2e-timing.jsonl"
 : >"$REPORT"
-e2e() { # RUNTIME URL DEAD_URL
-  TOKENEDGE_RUNTIME=$1 TOKENEDGE_URL=$2 TOKENEDGE_DEAD_URL=$3 TOKENEDGE_KEY=e2e-key-2 \
+e2e() { # RUNTIME URL DEAD_URL FAULTS_URL NOKV_URL
+  TOKENEDGE_RUNTIME=$1 TOKENEDGE_URL=$2 TOKENEDGE_DEAD_URL=$3 TOKENEDGE_FAULTS_URL=$4 TOKENEDGE_NOKV_URL=$5 \
+    TOKENEDGE_KEY=e2e-key-2 TOKENEDGE_KEY2=e2e-key-1 \
     TOKENEDGE_LINK_KEY=e2e-key-link MODEL_URL="http://127.0.0.1:$MODEL_PORT" TOKENEDGE_REPORT="$REPORT" \
     "$TOKENEDGE_PY" -m pytest -v -s tests/e2e
 }
 start_model "$MODEL_PORT"
+# Cuts streams whose request contains "cut-me"; passes the rest to the model.
+"$TOKENEDGE_PY" tests/e2e/cut_proxy.py --port "$CUT_PORT" --upstream "127.0.0.1:$MODEL_PORT" >"$TOKENEDGE_LOGS/cut-proxy.log" 2>&1 &
+_pids+=($!)
+# Two replicas, one dead; and a KV store that does not exist.
+faults="http://127.0.0.1:9, http://127.0.0.1:$CUT_PORT"
 
 step "end-to-end on workerd (wrangler dev) with the local model"
 start_wrangler 18787 19229 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys"
 # The same worker with its upstream on a port nothing listens on.
 start_wrangler 18788 19230 --var "UPSTREAM_URL:http://127.0.0.1:9" --var "API_KEYS:$keys"
-e2e workerd http://127.0.0.1:18787 http://127.0.0.1:18788
+start_wrangler 18789 19231 --var "UPSTREAM_URL:$faults" --var "API_KEYS:$keys"
+start_wrangler 18790 19232 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" --var "KV_STORE:MISSING"
+e2e workerd http://127.0.0.1:18787 http://127.0.0.1:18788 http://127.0.0.1:18789 http://127.0.0.1:18790
 
 step "end-to-end on Spin (the component in the wasmtime test host) with the local model"
 start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys"
 start_spin 18798 "UPSTREAM_URL=http://127.0.0.1:9" "UPSTREAM_ORIGIN=http://127.0.0.1:9" "API_KEYS=$keys"
-e2e spin http://127.0.0.1:18797 http://127.0.0.1:18798
+start_spin 18799 "UPSTREAM_URL=$faults" "UPSTREAM_ORIGIN=http://127.0.0.1:*" "API_KEYS=$keys"
+start_spin 18800 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" "KV_STORE=missing"
+e2e spin http://127.0.0.1:18797 http://127.0.0.1:18798 http://127.0.0.1:18799 http://127.0.0.1:18800
 
 step "end-to-end timings, both runtimes"
 "$TOKENEDGE_PY" tests/e2e/report.py "$REPORT"
