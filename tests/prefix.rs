@@ -60,13 +60,8 @@ fn a_stored_opening_streams_before_the_upstream_and_is_continued() {
         .iter()
         .find(|(k, ..)| k.starts_with("prefix:"))
         .expect("the opening was stored");
-    let stored: Value = serde_json::from_slice(value).unwrap();
-    let pieces: Vec<&str> = stored["pieces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let stored = tokenedge::core::cache::Entry::decode(value).unwrap();
+    let pieces: Vec<&str> = stored.pieces.iter().map(String::as_str).collect();
     assert_eq!(pieces, ["1", ".", " To", " create"]);
     let opening: String = pieces.concat();
 

@@ -811,7 +811,7 @@ fn exact_cache_miss_stores_and_hit_replays_identical_text() {
     let stored: Vec<_> = w
         .kv_writes
         .iter()
-        .filter(|(k, ..)| k.starts_with("cache:v1:"))
+        .filter(|(k, ..)| k.starts_with(tokenedge::core::cache::KEY_PREFIX))
         .collect();
     assert_eq!(stored.len(), 1, "one write of the whole answer");
     assert_eq!(stored[0].2, 86_400);

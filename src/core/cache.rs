@@ -14,20 +14,25 @@
 //! Only completed answers are stored (a finish reason seen, no upstream
 //! failure, no tool-call or other non-text delta), as one KV value written
 //! once at the end: there is never a partial entry. An entry is the text
-//! pieces as the upstream streamed them, the finish reason and the usage;
+//! pieces as the upstream streamed them, the finish reason and the usage,
+//! as zlib-compressed JSON;
 //! a hit is replayed from it as a stream in any format, or as JSON.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::core::compress::{Encoder, FlushMode};
+use crate::core::encoding::Coding;
 use crate::core::http::RequestHead;
 use crate::core::openai::{CompletionRequest, Endpoint};
 
 /// Prefix of every cache key; the version changes with the entry format.
-pub const KEY_PREFIX: &str = "cache:v1:";
+pub const KEY_PREFIX: &str = "cache:v2:";
 /// Largest entry stored, far below Workers KV's 25 MiB per value.
 pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// Compression level of stored entries: written once, read many times.
+const ENTRY_LEVEL: u32 = 9;
 /// How long a lookup may hold the request before it goes upstream anyway.
 pub const LOOKUP_TIMEOUT_MS: u64 = 300;
 /// Response header saying how the cache took part: `hit` or `miss`.
@@ -82,7 +87,7 @@ pub fn plan(req: &RequestHead, request: &CompletionRequest, scope: Option<&str>)
     })
 }
 
-/// `cache:v1:` + hex SHA-256 of the scope and the canonical request.
+/// [`KEY_PREFIX`] + hex SHA-256 of the scope and the canonical request.
 pub fn key(endpoint: Endpoint, body: &Map<String, Value>, scope: Option<&str>) -> String {
     let mut canonical = String::new();
     canonical.push_str(endpoint.path());
@@ -154,12 +159,23 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The stored form: the entry's JSON, zlib-compressed.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let mut out = Vec::with_capacity(json.len() / 3 + 16);
+        let mut encoder = Encoder::new(Coding::Deflate, ENTRY_LEVEL);
+        encoder.encode_and_flush(&json, FlushMode::Sync, &mut out);
+        encoder.finish(&mut out);
+        out
     }
 
+    /// An entry from its stored form; `None` for anything else (a damaged
+    /// or older value, or one that inflates past [`MAX_ENTRY_BYTES`]).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
+        let json =
+            miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(bytes, MAX_ENTRY_BYTES * 2)
+                .ok()?;
+        serde_json::from_slice(&json).ok()
     }
 
     fn id(&self) -> String {
@@ -458,6 +474,18 @@ mod tests {
         assert_eq!(e.model, "smol");
         assert_eq!(e.usage.as_ref().unwrap()["completion_tokens"], 2);
         assert_eq!(Entry::decode(&e.encode()).unwrap(), e);
+        assert!(
+            Entry::decode(b"{\"pieces\":[]}").is_none(),
+            "stored entries are compressed"
+        );
+        let long = Entry {
+            pieces: vec![" the quick brown fox".into(); 200],
+            ..e.clone()
+        };
+        let stored = long.encode();
+        assert!(stored.len() * 4 < serde_json::to_vec(&long).unwrap().len());
+        assert_eq!(Entry::decode(&stored).unwrap(), long);
+        assert!(Entry::decode(&stored[..stored.len() / 2]).is_none());
 
         let mut cut = Recorder::new(1);
         cut.event(r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#);
