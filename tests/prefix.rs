@@ -174,6 +174,26 @@ fn broken_answers_keys_and_kv_failures() {
 }
 
 #[test]
+fn the_opening_never_exceeds_the_length_limit() {
+    let first = answered(&Default::default(), "k1", LLAMA_CHAT);
+    let short = SAMPLED.replace("\"max_tokens\":100", "\"max_tokens\":3");
+    let (_, w) = cached_request(speculating(), &first.kv, "k1", &short, &[]);
+    assert_eq!(w.header("x-cache"), Some("prefix"));
+    assert_eq!(text_of(&w.text()), "1.", "two of the four stored tokens");
+    let sent: Value = serde_json::from_slice(&w.upstream[0].body).unwrap();
+    assert_eq!(sent["max_tokens"], 1);
+    let one = SAMPLED.replace("\"max_tokens\":100", "\"max_tokens\":1");
+    let (mut s, mut w) = cached_request(speculating(), &first.kv, "k1", &one, &[]);
+    assert!(w.head.is_none(), "no room for an opening: a plain request");
+    s.handle_upstream_head(1, 200, &sse_head());
+    feed(&mut s, &mut w, LLAMA_CHAT, 10);
+    assert!(
+        w.kv_writes.is_empty(),
+        "and it does not replace the stored opening"
+    );
+}
+
+#[test]
 fn upstream_failure_after_the_prefix_is_an_error_event() {
     let first = answered(&Default::default(), "k1", LLAMA_CHAT);
     let (mut s, mut w) = cached_request(speculating(), &first.kv, "k1", SAMPLED, &[]);

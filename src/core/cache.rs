@@ -98,6 +98,17 @@ pub fn key(endpoint: Endpoint, body: &Map<String, Value>, scope: Option<&str>) -
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     write_canonical(&mut canonical, &Value::Object(kept));
+    let mut hash = scoped_hash(scope);
+    hash.update(canonical.as_bytes());
+    let mut out = String::with_capacity(KEY_PREFIX.len() + 64);
+    out.push_str(KEY_PREFIX);
+    out.push_str(&crate::core::hex(&hash.finalize()));
+    out
+}
+
+/// A hash started with the scope: the API key (itself hashed, so no key is
+/// ever part of a KV key) or the shared scope.
+pub(crate) fn scoped_hash(scope: Option<&str>) -> Sha256 {
     let mut hash = Sha256::new();
     match scope {
         Some(s) => {
@@ -106,11 +117,7 @@ pub fn key(endpoint: Endpoint, body: &Map<String, Value>, scope: Option<&str>) -
         }
         None => hash.update(b"shared\0"),
     }
-    hash.update(canonical.as_bytes());
-    let mut out = String::with_capacity(KEY_PREFIX.len() + 64);
-    out.push_str(KEY_PREFIX);
-    out.push_str(&crate::core::hex(&hash.finalize()));
-    out
+    hash
 }
 
 /// JSON with object keys sorted at every depth.

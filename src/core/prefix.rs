@@ -35,7 +35,7 @@
 //! by the requests it serves, so it stays stable for its TTL.
 
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use crate::core::config::{Config, Dialect, Speculate};
 use crate::core::http::RequestHead;
@@ -91,14 +91,7 @@ pub fn plan(
         }
         Endpoint::Completions => body.get("prompt").filter(|p| p.is_string())?,
     };
-    let mut hash = Sha256::new();
-    match scope {
-        Some(s) => {
-            hash.update(b"key\0");
-            hash.update(Sha256::digest(s.as_bytes()));
-        }
-        None => hash.update(b"shared\0"),
-    }
+    let mut hash = crate::core::cache::scoped_hash(scope);
     hash.update(request.endpoint.path().as_bytes());
     hash.update([0]);
     hash.update(

@@ -1012,11 +1012,24 @@ impl Session {
 
     /// A stored prefix was found: stream it now, then ask the upstream to
     /// continue after it.
-    fn speculate(&mut self, now: Millis, entry: Entry) {
+    fn speculate(&mut self, now: Millis, mut entry: Entry) {
         let dialect = self.config.dialect;
         let Some(c) = self.cache.as_deref_mut() else {
             return;
         };
+        // Never more than the request's length limit, and leave the
+        // upstream at least one token to write.
+        let limit = ["max_tokens", "max_completion_tokens"]
+            .iter()
+            .filter_map(|f| c.request.as_ref()?.body.get(*f)?.as_u64())
+            .min();
+        if let Some(limit) = limit {
+            entry.pieces.truncate(limit.saturating_sub(1) as usize);
+        }
+        if entry.pieces.is_empty() {
+            c.spoiled = true; // too short to use, and not to be replaced
+            return self.cache_missed(now);
+        }
         let Some(request) = c.request.take() else {
             return;
         };
