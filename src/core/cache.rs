@@ -61,12 +61,7 @@ pub struct Plan {
 /// cacheable. `scope` is the caller's API key (or `None` for a shared
 /// cache).
 pub fn plan(req: &RequestHead, request: &CompletionRequest, scope: Option<&str>) -> Option<Plan> {
-    let directives = req
-        .header("cache-control")
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let has = |d: &str| directives.split(',').any(|x| x.trim() == d);
-    if has("no-store") {
+    if directive(req, "no-store") {
         return None;
     }
     let body = &request.body;
@@ -75,16 +70,25 @@ pub fn plan(req: &RequestHead, request: &CompletionRequest, scope: Option<&str>)
         .and_then(Value::as_f64)
         .is_some_and(|t| t == 0.0)
         || body.get("seed").is_some_and(Value::is_number);
-    let one_choice = body
-        .get("n")
-        .is_none_or(|n| n.is_null() || n.as_u64() == Some(1));
-    if !deterministic || !one_choice {
+    if !deterministic || !one_choice(body) {
         return None;
     }
     Some(Plan {
         key: key(request.endpoint, &request.body, scope),
-        read: !has("no-cache"),
+        read: !directive(req, "no-cache"),
     })
+}
+
+/// Whether the request's `Cache-Control` carries this directive.
+pub(crate) fn directive(req: &RequestHead, name: &str) -> bool {
+    req.header("cache-control")
+        .is_some_and(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case(name)))
+}
+
+/// Whether the request asks for one choice (`n` absent, null or 1).
+pub(crate) fn one_choice(body: &Map<String, Value>) -> bool {
+    body.get("n")
+        .is_none_or(|n| n.is_null() || n.as_u64() == Some(1))
 }
 
 /// [`KEY_PREFIX`] + hex SHA-256 of the scope and the canonical request.

@@ -28,13 +28,21 @@ pub const KEY_PREFIX: &str = "prefetch:v1:";
 /// The path.
 pub const PATH: &str = "/v1/prefetch";
 
-/// Which generation endpoint a prefetch body is shaped for.
+/// Which generation endpoint a prefetch body is shaped for. Only looks
+/// for the two fields (nothing is built); the body is parsed for real by
+/// [`crate::core::openai::parse_request`].
 pub fn endpoint_of(body: &[u8]) -> Endpoint {
-    let v: Value = serde_json::from_slice(body).unwrap_or_default();
-    if v.get("prompt").is_some() && v.get("messages").is_none() {
-        Endpoint::Completions
-    } else {
-        Endpoint::Chat
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        prompt: Option<serde::de::IgnoredAny>,
+        messages: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<Shape>(body) {
+        Ok(Shape {
+            prompt: Some(_),
+            messages: None,
+        }) => Endpoint::Completions,
+        _ => Endpoint::Chat,
     }
 }
 

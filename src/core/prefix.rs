@@ -37,6 +37,7 @@
 use serde_json::{Map, Value};
 use sha2::Digest;
 
+use crate::core::cache;
 use crate::core::config::{Config, Dialect, Speculate};
 use crate::core::http::RequestHead;
 use crate::core::openai::{CompletionRequest, Endpoint};
@@ -60,21 +61,15 @@ pub fn plan(
         Speculate::On => asked.as_deref() != Some("off"),
         Speculate::Request => asked.as_deref() == Some("on"),
     };
-    let no_store = req.header("cache-control").is_some_and(|v| {
-        v.split(',')
-            .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
-    });
+    let no_store = cache::directive(req, "no-store");
     if !wanted || no_store || config.prefix_tokens == 0 || !request.stream {
         return None;
     }
     let body = &request.body;
-    let one_choice = body
-        .get("n")
-        .is_none_or(|n| n.is_null() || n.as_u64() == Some(1));
     let tools = body
         .get("tools")
         .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()));
-    if !one_choice || tools {
+    if !cache::one_choice(body) || tools {
         return None;
     }
     let prompt = match request.endpoint {
@@ -91,7 +86,7 @@ pub fn plan(
         }
         Endpoint::Completions => body.get("prompt").filter(|p| p.is_string())?,
     };
-    let mut hash = crate::core::cache::scoped_hash(scope);
+    let mut hash = cache::scoped_hash(scope);
     hash.update(request.endpoint.path().as_bytes());
     hash.update([0]);
     hash.update(

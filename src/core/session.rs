@@ -231,6 +231,16 @@ struct CacheState {
     prefilled: Option<Box<Restream>>,
 }
 
+impl CacheState {
+    /// The lookup answered with something usable: no upstream request for
+    /// the original body any more.
+    fn hit(&mut self, now: Millis) {
+        self.lookup_ms = Some(now.saturating_sub(self.lookup_started));
+        self.hit = true;
+        self.pending = None;
+    }
+}
+
 impl Session {
     pub fn new(config: Config) -> Self {
         Self {
@@ -1033,9 +1043,7 @@ impl Session {
         let Some(request) = c.request.take() else {
             return;
         };
-        c.lookup_ms = Some(now.saturating_sub(c.lookup_started));
-        c.hit = true;
-        c.pending = None;
+        c.hit(now);
         let endpoint = c.endpoint;
         let tokens = entry.pieces.len() as u64;
         let continuation = prefix::continuation(&request, dialect, &entry.pieces.concat(), tokens);
@@ -1074,9 +1082,7 @@ impl Session {
         let Some(c) = self.cache.as_deref_mut() else {
             return;
         };
-        c.lookup_ms = Some(now.saturating_sub(c.lookup_started));
-        c.hit = true;
-        c.pending = None;
+        c.hit(now);
         let (endpoint, stream) = (c.endpoint, c.stream);
         if !stream {
             return self.respond_json(200, &entry.to_json(endpoint));
