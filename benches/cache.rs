@@ -43,9 +43,9 @@ fn run(cfg: &Config, kv: &mut HashMap<String, Bytes>, events: &[Bytes]) -> usize
     let mut drive = |s: &mut Session, sent: &mut usize, upstream: &mut bool| {
         while let Some(a) = s.poll_action() {
             match a {
-                Action::KvGet { key } => {
+                Action::KvGet { key, read } => {
                     let v = kv.get(&key).cloned();
-                    s.handle_kv_value(1, &key, v);
+                    s.handle_kv_value(1, read, v);
                 }
                 Action::KvPut { key, value, .. } => {
                     kv.insert(key, value);

@@ -7,10 +7,10 @@ use crate::core::http::{Headers, RequestHead};
 
 /// Request headers a browser may send cross-origin when the preflight does
 /// not list its own.
-const DEFAULT_ALLOW_HEADERS: &str =
-    "authorization, content-type, cache-control, last-event-id, x-tokenedge-format, x-tokenedge-bandwidth";
+const DEFAULT_ALLOW_HEADERS: &str = "authorization, content-type, cache-control, last-event-id, \
+     x-tokenedge-format, x-tokenedge-bandwidth, x-tokenedge-flush, x-tokenedge-prefix";
 /// Response headers a browser script may read.
-const EXPOSE_HEADERS: &str = "server-timing, x-cache, x-request-id";
+const EXPOSE_HEADERS: &str = "server-timing, x-cache";
 /// How long a browser may cache a preflight answer (one day).
 const PREFLIGHT_MAX_AGE_SECS: &str = "86400";
 
@@ -27,7 +27,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The bearer token of an `Authorization` header, if any.
-pub fn bearer(req: &RequestHead) -> Option<&str> {
+pub(crate) fn bearer(req: &RequestHead) -> Option<&str> {
     let value = req.header("authorization")?.trim();
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -36,21 +36,21 @@ pub fn bearer(req: &RequestHead) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether the request may proceed: always when no keys are configured,
-/// otherwise only with one of them. Every key is compared, so the time taken
-/// does not reveal which one matched.
-pub fn authorized(config: &Config, req: &RequestHead) -> bool {
+/// Whether a request with this bearer token may proceed: always when no
+/// keys are configured, otherwise only with one of them. Every key is
+/// compared, so the time taken does not reveal which one matched.
+pub(crate) fn authorized(config: &Config, bearer: Option<&str>) -> bool {
     if config.api_keys.is_empty() {
         return true;
     }
-    let token = bearer(req).unwrap_or("").as_bytes();
+    let token = bearer.unwrap_or("").as_bytes();
     config.api_keys.iter().fold(false, |ok, key| {
         constant_time_eq(key.as_bytes(), token) | ok
     })
 }
 
 /// CORS headers for an ordinary response to `req`.
-pub fn cors_headers(origins: &CorsOrigins, req: &RequestHead) -> Headers {
+pub(crate) fn cors_headers(origins: &CorsOrigins, req: &RequestHead) -> Headers {
     let mut h = Headers::new();
     if let Some(allow) = origins.allow(req.header("origin")) {
         h.push(("access-control-allow-origin".into(), allow));
@@ -66,7 +66,7 @@ pub fn cors_headers(origins: &CorsOrigins, req: &RequestHead) -> Headers {
 }
 
 /// Headers of the answer to a CORS preflight (`OPTIONS`).
-pub fn preflight_headers(origins: &CorsOrigins, req: &RequestHead) -> Headers {
+pub(crate) fn preflight_headers(origins: &CorsOrigins, req: &RequestHead) -> Headers {
     let mut h = cors_headers(origins, req);
     if origins.allow(req.header("origin")).is_some() {
         let asked = req
@@ -114,16 +114,17 @@ mod tests {
     #[test]
     fn keys() {
         let open = Config::default();
-        assert!(authorized(&open, &req(&[])));
+        let authorized = |cfg: &Config, r: RequestHead| authorized(cfg, bearer(&r));
+        assert!(authorized(&open, req(&[])));
         let cfg = Config {
             api_keys: vec!["k1".into(), "k2".into()],
             ..Config::default()
         };
-        assert!(authorized(&cfg, &req(&[("Authorization", "Bearer k2")])));
-        assert!(authorized(&cfg, &req(&[("authorization", "bearer  k1 ")])));
-        assert!(!authorized(&cfg, &req(&[("authorization", "Bearer k3")])));
-        assert!(!authorized(&cfg, &req(&[("authorization", "Basic k1")])));
-        assert!(!authorized(&cfg, &req(&[])));
+        assert!(authorized(&cfg, req(&[("Authorization", "Bearer k2")])));
+        assert!(authorized(&cfg, req(&[("authorization", "bearer  k1 ")])));
+        assert!(!authorized(&cfg, req(&[("authorization", "Bearer k3")])));
+        assert!(!authorized(&cfg, req(&[("authorization", "Basic k1")])));
+        assert!(!authorized(&cfg, req(&[])));
     }
 
     #[test]

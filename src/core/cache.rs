@@ -24,7 +24,6 @@ use sha2::{Digest, Sha256};
 
 use crate::core::compress::{Encoder, FlushMode};
 use crate::core::encoding::Coding;
-use crate::core::http::RequestHead;
 use crate::core::openai::{CompletionRequest, Endpoint};
 
 /// Prefix of every cache key; the version changes with the entry format.
@@ -35,7 +34,9 @@ pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 const ENTRY_LEVEL: u32 = 9;
 /// How long a lookup may hold the request before it goes upstream anyway.
 pub const LOOKUP_TIMEOUT_MS: u64 = 300;
-/// Response header saying how the cache took part: `hit` or `miss`.
+/// Response header saying how the caches took part: `hit` (exact cache),
+/// `prefix` (speculative prefix), `miss` (looked up, not found) or `bypass`
+/// (not cacheable).
 pub const X_CACHE: &str = "x-cache";
 
 /// Request fields that do not change the generated output.
@@ -60,8 +61,12 @@ pub struct Plan {
 /// The cache plan for a validated request, or `None` when it is not
 /// cacheable. `scope` is the caller's API key (or `None` for a shared
 /// cache).
-pub fn plan(req: &RequestHead, request: &CompletionRequest, scope: Option<&str>) -> Option<Plan> {
-    if directive(req, "no-store") {
+pub(crate) fn plan(
+    directives: Directives,
+    request: &CompletionRequest,
+    scope: Option<&str>,
+) -> Option<Plan> {
+    if directives.no_store {
         return None;
     }
     let body = &request.body;
@@ -75,14 +80,30 @@ pub fn plan(req: &RequestHead, request: &CompletionRequest, scope: Option<&str>)
     }
     Some(Plan {
         key: key(request.endpoint, &request.body, scope),
-        read: !directive(req, "no-cache"),
+        read: !directives.no_cache,
     })
 }
 
-/// Whether the request's `Cache-Control` carries this directive.
-pub(crate) fn directive(req: &RequestHead, name: &str) -> bool {
-    req.header("cache-control")
-        .is_some_and(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case(name)))
+/// The request `Cache-Control` directives the caches obey, read once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Directives {
+    /// `no-store`: neither read nor write any cache.
+    pub(crate) no_store: bool,
+    /// `no-cache`: do not answer from the cache, but store the answer.
+    pub(crate) no_cache: bool,
+}
+
+impl Directives {
+    /// Reads a `Cache-Control` header value (absent = no directives).
+    pub(crate) fn parse(value: Option<&str>) -> Self {
+        let has = |name: &str| {
+            value.is_some_and(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case(name)))
+        };
+        Self {
+            no_store: has("no-store"),
+            no_cache: has("no-cache"),
+        }
+    }
 }
 
 /// Whether the request asks for one choice (`n` absent, null or 1).
@@ -375,6 +396,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::http::RequestHead;
     use crate::core::openai::parse_request;
 
     fn req(body: &str, headers: &[(&str, &str)]) -> (RequestHead, CompletionRequest) {
@@ -394,7 +416,7 @@ mod tests {
 
     fn plan_of(body: &str, headers: &[(&str, &str)], scope: Option<&str>) -> Option<Plan> {
         let (h, r) = req(body, headers);
-        plan(&h, &r, scope)
+        plan(Directives::parse(h.header("cache-control")), &r, scope)
     }
 
     const MSG: &str = r#""model":"m","messages":[{"role":"user","content":"hi"}]"#;
@@ -465,7 +487,16 @@ mod tests {
         assert!(!a.contains("key-a"));
         let (h, r) = req(&body, &[]);
         let completions = key(Endpoint::Completions, &r.body, Some("key-a"));
-        assert_ne!(completions, plan(&h, &r, Some("key-a")).unwrap().key);
+        assert_ne!(
+            completions,
+            plan(
+                Directives::parse(h.header("cache-control")),
+                &r,
+                Some("key-a")
+            )
+            .unwrap()
+            .key
+        );
     }
 
     #[test]

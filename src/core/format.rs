@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::core::error::Error;
-use crate::core::restream::write_event;
+use crate::core::sse::write_event;
 
 /// The request header that selects the format.
 pub const HEADER: &str = "x-tokenedge-format";

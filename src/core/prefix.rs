@@ -34,12 +34,12 @@
 //! request that found none and completed cleanly, and is not rewritten
 //! by the requests it serves, so it stays stable for its TTL.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::Digest;
 
-use crate::core::cache;
+use crate::core::cache::{self, Directives};
 use crate::core::config::{Config, Dialect, Speculate};
-use crate::core::http::RequestHead;
 use crate::core::openai::{CompletionRequest, Endpoint};
 
 /// Prefix of every stored prefix's key.
@@ -49,20 +49,19 @@ pub const HEADER: &str = "x-tokenedge-prefix";
 
 /// The KV key of the stored prefix for this request, when the request may
 /// be answered with one.
-pub fn plan(
-    req: &RequestHead,
+pub(crate) fn plan(
+    directives: Directives,
+    asked: Option<bool>,
     request: &CompletionRequest,
     config: &Config,
     scope: Option<&str>,
 ) -> Option<String> {
-    let asked = req.header(HEADER).map(|v| v.trim().to_ascii_lowercase());
     let wanted = match config.speculate {
         Speculate::Off => false,
-        Speculate::On => asked.as_deref() != Some("off"),
-        Speculate::Request => asked.as_deref() == Some("on"),
+        Speculate::On => asked != Some(false),
+        Speculate::Request => asked == Some(true),
     };
-    let no_store = cache::directive(req, "no-store");
-    if !wanted || no_store || config.prefix_tokens == 0 || !request.stream {
+    if !wanted || directives.no_store || config.prefix_tokens == 0 || !request.stream {
         return None;
     }
     let body = &request.body;
@@ -103,6 +102,16 @@ pub fn plan(
     ))
 }
 
+/// What the request's [`HEADER`] asks for: `Some(true)` for `on`,
+/// `Some(false)` for `off`, `None` otherwise.
+pub(crate) fn asked(value: Option<&str>) -> Option<bool> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Some("on") => Some(true),
+        Some("off") => Some(false),
+        _ => None,
+    }
+}
+
 /// The request to send upstream so that it continues after `text`
 /// (`tokens` pieces long).
 pub fn continuation(
@@ -140,9 +149,71 @@ pub fn continuation(
     }
 }
 
+/// The opening of a stored prefix this request may use: never more pieces
+/// than the request's length limit allows, leaving the upstream at least
+/// one token to write. Empty when nothing usable is left.
+pub(crate) fn cut_opening(pieces: &mut Vec<String>, request: &CompletionRequest) {
+    let limit = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .filter_map(|f| request.body.get(*f)?.as_u64())
+        .min();
+    if let Some(limit) = limit {
+        pieces.truncate(usize::try_from(limit.saturating_sub(1)).unwrap_or(usize::MAX));
+    }
+}
+
+/// How a continuation is spliced onto an opening the client already has,
+/// held by the re-streamer ([`crate::core::restream::Restream::continuing`]):
+/// the continuation's events that carry nothing before its first content
+/// (its role announcement) are dropped, since the client had one, and its
+/// usage moves the opening's tokens from the prompt to the completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Splice {
+    /// Pieces of the opening, one token each.
+    tokens: u64,
+    /// No content of the continuation has come yet.
+    before_content: bool,
+}
+
+impl Splice {
+    /// A continuation after an opening of `tokens` pieces.
+    pub(crate) fn new(tokens: u64) -> Self {
+        Self {
+            tokens,
+            before_content: true,
+        }
+    }
+
+    /// Whether an event is to be dropped: it carries nothing (no content,
+    /// finish, usage or error) and comes before the first content.
+    pub(crate) fn drops(&self, carries_nothing: bool) -> bool {
+        self.before_content && carries_nothing
+    }
+
+    /// Records that an event went out, and whether it carried content.
+    pub(crate) fn passed(&mut self, has_content: bool) {
+        self.before_content &= !has_content;
+    }
+
+    /// One stream event's JSON with its `usage` shifted, re-serialised, or
+    /// `None` when it has no usage object (then it goes out as it is).
+    pub(crate) fn shift_event(&self, data: &str) -> Option<String> {
+        let mut v: Value = serde_json::from_str(data).ok()?;
+        shift_usage(v.get_mut("usage")?.as_object_mut()?, self.tokens);
+        Some(v.to_string())
+    }
+
+    /// A usage object, shifted.
+    pub(crate) fn shift_raw(&self, usage: &RawValue) -> Option<Box<RawValue>> {
+        let mut v: Map<String, Value> = serde_json::from_str(usage.get()).ok()?;
+        shift_usage(&mut v, self.tokens);
+        serde_json::value::to_raw_value(&v).ok()
+    }
+}
+
 /// Moves `tokens` from the prompt's count to the completion's in a usage
 /// object, leaving the total as it was.
-pub fn shift_usage(usage: &mut Map<String, Value>, tokens: u64) {
+fn shift_usage(usage: &mut Map<String, Value>, tokens: u64) {
     let count = |u: &Map<String, Value>, k: &str| u.get(k).and_then(Value::as_u64);
     if let (Some(p), Some(c)) = (
         count(usage, "prompt_tokens"),
@@ -150,21 +221,17 @@ pub fn shift_usage(usage: &mut Map<String, Value>, tokens: u64) {
     ) {
         let moved = tokens.min(p);
         usage.insert("prompt_tokens".into(), Value::from(p - moved));
-        usage.insert("completion_tokens".into(), Value::from(c + moved));
+        usage.insert(
+            "completion_tokens".into(),
+            Value::from(c.saturating_add(moved)),
+        );
     }
-}
-
-/// [`shift_usage`] on the `usage` of one stream event's JSON, returned
-/// re-serialised (or `None` when it has no usage object).
-pub fn shift_event_usage(data: &str, tokens: u64) -> Option<String> {
-    let mut v: Value = serde_json::from_str(data).ok()?;
-    shift_usage(v.get_mut("usage")?.as_object_mut()?, tokens);
-    Some(v.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::http::RequestHead;
     use crate::core::openai::parse_request;
 
     fn plan_of(body: &str, headers: &[(&str, &str)], config: &Config) -> Option<String> {
@@ -182,7 +249,8 @@ mod tests {
                 .collect(),
         );
         plan(
-            &head,
+            Directives::parse(head.header("cache-control")),
+            asked(head.header(HEADER)),
             &parse_request(endpoint, body.as_bytes()).unwrap(),
             config,
             Some("k"),
@@ -276,10 +344,11 @@ mod tests {
     #[test]
     fn usage_adds_up() {
         let data = r#"{"choices":[],"usage":{"prompt_tokens":42,"completion_tokens":3,"total_tokens":45}}"#;
-        let v: Value = serde_json::from_str(&shift_event_usage(data, 5).unwrap()).unwrap();
+        let splice = Splice::new(5);
+        let v: Value = serde_json::from_str(&splice.shift_event(data).unwrap()).unwrap();
         assert_eq!(v["usage"]["prompt_tokens"], 37);
         assert_eq!(v["usage"]["completion_tokens"], 8);
         assert_eq!(v["usage"]["total_tokens"], 45);
-        assert!(shift_event_usage(r#"{"choices":[]}"#, 5).is_none());
+        assert!(splice.shift_event(r#"{"choices":[]}"#).is_none());
     }
 }

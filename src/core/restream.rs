@@ -27,10 +27,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::core::cache::Recorder;
 use crate::core::format::{Format, Stats};
 use crate::core::openai::{chunk_parts, inspect_chunk};
-use crate::core::sse::{Event, Parser, SseError};
-
-/// The end-of-stream marker, as OpenAI sends it.
-pub const DONE: &[u8] = b"data: [DONE]\n\n";
+use crate::core::prefix::Splice;
+use crate::core::sse::{write_event, Event, Parser, SseError, DONE};
 
 /// What one call to [`Restream::push`] produced.
 #[derive(Debug, Default)]
@@ -68,11 +66,8 @@ pub struct Restream {
     /// Upstream events forwarded so far.
     pub events_forwarded: u64,
     recorder: Option<Box<Recorder>>,
-    /// Tokens of a speculative prefix this stream continues, moved from
-    /// the prompt to the completion in the usage.
-    prefix_tokens: u64,
-    /// A continuation whose first content has not come yet.
-    awaiting_continuation: bool,
+    /// How a continuation of a speculative prefix is spliced on.
+    splice: Option<Splice>,
 }
 
 impl Restream {
@@ -96,8 +91,7 @@ impl Restream {
     /// What follows is the upstream's continuation of a speculative prefix
     /// of `prefix_tokens` tokens that was already streamed.
     pub fn continuing(&mut self, prefix_tokens: u64) {
-        self.prefix_tokens = prefix_tokens;
-        self.awaiting_continuation = true;
+        self.splice = Some(Splice::new(prefix_tokens));
     }
 
     /// Feeds upstream bytes and returns the downstream bytes they complete.
@@ -126,14 +120,13 @@ impl Restream {
                 let facts = inspect_chunk(&event.data);
                 let empty =
                     !(facts.has_content || facts.finished || facts.has_usage || facts.is_error);
-                if self.awaiting_continuation && empty {
+                if self.splice.is_some_and(|s| s.drops(empty)) {
                     continue;
                 }
-                let shifted = (self.prefix_tokens > 0 && facts.has_usage)
-                    .then(|| {
-                        crate::core::prefix::shift_event_usage(&event.data, self.prefix_tokens)
-                    })
-                    .flatten();
+                let shifted = self
+                    .splice
+                    .filter(|_| facts.has_usage)
+                    .and_then(|s| s.shift_event(&event.data));
                 let data = shifted.as_deref().unwrap_or(&event.data);
                 write_event(&mut self.out, event.event.as_deref(), data);
                 (facts.finished, facts.has_content)
@@ -141,7 +134,9 @@ impl Restream {
                 self.write_parts(&event.data)
             };
             self.finished |= finished;
-            self.awaiting_continuation &= !has_content;
+            if let Some(s) = &mut self.splice {
+                s.passed(has_content);
+            }
             content_events += u32::from(has_content);
         }
         self.events = events;
@@ -174,14 +169,7 @@ impl Restream {
             self.finish_reason = Some(f.into_owned());
         }
         if let Some(u) = parts.usage {
-            let shifted = (self.prefix_tokens > 0)
-                .then(|| {
-                    let mut v: serde_json::Map<String, serde_json::Value> =
-                        serde_json::from_str(u.get()).ok()?;
-                    crate::core::prefix::shift_usage(&mut v, self.prefix_tokens);
-                    serde_json::value::to_raw_value(&v).ok()
-                })
-                .flatten();
+            let shifted = self.splice.and_then(|s| s.shift_raw(u));
             self.usage = Some(shifted.unwrap_or_else(|| u.to_owned()));
         }
         (finished, has_content)
@@ -221,22 +209,6 @@ impl Restream {
             Ending::Truncated
         }
     }
-}
-
-/// Writes one SSE event; multi-line data becomes several `data:` lines.
-pub fn write_event(out: &mut BytesMut, event: Option<&str>, data: &str) {
-    out.reserve(data.len() + 16);
-    if let Some(name) = event {
-        out.put_slice(b"event: ");
-        out.put_slice(name.as_bytes());
-        out.put_u8(b'\n');
-    }
-    for line in data.split('\n') {
-        out.put_slice(b"data: ");
-        out.put_slice(line.as_bytes());
-        out.put_u8(b'\n');
-    }
-    out.put_u8(b'\n');
 }
 
 #[cfg(test)]

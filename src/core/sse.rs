@@ -1,5 +1,6 @@
-//! A push parser for `text/event-stream`, fed the upstream body in whatever
-//! chunks the network delivers.
+//! The `text/event-stream` grammar, both ways: a push parser fed the
+//! upstream body in whatever chunks the network delivers, and the writer of
+//! the events tokenedge sends downstream ([`write_event`], [`DONE`]).
 //!
 //! It implements the event-stream grammar of the WHATWG HTML standard
 //! (§9.2.5), restated here because every branch below maps to it:
@@ -28,12 +29,34 @@
 //! [`MAX_EVENT_BYTES`] of one event: past those it reports an error and the
 //! stream is treated as broken.
 
+use bytes::{BufMut, BytesMut};
+
 /// Longest single line we buffer. An upstream chunk with logprobs for a long
 /// token is a few KiB; 256 KiB leaves room for large tool-call arguments.
 pub const MAX_LINE_BYTES: usize = 256 * 1024;
 /// Largest event (sum of its data lines). A whole non-streamed completion can
 /// arrive as one event from some upstreams; 1 MiB bounds per-request memory.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// The end-of-stream marker, as OpenAI sends it.
+pub(crate) const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// Writes one event; multi-line data becomes several `data:` lines (the
+/// parser below joins them back with `\n`).
+pub(crate) fn write_event(out: &mut BytesMut, event: Option<&str>, data: &str) {
+    out.reserve(data.len() + 16);
+    if let Some(name) = event {
+        out.put_slice(b"event: ");
+        out.put_slice(name.as_bytes());
+        out.put_u8(b'\n');
+    }
+    for line in data.split('\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line.as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+}
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokenedge::core::config::Config;
 use tokenedge::core::http::{RequestHead, ResponseHead, UpstreamRequest};
-use tokenedge::core::session::{Action, Session};
+use tokenedge::core::session::{Action, KvRead, Session};
 
 /// Everything the session asked for, in order.
 #[derive(Default, Debug)]
@@ -37,19 +37,19 @@ impl World {
             if reads.is_empty() {
                 return;
             }
-            for key in reads.drain(..) {
+            for (key, read) in reads.drain(..) {
                 let value = if self.kv_down {
                     None
                 } else {
                     self.kv.get(&key).cloned()
                 };
-                self.kv_reads.push(key.clone());
-                s.handle_kv_value(now, &key, value);
+                self.kv_reads.push(key);
+                s.handle_kv_value(now, read, value);
             }
         }
     }
 
-    pub fn pump_actions(&mut self, s: &mut Session, now: u64, reads: &mut Vec<String>) {
+    pub fn pump_actions(&mut self, s: &mut Session, now: u64, reads: &mut Vec<(String, KvRead)>) {
         while let Some(a) = s.poll_action() {
             let to_client = matches!(
                 a,
@@ -78,7 +78,7 @@ impl World {
                     self.chunks.push((now, b.to_vec()));
                 }
                 Action::RespondEnd => self.ended = true,
-                Action::KvGet { key } => reads.push(key),
+                Action::KvGet { key, read } => reads.push((key, read)),
                 Action::KvPut {
                     key,
                     value,

@@ -1,0 +1,173 @@
+//! Intake: the request head read once, into the facts every later phase
+//! reads — the route (after method, key and configuration checks), the
+//! caller's key, how a stream is to be framed and paced, the link hints and
+//! the cache directives. The body is only parsed here, on request, into a
+//! validated [`CompletionRequest`]; nothing is decided about what to do
+//! with it.
+
+use crate::core::access;
+use crate::core::cache::Directives;
+use crate::core::config::Config;
+use crate::core::encoding::{self, Coding};
+use crate::core::error::{Error, ErrorKind};
+use crate::core::format::{self, Format};
+use crate::core::http::{Headers, RequestHead};
+use crate::core::link::{self, LinkEstimate};
+use crate::core::openai::{self, CompletionRequest, Endpoint};
+use crate::core::pacing::{self, Rule};
+use crate::core::prefetch;
+use crate::core::prefix;
+
+/// What the request asks the function to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    /// A CORS preflight (`OPTIONS`), answered without a key.
+    Preflight,
+    /// `POST /v1/chat/completions` or `/v1/completions`; `stream` is known
+    /// once the body is parsed.
+    Generate { endpoint: Endpoint, stream: bool },
+    /// `GET /v1/models`, from the upstream.
+    Models,
+    /// `GET /healthz`, no key needed.
+    Health,
+    /// `POST /v1/prefetch`, with a body shaped for `endpoint`.
+    Prefetch { endpoint: Endpoint },
+}
+
+/// The facts of one request head.
+#[derive(Debug)]
+pub(super) struct Intake {
+    /// The route, or why the request is refused before its body is read.
+    pub(super) route: Result<Route, Error>,
+    /// CORS headers for every answer to this request.
+    pub(super) cors: Headers,
+    /// Preflight answer headers, for [`Route::Preflight`].
+    pub(super) preflight: Headers,
+    /// The content coding the client accepts best.
+    pub(super) coding: Coding,
+    /// The bearer token, when the request carries one.
+    pub(super) key: Option<String>,
+    /// The KV key of this client's remembered link (key and network).
+    pub(super) link_key: Option<String>,
+    /// The stream format asked for (checked only for streams).
+    pub(super) format: Result<Format, Error>,
+    pub(super) flush_rule: Rule,
+    /// What the request says about the client's link.
+    pub(super) link: LinkEstimate,
+    pub(super) directives: Directives,
+    /// The speculative-prefix switch the request sent, if any.
+    pub(super) prefix_asked: Option<bool>,
+    content_length: Option<usize>,
+    content_type: Option<String>,
+}
+
+impl Intake {
+    /// Reads `req` (and, for a prefetch, the shape of `body`).
+    pub(super) fn read(config: &Config, req: &RequestHead, body: &[u8]) -> Self {
+        let key = access::bearer(req).map(str::to_owned);
+        Self {
+            route: route(config, req, key.as_deref(), body),
+            cors: access::cors_headers(&config.cors_origins, req),
+            preflight: if req.method == "OPTIONS" {
+                access::preflight_headers(&config.cors_origins, req)
+            } else {
+                Headers::new()
+            },
+            coding: encoding::negotiate(req.header("accept-encoding")),
+            link_key: key
+                .as_deref()
+                .and_then(|k| link::remember_key(k, req.client.ip)),
+            key,
+            format: Format::from_header(req.header(format::HEADER)),
+            flush_rule: Rule::from_header(req.header(pacing::FLUSH_HEADER)),
+            link: LinkEstimate::from_request(req),
+            directives: Directives::parse(req.header("cache-control")),
+            prefix_asked: prefix::asked(req.header(prefix::HEADER)),
+            content_length: req
+                .header("content-length")
+                .and_then(|v| v.trim().parse().ok()),
+            content_type: req.header("content-type").map(str::to_owned),
+        }
+    }
+
+    /// The body as a validated generation request: within
+    /// `MAX_BODY_BYTES` (as sent and as declared), JSON, and well-formed
+    /// for `endpoint`.
+    pub(super) fn parse_body(
+        &self,
+        config: &Config,
+        endpoint: Endpoint,
+        body: &[u8],
+    ) -> Result<CompletionRequest, Error> {
+        let limit = config.max_body_bytes;
+        if body.len() > limit || self.content_length.is_some_and(|n| n > limit) {
+            return Err(Error::new(ErrorKind::PayloadTooLarge { limit }));
+        }
+        let is_json = self
+            .content_type
+            .as_deref()
+            .and_then(|ct| ct.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(Error::new(ErrorKind::UnsupportedMediaType {
+                content_type: self.content_type.clone(),
+            }));
+        }
+        openai::parse_request(endpoint, body)
+    }
+
+    /// The scope cache entries are kept in: the caller's key, or `None`
+    /// for a cache shared by every caller.
+    pub(super) fn scope<'a>(&'a self, config: &Config) -> Option<&'a str> {
+        (!config.cache_shared).then(|| self.key.as_deref().unwrap_or(""))
+    }
+}
+
+/// The route for `req`: path, then method, then key, then whether the
+/// deployment can serve it at all.
+fn route(
+    config: &Config,
+    req: &RequestHead,
+    key: Option<&str>,
+    body: &[u8],
+) -> Result<Route, Error> {
+    if req.method == "OPTIONS" {
+        return Ok(Route::Preflight);
+    }
+    let generate = |endpoint| Route::Generate {
+        endpoint,
+        stream: false,
+    };
+    let (route, method) = match req.path.as_str() {
+        "/healthz" => (Route::Health, "GET"),
+        "/v1/models" => (Route::Models, "GET"),
+        prefetch::PATH => (
+            Route::Prefetch {
+                endpoint: prefetch::endpoint_of(body),
+            },
+            "POST",
+        ),
+        "/v1/chat/completions" => (generate(Endpoint::Chat), "POST"),
+        "/v1/completions" => (generate(Endpoint::Completions), "POST"),
+        _ => {
+            return Err(Error::new(ErrorKind::NotFound {
+                path: req.path.clone(),
+            }))
+        }
+    };
+    if req.method != method && !(method == "GET" && req.method == "HEAD") {
+        return Err(Error::new(ErrorKind::MethodNotAllowed {
+            method: req.method.clone(),
+            path: req.path.clone(),
+        }));
+    }
+    if route != Route::Health && !access::authorized(config, key) {
+        return Err(Error::new(ErrorKind::InvalidApiKey));
+    }
+    if config.upstream_urls.is_empty() {
+        return Err(Error::new(ErrorKind::Misconfigured {
+            detail: "UPSTREAM_URL is not set".into(),
+        }));
+    }
+    Ok(route)
+}

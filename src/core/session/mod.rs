@@ -1,0 +1,1010 @@
+//! One client request, from its head to the last byte of its response, as a
+//! deterministic state machine.
+//!
+//! The adapter drives it like this (the only I/O loop there is; both
+//! adapters share it in `adapters::pump`):
+//!
+//! ```text
+//! let mut s = Session::new(config);
+//! s.handle_request(now, head, body);
+//! loop {
+//!     while let Some(action) = s.poll_action() {
+//!         match action {
+//!             SendUpstream(req)  => start the fetch; later report
+//!                                   handle_upstream_head / _chunk / _end / _failed
+//!             CancelUpstream     => abort the fetch, stop reading its body
+//!             Respond(head, body)=> send the whole response
+//!             RespondHead(head)  => start a streamed response
+//!             RespondChunk(b)    => write b to the client now
+//!             RespondEnd         => finish the streamed response
+//!             KvGet { key, read }=> read it; report handle_kv_value(read, …)
+//!             KvPut / KvDelete   => write it in the background
+//!             ReplicaHealth{..}  => update the deployment's replica health
+//!         }
+//!     }
+//!     if s.is_finished() && nothing is under way { break }
+//!     wait for: upstream I/O, the client going away
+//!               (handle_downstream_closed), the platform taking the
+//!               bytes written (handle_downstream_drained), a KV answer,
+//!               or poll_timeout() (handle_timeout)
+//! }
+//! ```
+//!
+//! What it decides: routing, auth, CORS, validation, the upstream request,
+//! response headers, when to answer an error as JSON and when as an SSE
+//! error event, keep-alives, timeouts, and that a stream never ends
+//! silently truncated; the response format, and when to flush and how hard
+//! to compress ([`crate::core::pacing`]); the exact cache and speculative
+//! prefixes ([`crate::core::cache`], [`crate::core::prefix`]), prefix
+//! warming ([`crate::core::prefetch`]), and which replica to use and when
+//! to fall back to the next ([`crate::core::route`]). What it does not do:
+//! any I/O, any clock read.
+//!
+//! Its parts, each a struct of its own that never reaches back here:
+//! `intake` (the request head read once), `upstream` (replicas, the
+//! request as sent, health), `response` (head, format, pacing,
+//! compression, errors, the client's link), `lookup` (the caches' part, a
+//! state enum) and `timers` (every deadline in one table). This file holds
+//! the `handle_*`/`poll_*` surface and the order of the phases.
+//!
+//! A `Respond` normally ends the session; a prefetch is answered early and
+//! goes on in the background (`is_finished()` is still false after it):
+//! the adapter keeps driving it, after the response, until it finishes.
+
+mod intake;
+mod lookup;
+mod response;
+mod timers;
+mod upstream;
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::core::cache::{self, Entry};
+use crate::core::config::{Config, MAX_UPSTREAM_ERROR_BYTES};
+use crate::core::error::{Error, ErrorKind};
+use crate::core::format::Stats;
+use crate::core::http::{header, RequestHead, ResponseHead, UpstreamRequest};
+use crate::core::openai::{self, CompletionRequest, Endpoint};
+use crate::core::prefetch;
+use crate::core::prefix;
+use crate::core::restream::{Ending, Restream};
+use crate::core::route::{self, Health};
+use crate::core::Millis;
+
+use intake::{Intake, Route};
+use lookup::{Lookup, Store};
+use response::{Meta, Response, Sent};
+use timers::{Timer, Timers};
+use upstream::{Call, Upstream};
+
+/// How long `/healthz` waits for the upstream before calling it unreachable.
+pub const HEALTH_TIMEOUT_MS: Millis = 5_000;
+/// The SSE comment sent while the client would otherwise see nothing.
+pub const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+
+/// What the adapter must do next. Every variant must be carried out in the
+/// order returned, including after the client left: none may be dropped.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this request upstream. Report its response head with
+    /// [`Session::handle_upstream_head`], each body chunk as it arrives with
+    /// [`Session::handle_upstream_chunk`], its end with
+    /// [`Session::handle_upstream_end`], or a connection or read failure with
+    /// [`Session::handle_upstream_failed`].
+    SendUpstream(UpstreamRequest),
+    /// Abort the upstream request and stop reading its body: its answer is
+    /// no longer needed. Touches nothing else (KV reads under way go on).
+    CancelUpstream,
+    /// Send this complete response.
+    Respond(ResponseHead, Bytes),
+    /// Start a streamed response with this head; chunks follow.
+    RespondHead(ResponseHead),
+    /// Write these bytes to the client now, without buffering.
+    RespondChunk(Bytes),
+    /// End the streamed response.
+    RespondEnd,
+    /// Read this key from the KV store and report the value (or its
+    /// absence, or a failure, as `None`) with [`Session::handle_kv_value`],
+    /// handing back `read`. Nothing waits for it: an answer that comes late
+    /// is ignored.
+    KvGet {
+        /// The key to read.
+        key: String,
+        /// What the read is for; hand it back with the answer.
+        read: KvRead,
+    },
+    /// Write this value with this time-to-live, in the background. A
+    /// failure is ignored.
+    KvPut {
+        /// The key to write.
+        key: String,
+        /// The value.
+        value: Bytes,
+        /// Seconds until the store may forget it.
+        ttl_secs: u64,
+    },
+    /// Delete this key, in the background. A failure is ignored.
+    KvDelete {
+        /// The key to delete.
+        key: String,
+    },
+    /// Record in the deployment's replica health (the [`Health`] the
+    /// adapter keeps across requests) that this replica answered (`up`) or
+    /// failed.
+    ReplicaHealth {
+        /// The replica's base URL, as configured.
+        replica: String,
+        /// Whether it answered.
+        up: bool,
+    },
+}
+
+/// What a KV read is for, recorded when the session asked for it; the
+/// adapter hands it back with the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvRead(Purpose);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// This client's remembered link.
+    Link,
+    /// The exact cache entry or stored prefix.
+    Cache,
+    /// A prefetch's debounce marker.
+    PrefetchMarker,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for `handle_request`.
+    Idle,
+    /// Waiting (briefly) for the caches' answer before going upstream.
+    CacheLookup,
+    /// A prefetch, answered: waiting (briefly) for its debounce marker.
+    PrefetchLookup { key: String, body: Bytes },
+    /// Upstream request sent, no response head yet.
+    AwaitingHead,
+    /// Upstream answered non-2xx; collecting its body for the message.
+    ReadingError { status: u16, body: Vec<u8> },
+    /// Re-streaming an upstream event stream.
+    Streaming(Box<Restream>),
+    /// Piping a non-SSE upstream body through unchanged.
+    Passthrough,
+    /// Answered (or the client left); nothing more happens.
+    Finished,
+}
+
+/// One request's state. See the module docs for the driver loop.
+pub struct Session {
+    config: Config,
+    phase: Phase,
+    /// Set once the request is known to be served (checks passed).
+    route: Option<Route>,
+    response: Response,
+    upstream: Upstream,
+    /// The caches' part in this request, when it is cacheable.
+    cache: Option<Box<Lookup>>,
+    timers: Timers,
+    actions: VecDeque<Action>,
+    received_at: Millis,
+    /// The latest `now` any input brought.
+    last_now: Millis,
+    first_content_at: Option<Millis>,
+}
+
+impl Session {
+    /// A session for one request, with every replica counted as up.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            phase: Phase::Idle,
+            route: None,
+            response: Response::default(),
+            upstream: Upstream::default(),
+            cache: None,
+            timers: Timers::default(),
+            actions: VecDeque::new(),
+            received_at: 0,
+            last_now: 0,
+            first_content_at: None,
+        }
+    }
+
+    /// Gives the session the deployment's replica health (see
+    /// [`crate::core::route`]).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.upstream = Upstream::new(health);
+        self
+    }
+
+    /// The next thing the adapter must do, or `None` to wait for input.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When to call [`Session::handle_timeout`] if no other input came.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.timers.next()
+    }
+
+    /// Whether the session has answered (or lost its client) for good.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// Time from the request to the first generated content, once known.
+    pub fn time_to_first_content(&self) -> Option<Millis> {
+        self.first_content_at
+            .map(|t| t.saturating_sub(self.received_at))
+    }
+
+    /// A request arrived, with its whole body.
+    pub fn handle_request(&mut self, now: Millis, req: RequestHead, body: Bytes) {
+        self.enter(now);
+        self.on_request(now, &req, &body);
+        self.leave();
+    }
+
+    /// The upstream's response head arrived.
+    pub fn handle_upstream_head(&mut self, now: Millis, status: u16, headers: &[(String, String)]) {
+        self.enter(now);
+        self.on_upstream_head(now, status, headers);
+        self.leave();
+    }
+
+    /// A chunk of the upstream body arrived (any size, any split).
+    pub fn handle_upstream_chunk(&mut self, now: Millis, chunk: Bytes) {
+        self.enter(now);
+        self.on_upstream_chunk(now, &chunk);
+        self.leave();
+    }
+
+    /// The upstream body ended cleanly.
+    pub fn handle_upstream_end(&mut self, now: Millis) {
+        self.enter(now);
+        if self.upstream.is_open() {
+            self.upstream_closed();
+            self.on_upstream_end(now);
+        }
+        self.leave();
+    }
+
+    /// The upstream could not be reached, or its body failed mid-way.
+    pub fn handle_upstream_failed(&mut self, now: Millis, detail: &str) {
+        self.enter(now);
+        if self.upstream.is_open() {
+            self.upstream_closed();
+            self.on_upstream_failed(now, detail);
+        }
+        self.leave();
+    }
+
+    /// The client went away. Not an error: the upstream is cancelled and the
+    /// session ends without another byte to the client (KV writes and
+    /// health reports already asked for still stand).
+    pub fn handle_downstream_closed(&mut self, now: Millis) {
+        self.enter(now);
+        if !self.is_finished() {
+            self.actions.retain(|a| {
+                matches!(
+                    a,
+                    Action::KvPut { .. } | Action::KvDelete { .. } | Action::ReplicaHealth { .. }
+                )
+            });
+            self.cancel_upstream();
+            self.finish();
+        }
+        self.leave();
+    }
+
+    /// The platform has taken every byte of the response written so far
+    /// (it pulled for more). Lets the pacer measure the drain rate and
+    /// release events it held back for a busy link.
+    pub fn handle_downstream_drained(&mut self, now: Millis) {
+        self.enter(now);
+        if !self.is_finished() && self.response.drained(now) {
+            self.response.flush(&mut self.actions, now);
+        }
+        self.leave();
+    }
+
+    /// The answer to an [`Action::KvGet`]: `read` as it came with it, and
+    /// the stored value, or `None` when the key is absent or the store
+    /// failed (both mean "not known").
+    pub fn handle_kv_value(&mut self, now: Millis, read: KvRead, value: Option<Bytes>) {
+        self.enter(now);
+        self.on_kv_value(now, read.0, value);
+        self.leave();
+    }
+
+    /// The time returned by [`Session::poll_timeout`] has come.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.enter(now);
+        if !self.is_finished() {
+            self.on_timeout(now);
+        }
+        self.leave();
+    }
+
+    // ---- every input ---------------------------------------------------
+
+    fn enter(&mut self, now: Millis) {
+        self.last_now = self.last_now.max(now);
+    }
+
+    /// After every input: the pacer's deadline joins the timer table.
+    fn leave(&mut self) {
+        if self.is_finished() {
+            self.timers.stop_all();
+        } else {
+            self.timers
+                .set_at(Timer::Flush, self.response.flush_deadline());
+        }
+    }
+
+    // ---- request -------------------------------------------------------
+
+    fn on_request(&mut self, now: Millis, req: &RequestHead, body: &[u8]) {
+        if !matches!(self.phase, Phase::Idle) {
+            return;
+        }
+        self.received_at = now;
+        let mut intake = Intake::read(&self.config, req, body);
+        self.response = Response::new(std::mem::take(&mut intake.cors), intake.coding);
+        let route = match &intake.route {
+            Ok(route) => *route,
+            Err(e) => return self.fail(e.clone()),
+        };
+        match route {
+            Route::Preflight => {
+                Response::empty(
+                    &mut self.actions,
+                    204,
+                    std::mem::take(&mut intake.preflight),
+                );
+                self.finish();
+            }
+            Route::Health | Route::Models => {
+                self.route = Some(route);
+                self.upstream.pick(&self.config, &[], now);
+                let call = Call {
+                    method: "GET",
+                    path: "/v1/models",
+                    body: Bytes::new(),
+                    stream: false,
+                };
+                self.send_upstream(now, call);
+            }
+            Route::Prefetch { endpoint } => self.prefetch(now, &intake, endpoint, body),
+            Route::Generate { endpoint, .. } => self.generate(now, &intake, endpoint, body),
+        }
+    }
+
+    /// Answers a prefetch at once, then looks up its debounce marker.
+    fn prefetch(&mut self, now: Millis, intake: &Intake, endpoint: Endpoint, body: &[u8]) {
+        let request = match intake.parse_body(&self.config, endpoint, body) {
+            Ok(r) => r,
+            Err(e) => return self.fail(e),
+        };
+        self.route = Some(Route::Prefetch { endpoint });
+        self.upstream
+            .pick(&self.config, &route::affinity(endpoint, &request.body), now);
+        let key = prefetch::key(&request);
+        self.phase = Phase::PrefetchLookup {
+            key: key.clone(),
+            body: prefetch::warm_body(&request).into(),
+        };
+        self.timers
+            .set(Timer::Lookup, now, cache::LOOKUP_TIMEOUT_MS);
+        // Answered at once; the rest happens in the background.
+        let accepted = serde_json::json!({"object": "prefetch", "status": "accepted"});
+        self.response
+            .json(&mut self.actions, 202, &accepted, Meta::default());
+        self.actions.push_back(Action::KvGet {
+            key,
+            read: KvRead(Purpose::PrefetchMarker),
+        });
+    }
+
+    /// A generation request: its format, its replicas, and whether the
+    /// caches are asked before the upstream.
+    fn generate(&mut self, now: Millis, intake: &Intake, endpoint: Endpoint, body: &[u8]) {
+        let request = match intake.parse_body(&self.config, endpoint, body) {
+            Ok(r) => r,
+            Err(e) => return self.fail(e),
+        };
+        let stream = request.stream;
+        if stream {
+            let format = intake
+                .format
+                .clone()
+                .and_then(|f| f.check_request(&request.body).map(|()| f));
+            match format {
+                Ok(f) => self.response.set_stream(
+                    f,
+                    intake.flush_rule,
+                    intake.link,
+                    intake.link_key.clone(),
+                ),
+                Err(e) => return self.fail(e),
+            }
+        }
+        self.route = Some(Route::Generate { endpoint, stream });
+        self.upstream
+            .pick(&self.config, &route::affinity(endpoint, &request.body), now);
+        let body: Bytes = request.upstream_body().into();
+        match self.plan_lookup(intake, &request) {
+            None => self.send_upstream(now, Call::post(endpoint.path(), body, stream)),
+            Some((store, key, read)) => {
+                let tokens = self.config.prefix_tokens;
+                let lookup = Lookup::new(store, key, request, body.clone(), read, now, tokens);
+                if read {
+                    self.phase = Phase::CacheLookup;
+                    self.timers
+                        .set(Timer::Lookup, now, cache::LOOKUP_TIMEOUT_MS);
+                    self.actions.push_back(Action::KvGet {
+                        key: lookup.key().to_owned(),
+                        read: KvRead(Purpose::Cache),
+                    });
+                    self.cache = Some(Box::new(lookup));
+                } else {
+                    self.cache = Some(Box::new(lookup));
+                    self.send_upstream(now, Call::post(endpoint.path(), body, stream));
+                }
+            }
+        }
+        if stream && self.response.format().is_event_stream() {
+            let interval = self.config.keepalive_interval_ms;
+            self.timers.set(Timer::KeepAlive, now, interval);
+        }
+        if let Some(key) = self.response.link_key() {
+            let key = key.to_owned();
+            self.actions.push_back(Action::KvGet {
+                key,
+                read: KvRead(Purpose::Link),
+            });
+        }
+    }
+
+    /// Which store this request uses, under which key, and whether the key
+    /// is read first: the exact cache when the request is deterministic,
+    /// else a speculative prefix when it may have one.
+    fn plan_lookup(
+        &self,
+        intake: &Intake,
+        request: &CompletionRequest,
+    ) -> Option<(Store, String, bool)> {
+        if self.config.cache_ttl_secs == 0 {
+            return None;
+        }
+        let scope = intake.scope(&self.config);
+        if let Some(plan) = cache::plan(intake.directives, request, scope) {
+            return Some((Store::Exact, plan.key, plan.read));
+        }
+        prefix::plan(
+            intake.directives,
+            intake.prefix_asked,
+            request,
+            &self.config,
+            scope,
+        )
+        .map(|key| (Store::Prefix, key, true))
+    }
+
+    // ---- KV answers and timers -----------------------------------------
+
+    fn on_kv_value(&mut self, now: Millis, purpose: Purpose, value: Option<Bytes>) {
+        match purpose {
+            Purpose::Link => self.response.link_read(value.as_deref()),
+            Purpose::PrefetchMarker => {
+                if matches!(self.phase, Phase::PrefetchLookup { .. }) {
+                    self.timers.stop(Timer::Lookup);
+                    match value {
+                        Some(_) => self.finish(), // warmed recently
+                        None => self.warm(now),
+                    }
+                }
+            }
+            Purpose::Cache => {
+                let (Phase::CacheLookup, Some(c)) = (&self.phase, &self.cache) else {
+                    return;
+                };
+                self.timers.stop(Timer::Lookup);
+                let entry = value.as_deref().and_then(Entry::decode);
+                if value.is_some() && entry.is_none() {
+                    // Unreadable (an older format): drop it.
+                    let key = c.key().to_owned();
+                    self.actions.push_back(Action::KvDelete { key });
+                }
+                match (entry, c.store()) {
+                    (Some(entry), Store::Exact) => self.replay(now, entry),
+                    (Some(entry), Store::Prefix) if !entry.pieces.is_empty() => {
+                        self.speculate(now, entry)
+                    }
+                    _ => self.cache_missed(now, true),
+                }
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, now: Millis) {
+        if self.timers.expired(Timer::Flush, now) {
+            self.response.flush(&mut self.actions, now);
+        }
+        if self.timers.expired(Timer::Lookup, now) {
+            self.timers.stop(Timer::Lookup);
+            match self.phase {
+                Phase::CacheLookup => self.cache_missed(now, true),
+                Phase::PrefetchLookup { .. } => self.warm(now),
+                _ => {}
+            }
+        }
+        if self.timers.expired(Timer::Upstream, now) {
+            self.timers.stop(Timer::Upstream);
+            let awaiting_head = matches!(self.phase, Phase::AwaitingHead);
+            if awaiting_head && self.fall_back(now) {
+                return;
+            }
+            return match (awaiting_head, self.route) {
+                (true, Some(Route::Health)) => {
+                    self.cancel_upstream();
+                    self.answer_health(Err("timed out"));
+                }
+                (true, _) => {
+                    let after_ms = self.config.first_byte_timeout_ms;
+                    self.fail(Error::new(ErrorKind::UpstreamTimeout { after_ms }));
+                }
+                (false, _) => {
+                    let after_ms = self.config.idle_timeout_ms;
+                    self.fail(Error::new(ErrorKind::UpstreamTimeout { after_ms }));
+                }
+            };
+        }
+        if self.timers.expired(Timer::KeepAlive, now) {
+            // Before anything was sent this commits to an event stream, so
+            // the client's connection stays alive; a later upstream error
+            // becomes an error event.
+            self.start_events();
+            self.write(now, KEEPALIVE_COMMENT, true);
+        }
+    }
+
+    // ---- upstream ------------------------------------------------------
+
+    fn send_upstream(&mut self, now: Millis, call: Call) {
+        self.upstream
+            .send(&mut self.actions, &self.config, now, call);
+        let wait = if self.route == Some(Route::Health) {
+            HEALTH_TIMEOUT_MS
+        } else {
+            self.config.first_byte_timeout_ms
+        };
+        self.timers.set(Timer::Upstream, now, wait);
+        self.phase = Phase::AwaitingHead;
+    }
+
+    fn cancel_upstream(&mut self) {
+        self.upstream.cancel(&mut self.actions);
+        self.timers.stop(Timer::Upstream);
+    }
+
+    /// The upstream ended or failed on its own.
+    fn upstream_closed(&mut self) {
+        self.upstream.closed();
+        self.timers.stop(Timer::Upstream);
+    }
+
+    /// The current replica failed before its first byte: marks it down and,
+    /// when another replica is left, sends the request there instead.
+    /// Returns whether it did.
+    fn fall_back(&mut self, now: Millis) -> bool {
+        self.upstream
+            .report(&mut self.actions, &self.config, false, self.last_now);
+        match self.upstream.next_replica(&mut self.actions) {
+            Some(call) => {
+                self.send_upstream(now, call);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn on_upstream_head(&mut self, now: Millis, status: u16, headers: &[(String, String)]) {
+        if !matches!(self.phase, Phase::AwaitingHead) {
+            return;
+        }
+        let retry = route::RETRY_STATUSES.contains(&status);
+        if retry && self.fall_back(now) {
+            return;
+        }
+        self.upstream
+            .report(&mut self.actions, &self.config, !retry, self.last_now);
+        self.upstream.answered(now);
+        self.timers
+            .set(Timer::Upstream, now, self.config.idle_timeout_ms);
+        let Some(route) = self.route else { return };
+        match route {
+            Route::Prefetch { .. } => {
+                // The prompt is processed: the warming is done.
+                self.cancel_upstream();
+                self.finish();
+            }
+            Route::Health => {
+                self.cancel_upstream();
+                self.answer_health(Ok((status, self.upstream.elapsed(now))));
+            }
+            _ if !(200..300).contains(&status) => {
+                self.phase = Phase::ReadingError {
+                    status,
+                    body: Vec::new(),
+                };
+            }
+            Route::Generate { stream: true, .. } => {
+                self.start_events();
+                let opening = self.cache.as_mut().and_then(|c| c.take_opening());
+                let mut restream =
+                    opening.unwrap_or_else(|| Box::new(Restream::new(self.response.format())));
+                if let Some(r) = self.cache.as_mut().and_then(|c| c.take_recorder()) {
+                    restream.record_into(r);
+                }
+                self.phase = Phase::Streaming(restream);
+            }
+            Route::Generate { .. } | Route::Models | Route::Preflight => {
+                let content_type = header(headers, "content-type").unwrap_or("application/json");
+                let meta = self.meta();
+                self.response
+                    .start_passthrough(&mut self.actions, status, content_type, meta);
+                self.phase = Phase::Passthrough;
+            }
+        }
+    }
+
+    fn on_upstream_chunk(&mut self, now: Millis, chunk: &[u8]) {
+        if !self.upstream.is_open() {
+            return;
+        }
+        self.timers
+            .set(Timer::Upstream, now, self.config.idle_timeout_ms);
+        match &mut self.phase {
+            Phase::ReadingError { body, .. } => {
+                let room = MAX_UPSTREAM_ERROR_BYTES.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if chunk.len() > room {
+                    self.cancel_upstream();
+                    self.finish_upstream_error();
+                }
+            }
+            Phase::Streaming(_) => self.feed_stream(now, chunk),
+            Phase::Passthrough => {
+                if let Some(c) = &mut self.cache {
+                    c.record(chunk);
+                }
+                self.response.emit(&mut self.actions, now, chunk);
+            }
+            Phase::Idle
+            | Phase::CacheLookup
+            | Phase::PrefetchLookup { .. }
+            | Phase::AwaitingHead
+            | Phase::Finished => {}
+        }
+    }
+
+    fn on_upstream_end(&mut self, now: Millis) {
+        match &self.phase {
+            Phase::ReadingError { .. } => self.finish_upstream_error(),
+            Phase::Streaming(restream) => match restream.ending() {
+                Ending::Done | Ending::FinishedWithoutDone => {
+                    self.store_answer();
+                    self.end_stream(now);
+                }
+                Ending::Truncated => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
+                    detail: "the upstream ended the stream without [DONE] or a finish_reason"
+                        .into(),
+                })),
+            },
+            Phase::Passthrough => {
+                self.store_answer();
+                self.end_stream(now);
+            }
+            Phase::AwaitingHead => {
+                self.on_upstream_failed(now, "connection closed before a response")
+            }
+            Phase::Idle | Phase::CacheLookup | Phase::PrefetchLookup { .. } | Phase::Finished => {}
+        }
+    }
+
+    fn on_upstream_failed(&mut self, now: Millis, detail: &str) {
+        let awaiting_head = matches!(self.phase, Phase::AwaitingHead);
+        if awaiting_head && self.fall_back(now) {
+            return;
+        }
+        match (&self.phase, self.route) {
+            (Phase::AwaitingHead, Some(Route::Health)) => self.answer_health(Err(detail)),
+            (Phase::AwaitingHead, _) => self.fail(Error::new(ErrorKind::UpstreamUnreachable {
+                detail: detail.into(),
+            })),
+            (Phase::ReadingError { .. }, _) => self.finish_upstream_error(),
+            (Phase::Streaming(_), _) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
+                detail: detail.into(),
+            })),
+            (Phase::Passthrough, _) => self.end_stream(now),
+            _ => {}
+        }
+    }
+
+    fn finish_upstream_error(&mut self) {
+        if let Phase::ReadingError { status, body } = &self.phase {
+            let (message, error_type) = openai::upstream_error_message(*status, body);
+            let status = *status;
+            self.fail(Error::new(ErrorKind::UpstreamStatus {
+                status,
+                message,
+                error_type,
+            }));
+        }
+    }
+
+    /// `/healthz`: the upstream's status and latency, or why it could not
+    /// be reached.
+    fn answer_health(&mut self, upstream: Result<(u16, Millis), &str>) {
+        let (status, body) = match upstream {
+            Ok((status, latency_ms)) => {
+                let ok = (200..300).contains(&status);
+                let body = serde_json::json!({
+                    "status": if ok { "ok" } else { "degraded" },
+                    "upstream": { "reachable": true, "status": status, "latency_ms": latency_ms },
+                });
+                (if ok { 200 } else { 503 }, body)
+            }
+            Err(detail) => (
+                503,
+                serde_json::json!({"status": "degraded", "upstream": {"reachable": false, "error": detail}}),
+            ),
+        };
+        let meta = self.json_meta();
+        self.response.json(&mut self.actions, status, &body, meta);
+        self.finish();
+    }
+
+    // ---- caches --------------------------------------------------------
+
+    /// The lookup found nothing usable (or took too long): go upstream,
+    /// recording the answer unless what was found must not be replaced.
+    fn cache_missed(&mut self, now: Millis, record: bool) {
+        let Some(c) = self.cache.as_deref_mut() else {
+            return;
+        };
+        let body = c.missed(now, record, self.config.prefix_tokens);
+        let call = Call::post(c.endpoint().path(), body, c.stream());
+        self.send_upstream(now, call);
+    }
+
+    /// Answers from a stored entry: as a stream through the same
+    /// re-streaming, formats, pacing and compression as a live answer, or
+    /// as JSON.
+    fn replay(&mut self, now: Millis, entry: Entry) {
+        let Some(c) = self.cache.as_deref_mut() else {
+            return;
+        };
+        let _ = c.hit(now);
+        let (endpoint, stream) = (c.endpoint(), c.stream());
+        if !stream {
+            let meta = self.json_meta();
+            self.response
+                .json(&mut self.actions, 200, &entry.to_json(endpoint), meta);
+            return self.finish();
+        }
+        self.start_events();
+        self.phase = Phase::Streaming(Box::new(Restream::new(self.response.format())));
+        self.feed_stream(now, &entry.to_sse(endpoint));
+    }
+
+    /// A stored prefix was found: stream it now, then ask the upstream to
+    /// continue after it.
+    fn speculate(&mut self, now: Millis, mut entry: Entry) {
+        let Some(c) = self.cache.as_deref_mut() else {
+            return;
+        };
+        if let Some(request) = c.request() {
+            prefix::cut_opening(&mut entry.pieces, request);
+        }
+        if entry.pieces.is_empty() {
+            // Too short to use, and not to be replaced.
+            return self.cache_missed(now, false);
+        }
+        let Some(request) = c.hit(now) else {
+            return;
+        };
+        let endpoint = c.endpoint();
+        let tokens = entry.pieces.len() as u64;
+        let continuation = prefix::continuation(
+            &request,
+            self.config.dialect,
+            &entry.pieces.concat(),
+            tokens,
+        );
+        self.start_events();
+        let mut restream = Box::new(Restream::new(self.response.format()));
+        // Events this code wrote itself: they parse.
+        if let Ok(out) = restream.push(&entry.to_sse_opening(endpoint)) {
+            self.saw_content(now, out.content_events);
+            self.write(now, &out.bytes, true);
+        }
+        restream.continuing(tokens);
+        if let Some(c) = self.cache.as_deref_mut() {
+            c.keep_opening(restream);
+        }
+        let body: Bytes = continuation.upstream_body().into();
+        self.send_upstream(now, Call::post(endpoint.path(), body, true));
+    }
+
+    /// Stores the answer of a request that completed upstream: one write,
+    /// of a whole answer (or of its opening, for a prefix), or nothing.
+    fn store_answer(&mut self) {
+        let recorder = match &mut self.phase {
+            Phase::Streaming(r) => r.take_recorder(),
+            _ => None,
+        };
+        let Some(c) = self.cache.as_deref_mut() else {
+            return;
+        };
+        if let Some(entry) = c.finish(recorder) {
+            self.actions.push_back(Action::KvPut {
+                key: c.key().to_owned(),
+                value: entry.encode().into(),
+                ttl_secs: self.config.cache_ttl_secs,
+            });
+        }
+    }
+
+    /// Sends a prefetch's warming request, and marks its prefix as warmed.
+    fn warm(&mut self, now: Millis) {
+        let Phase::PrefetchLookup { key, body } = std::mem::replace(&mut self.phase, Phase::Idle)
+        else {
+            return;
+        };
+        let Some(Route::Prefetch { endpoint }) = self.route else {
+            return;
+        };
+        if self.config.prefetch_window_secs > 0 {
+            self.actions.push_back(Action::KvPut {
+                key,
+                value: Bytes::from_static(b"1"),
+                ttl_secs: self.config.prefetch_window_secs,
+            });
+        }
+        self.send_upstream(now, Call::post(endpoint.path(), body, false));
+    }
+
+    // ---- downstream ----------------------------------------------------
+
+    /// `X-Cache` and `Server-Timing` for this request as it stands.
+    fn meta(&self) -> Meta {
+        let x_cache = match (&self.cache, self.route) {
+            (Some(c), _) => Some(c.x_cache()),
+            (None, Some(Route::Generate { .. })) => Some("bypass"),
+            (None, _) => None,
+        };
+        let timing = match &self.cache {
+            Some(c) if c.is_hit() => c.timing(),
+            _ => {
+                let mut t = self.upstream.timing(self.received_at);
+                if let Some(lookup) = self.cache.as_ref().and_then(|c| c.timing()) {
+                    t.push_str(", ");
+                    t.push_str(&lookup);
+                }
+                Some(t)
+            }
+        };
+        Meta { timing, x_cache }
+    }
+
+    /// [`Session::meta`] for a complete JSON answer: `Server-Timing` only
+    /// when it came from the cache.
+    fn json_meta(&self) -> Meta {
+        let hit = self.cache.as_ref().is_some_and(|c| c.is_hit());
+        let meta = self.meta();
+        Meta {
+            timing: meta.timing.filter(|_| hit),
+            ..meta
+        }
+    }
+
+    fn start_events(&mut self) {
+        if self.response.sent() == Sent::Nothing {
+            let meta = self.meta();
+            self.response.start_events(&mut self.actions, meta);
+        }
+    }
+
+    fn saw_content(&mut self, now: Millis, content_events: u32) {
+        if content_events > 0 && self.first_content_at.is_none() {
+            self.first_content_at = Some(now);
+        }
+    }
+
+    /// Queues bytes of a streamed answer (see `Response::write`) and pushes
+    /// the next keep-alive back.
+    fn write(&mut self, now: Millis, bytes: &[u8], urgent: bool) {
+        self.response.write(&mut self.actions, now, bytes, urgent);
+        let interval = self.config.keepalive_interval_ms;
+        self.timers.push_back(Timer::KeepAlive, now, interval);
+    }
+
+    /// Re-streams upstream (or replayed) event-stream bytes to the client.
+    fn feed_stream(&mut self, now: Millis, chunk: &[u8]) {
+        let Phase::Streaming(restream) = &mut self.phase else {
+            return;
+        };
+        match restream.push(chunk) {
+            Ok(out) => {
+                let done = restream.done();
+                self.saw_content(now, out.content_events);
+                if !out.bytes.is_empty() {
+                    self.write(now, &out.bytes, false);
+                }
+                if done {
+                    self.cancel_upstream();
+                    self.store_answer();
+                    self.end_stream(now);
+                }
+            }
+            Err(e) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
+                detail: e.to_string(),
+            })),
+        }
+    }
+
+    fn end_stream(&mut self, now: Millis) {
+        if let Phase::Streaming(restream) = &self.phase {
+            let mut end = BytesMut::new();
+            let ttft_ms = self.time_to_first_content().unwrap_or(0);
+            restream.write_end(
+                &mut end,
+                Stats {
+                    tokens: restream.content_events,
+                    ttft_ms,
+                    duration_ms: now.saturating_sub(self.received_at),
+                },
+            );
+            self.response.write_last(&mut self.actions, now, &end);
+        }
+        self.response.flush(&mut self.actions, now);
+        self.response.remember_link(&mut self.actions);
+        self.response.close(&mut self.actions);
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        self.phase = Phase::Finished;
+        self.timers.stop_all();
+    }
+
+    /// The one place an error becomes a response: JSON with the error's
+    /// status before anything was sent, an error event (then the end) once
+    /// an event stream has started.
+    fn fail(&mut self, error: Error) {
+        self.cancel_upstream();
+        let now = self.last_now;
+        match self.response.sent() {
+            Sent::Answered => self.finish(),
+            Sent::Nothing => {
+                let meta = self.json_meta();
+                self.response
+                    .json(&mut self.actions, error.status(), &error.to_json(), meta);
+                self.finish();
+            }
+            Sent::EventStream => {
+                let event = self.response.error_event(&error);
+                // What was held goes first, then the error, then the end.
+                self.phase = Phase::Finished;
+                self.write(now, &event, true);
+                self.end_stream(now);
+            }
+            Sent::Body => self.end_stream(now),
+        }
+    }
+}
