@@ -921,3 +921,39 @@ fn exact_cache_with_kv_down_or_slow_still_serves() {
     w.pump(&mut s, due);
     assert_eq!(w.upstream.len(), 1);
 }
+
+/// Regression (found by fuzzing the session): an upstream that closes
+/// before its response head left the session waiting for ever, with no
+/// answer and no timer.
+#[test]
+fn upstream_closing_before_its_head_is_answered() {
+    for body in [CHAT_JSON, CHAT_STREAM] {
+        let (mut s, mut w) = start(config(), "/v1/chat/completions", body);
+        s.handle_upstream_end(5);
+        w.pump(&mut s, 5);
+        assert_eq!(w.status(), 502, "{body}");
+        assert_eq!(w.json()["error"]["code"], "upstream_unreachable");
+        assert!(s.is_finished());
+        assert_eq!(s.poll_timeout(), None);
+    }
+}
+
+/// A client that leaves while a replica's failure is being reported: the
+/// report still reaches the deployment, and nothing more goes to the
+/// client.
+#[test]
+fn a_client_leaving_does_not_drop_a_health_report() {
+    let cfg = Config {
+        upstream_urls: vec!["http://a:1".into(), "http://b:1".into()],
+        ..config()
+    };
+    let (mut s, mut w) = start(cfg, "/v1/chat/completions", CHAT_STREAM);
+    s.handle_upstream_failed(1, "connection refused");
+    // The adapter had not carried the fallback out when the client left.
+    s.handle_downstream_closed(2);
+    w.pump(&mut s, 2);
+    assert_eq!(w.health.len(), 1);
+    assert!(!w.health[0].1, "reported down");
+    assert!(w.head.is_none(), "nothing to the client");
+    assert!(s.is_finished());
+}
