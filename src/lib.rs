@@ -34,10 +34,13 @@
 
 pub mod core;
 
-#[cfg(target_arch = "wasm32")]
-pub mod adapters {
+/// The platform adapters: conversions, and the I/O each runtime gives the
+/// shared pump.
+#[cfg(all(target_arch = "wasm32", any(feature = "workers", feature = "spin")))]
+mod adapters {
+    mod pump;
     #[cfg(feature = "spin")]
-    pub mod spin;
+    mod spin;
     #[cfg(feature = "workers")]
-    pub mod workers;
+    mod workers;
 }

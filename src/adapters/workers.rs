@@ -1,55 +1,109 @@
 //! Cloudflare Workers adapter: translates the platform's request into the
-//! core's nouns, performs the I/O the [`Session`] asks for (one upstream
-//! `fetch`, timers), and pumps its output through a streamed response body.
-//! No policy lives here.
+//! core's nouns and gives the shared pump ([`super::pump`]) the Workers
+//! I/O — `fetch` with an `AbortController`, `Delay` timers, the `KV`
+//! binding — then answers with the pump's response. No policy lives here.
 //!
 //! Client disconnects: workerd cancels the response stream, which drops the
-//! [`Pump`]; its `Drop` tells the session, and the session's
-//! `CancelUpstream` aborts the upstream fetch through its `AbortController`.
-//!
-//! Drain: the body is a pull stream, so each time workerd asks for the next
-//! chunk it has taken the previous one; that is reported as
-//! `handle_downstream_drained`. KV: the `KV` binding (absent = every read
-//! answers "not known"); writes run under `ctx.wait_until` so they finish
-//! after the response.
+//! pump; the session's `CancelUpstream` then aborts the upstream fetch,
+//! which closes the connection to the model server. KV: the `KV` binding
+//! (absent = every read answers "not known"); writes run under
+//! `ctx.wait_until` so they finish after the response.
 
-use std::future::{pending, Future};
-use std::pin::{pin, Pin};
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{select, select_all, Either};
-use futures_util::{stream, StreamExt};
+use futures_util::StreamExt;
 use worker::kv::KvStore;
 use worker::{
-    event, js_sys, AbortController, ByteStream, Context, Date, EncodeBody, Env, Fetch, Headers,
-    Method, Request, RequestInit, Response, Result,
+    event, js_sys, AbortController, Context, Date, EncodeBody, Env, Fetch, Headers, Method,
+    Request, RequestInit, Response, Result,
 };
 
+use super::pump::{self, Boxed, Platform, Pump, Reply, UpstreamResponse};
 use crate::core::config::{vars, Config};
-use crate::core::http::{ClientInfo, RequestHead, ResponseHead, UpstreamRequest};
-use crate::core::route::Health;
-use crate::core::session::{Action, Session};
+use crate::core::http::{ClientInfo, RequestHead, UpstreamRequest};
+use crate::core::session::Session;
 use crate::core::Millis;
 
 /// The KV namespace binding (optional) unless `KV_STORE` names another.
 const KV_BINDING: &str = "KV";
 
-thread_local! {
-    /// Replica health, kept for the life of the isolate or instance.
-    static HEALTH: std::cell::RefCell<Health> = std::cell::RefCell::default();
+/// The Workers side of the pump.
+struct Workers {
+    ctx: Rc<Context>,
+    kv: Option<KvStore>,
+    /// Aborts the upstream fetch under way.
+    abort: Option<AbortController>,
 }
 
-fn health() -> Health {
-    HEALTH.with(|h| h.borrow().clone())
-}
+impl Platform for Workers {
+    fn now(&self) -> Millis {
+        Date::now().as_millis()
+    }
 
-fn report_health(replica: &str, up: bool) {
-    HEALTH.with(|h| h.borrow_mut().report(replica, up, now()));
-}
+    fn fetch(
+        &mut self,
+        req: UpstreamRequest,
+    ) -> std::result::Result<Boxed<std::result::Result<UpstreamResponse, String>>, String> {
+        let mut init = RequestInit::new();
+        init.with_method(Method::from(req.method.to_string()))
+            .with_headers(headers_of(&req.headers));
+        if !req.body.is_empty() {
+            init.with_body(Some(js_sys::Uint8Array::from(&req.body[..]).into()));
+        }
+        let request = Request::new_with_init(&req.url, &init).map_err(|e| e.to_string())?;
+        let controller = AbortController::default();
+        let signal = controller.signal();
+        self.abort = Some(controller);
+        Ok(Box::pin(async move {
+            let mut response = Fetch::Request(request)
+                .send_with_signal(&signal)
+                .await
+                .map_err(|e| e.to_string())?;
+            let body = response.stream().ok().map(|s| {
+                let chunks = s.map(|c| c.map(Bytes::from).map_err(|e| e.to_string()));
+                Box::pin(chunks) as pump::BodyStream
+            });
+            Ok(UpstreamResponse {
+                status: response.status_code(),
+                headers: response.headers().entries().collect(),
+                body,
+            })
+        }))
+    }
 
-fn now() -> Millis {
-    Date::now().as_millis()
+    fn abort(&mut self) {
+        if let Some(controller) = self.abort.take() {
+            controller.abort();
+        }
+    }
+
+    fn kv_get(&self, key: String) -> Boxed<Option<Vec<u8>>> {
+        let kv = self.kv.clone();
+        Box::pin(async move { kv?.get(&key).bytes().await.ok().flatten() })
+    }
+
+    fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64) {
+        let Some(kv) = self.kv.clone() else { return };
+        self.ctx.wait_until(async move {
+            if let Ok(put) = kv.put_bytes(&key, &value) {
+                // Workers KV refuses TTLs under 60 s.
+                let _ = put.expiration_ttl(ttl_secs.max(60)).execute().await;
+            }
+        });
+    }
+
+    fn kv_delete(&mut self, key: String) {
+        let Some(kv) = self.kv.clone() else { return };
+        self.ctx.wait_until(async move {
+            let _ = kv.delete(&key).await;
+        });
+    }
+
+    fn sleep(&self, ms: Millis) -> Boxed<()> {
+        Box::pin(worker::Delay::from(Duration::from_millis(ms)))
+    }
 }
 
 fn config(env: &Env) -> Config {
@@ -68,229 +122,6 @@ fn headers_of(list: &[(String, String)]) -> Headers {
         let _ = headers.append(k, v);
     }
     headers
-}
-
-/// What the pump hands to the platform.
-enum Out {
-    Full(ResponseHead, Bytes),
-    Head(ResponseHead),
-    Chunk(Bytes),
-    End,
-}
-
-/// What woke the pump up.
-enum Wake {
-    Head(Result<Response>),
-    Chunk(Option<Result<Vec<u8>>>),
-    Kv(usize, String, Option<Vec<u8>>),
-    Timer,
-}
-
-type KvRead = Pin<Box<dyn Future<Output = (String, Option<Vec<u8>>)>>>;
-
-/// Owns the session and its upstream I/O for the life of one request.
-struct Pump {
-    session: Session,
-    ctx: std::rc::Rc<Context>,
-    kv: Option<KvStore>,
-    abort: Option<AbortController>,
-    head: Option<Pin<Box<dyn Future<Output = Result<Response>>>>>,
-    body: Option<ByteStream>,
-    /// KV reads under way (the link record and the cache entry can both be).
-    kv_reads: Vec<KvRead>,
-    /// A chunk went to the platform; its next pull means it was taken.
-    chunk_out: bool,
-}
-
-impl Pump {
-    /// Runs the session until it has something for the client.
-    async fn next(&mut self) -> Out {
-        if std::mem::take(&mut self.chunk_out) {
-            self.session.handle_downstream_drained(now());
-        }
-        loop {
-            while let Some(action) = self.session.poll_action() {
-                match action {
-                    Action::SendUpstream(req) => self.send(req),
-                    Action::CancelUpstream => self.cancel(),
-                    Action::Respond(head, body) => return Out::Full(head, body),
-                    Action::RespondHead(head) => return Out::Head(head),
-                    Action::RespondChunk(bytes) => {
-                        self.chunk_out = true;
-                        return Out::Chunk(bytes);
-                    }
-                    Action::RespondEnd => return Out::End,
-                    Action::KvGet { key } => self.kv_get(key),
-                    Action::KvPut {
-                        key,
-                        value,
-                        ttl_secs,
-                    } => self.kv_put(key, value, ttl_secs),
-                    Action::ReplicaHealth { replica, up } => report_health(&replica, up),
-                    Action::KvDelete { key } => self.kv_delete(key),
-                }
-            }
-            let deadline = self.session.poll_timeout();
-            if deadline.is_none()
-                && self.head.is_none()
-                && self.body.is_none()
-                && self.kv_reads.is_empty()
-            {
-                return Out::End; // nothing can happen any more
-            }
-            let wake = {
-                let Pump {
-                    head,
-                    body,
-                    kv_reads,
-                    ..
-                } = self;
-                let upstream = async {
-                    if let Some(head) = head.as_mut() {
-                        Wake::Head(head.await)
-                    } else if let Some(body) = body.as_mut() {
-                        Wake::Chunk(body.next().await)
-                    } else {
-                        pending().await
-                    }
-                };
-                let kv = async {
-                    if kv_reads.is_empty() {
-                        pending().await
-                    } else {
-                        let ((key, value), i, _) = select_all(kv_reads.iter_mut()).await;
-                        Wake::Kv(i, key, value)
-                    }
-                };
-                let io = async {
-                    match select(pin!(upstream), pin!(kv)).await {
-                        Either::Left((w, _)) | Either::Right((w, _)) => w,
-                    }
-                };
-                let timer = async {
-                    match deadline {
-                        Some(at) => {
-                            worker::Delay::from(Duration::from_millis(at.saturating_sub(now())))
-                                .await
-                        }
-                        None => pending().await,
-                    }
-                    Wake::Timer
-                };
-                match select(pin!(io), pin!(timer)).await {
-                    Either::Left((w, _)) | Either::Right((w, _)) => w,
-                }
-            };
-            let t = now();
-            match wake {
-                Wake::Timer => self.session.handle_timeout(t),
-                Wake::Head(Ok(mut response)) => {
-                    self.head = None;
-                    let headers: Vec<(String, String)> = response.headers().entries().collect();
-                    self.session
-                        .handle_upstream_head(t, response.status_code(), &headers);
-                    match response.stream() {
-                        Ok(body) => self.body = Some(body),
-                        Err(_) => self.session.handle_upstream_end(t),
-                    }
-                }
-                Wake::Head(Err(e)) => {
-                    self.head = None;
-                    self.session.handle_upstream_failed(t, &e.to_string());
-                }
-                Wake::Chunk(Some(Ok(bytes))) => self.session.handle_upstream_chunk(t, bytes.into()),
-                Wake::Chunk(Some(Err(e))) => {
-                    self.body = None;
-                    self.session.handle_upstream_failed(t, &e.to_string());
-                }
-                Wake::Chunk(None) => {
-                    self.body = None;
-                    self.session.handle_upstream_end(t);
-                }
-                Wake::Kv(i, key, value) => {
-                    drop(self.kv_reads.swap_remove(i));
-                    self.session
-                        .handle_kv_value(t, &key, value.map(Bytes::from));
-                }
-            }
-        }
-    }
-
-    /// Starts a KV read; a failure or a missing binding reads as "absent".
-    fn kv_get(&mut self, key: String) {
-        let Some(kv) = self.kv.clone() else {
-            return self.session.handle_kv_value(now(), &key, None);
-        };
-        self.kv_reads.push(Box::pin(async move {
-            let value = kv.get(&key).bytes().await.ok().flatten();
-            (key, value)
-        }));
-    }
-
-    /// Writes in the background; the response does not wait for it.
-    fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64) {
-        let Some(kv) = self.kv.clone() else { return };
-        self.ctx.wait_until(async move {
-            if let Ok(put) = kv.put_bytes(&key, &value) {
-                // Workers KV refuses TTLs under 60 s.
-                let _ = put.expiration_ttl(ttl_secs.max(60)).execute().await;
-            }
-        });
-    }
-
-    fn kv_delete(&mut self, key: String) {
-        let Some(kv) = self.kv.clone() else { return };
-        self.ctx.wait_until(async move {
-            let _ = kv.delete(&key).await;
-        });
-    }
-
-    fn send(&mut self, req: UpstreamRequest) {
-        let mut init = RequestInit::new();
-        init.with_method(Method::from(req.method.to_string()))
-            .with_headers(headers_of(&req.headers));
-        if !req.body.is_empty() {
-            init.with_body(Some(js_sys::Uint8Array::from(&req.body[..]).into()));
-        }
-        let request = match Request::new_with_init(&req.url, &init) {
-            Ok(r) => r,
-            Err(e) => return self.session.handle_upstream_failed(now(), &e.to_string()),
-        };
-        let controller = AbortController::default();
-        let signal = controller.signal();
-        self.abort = Some(controller);
-        self.head = Some(Box::pin(async move {
-            Fetch::Request(request).send_with_signal(&signal).await
-        }));
-    }
-
-    fn cancel(&mut self) {
-        self.kv_reads.clear();
-        self.head = None;
-        self.body = None;
-        if let Some(controller) = self.abort.take() {
-            controller.abort();
-        }
-    }
-}
-
-impl Drop for Pump {
-    fn drop(&mut self) {
-        // The platform dropped the body stream: the client is gone (or the
-        // response finished, in which case this is a no-op).
-        self.session.handle_downstream_closed(now());
-        while let Some(action) = self.session.poll_action() {
-            match action {
-                Action::CancelUpstream => self.cancel(),
-                Action::KvPut {
-                    key,
-                    value,
-                    ttl_secs,
-                } => self.kv_put(key, value, ttl_secs),
-                _ => {}
-            }
-        }
-    }
 }
 
 /// A field of `request.cf` (the platform's facts about the client).
@@ -318,7 +149,7 @@ fn client_info(req: &Request) -> ClientInfo {
 }
 
 #[event(fetch)]
-pub async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
+async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     let url = req.url()?;
     let method = req.method().to_string();
     let mut headers: Vec<(String, String)> = req.headers().entries().collect();
@@ -341,25 +172,19 @@ pub async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response>
     let kv = env
         .kv(config.kv_store.as_deref().unwrap_or(KV_BINDING))
         .ok();
-    let mut pump = Pump {
-        session: Session::new(config).with_health(health()),
-        ctx: std::rc::Rc::new(ctx),
+    let ctx = Rc::new(ctx);
+    let platform = Workers {
+        ctx: ctx.clone(),
         kv,
         abort: None,
-        head: None,
-        body: None,
-        kv_reads: Vec::new(),
-        chunk_out: false,
     };
-    pump.session.handle_request(now(), head, body.into());
-
-    match pump.next().await {
-        Out::Full(head, body) => {
-            if !pump.session.is_finished() {
+    let session = Session::new(config).with_health(pump::health());
+    match Pump::start(platform, session, head, body.into()).await {
+        Reply::Full(head, body, rest) => {
+            if let Some(rest) = rest {
                 // Answered early (a prefetch): the rest runs after the
                 // response.
-                let ctx = pump.ctx.clone();
-                ctx.wait_until(async move { while !matches!(pump.next().await, Out::End) {} });
+                ctx.wait_until(rest.run_to_end());
             }
             let response = if body.is_empty() {
                 Response::empty()?
@@ -370,13 +195,10 @@ pub async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response>
                 .with_status(head.status)
                 .with_headers(headers_of(&head.headers)))
         }
-        Out::Head(head) => {
-            let chunks = stream::unfold(pump, |mut pump| async move {
-                match pump.next().await {
-                    Out::Chunk(bytes) => Some((Ok::<Vec<u8>, worker::Error>(bytes.to_vec()), pump)),
-                    Out::Full(..) | Out::Head(_) | Out::End => None,
-                }
-            });
+        Reply::Stream(head, pump) => {
+            let chunks = pump
+                .into_chunks()
+                .map(|bytes| Ok::<Vec<u8>, worker::Error>(bytes.to_vec()));
             // A body the core already encoded must not be encoded again.
             let encode = match head.header("content-encoding") {
                 Some(_) => EncodeBody::Manual,
@@ -387,6 +209,5 @@ pub async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response>
                 .with_headers(headers_of(&head.headers))
                 .with_encode_body(encode))
         }
-        Out::Chunk(_) | Out::End => Response::error("internal error: no response", 500),
     }
 }

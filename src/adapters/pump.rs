@@ -1,0 +1,353 @@
+//! The one loop that drives a [`Session`] on a wasm runtime, shared by the
+//! Workers and Spin adapters: it carries out each [`Action`], waits for the
+//! upstream, a KV read or the next deadline, and hands the platform what
+//! goes to the client ([`Out`]). A runtime supplies only its I/O, through
+//! [`Platform`]; no policy lives here either.
+//!
+//! Client disconnects: the platform drops the response body, and with it
+//! the [`Pump`]; its `Drop` tells the session and carries out what the
+//! session still asks for — the `CancelUpstream` (which drops the upstream
+//! futures and aborts the request), KV writes and health reports. Nothing
+//! the session asked for is dropped.
+//!
+//! Drain: response bodies are pulled, so each pull after a chunk means the
+//! platform took it; that is reported as `handle_downstream_drained`.
+
+use std::cell::RefCell;
+use std::future::{pending, Future};
+use std::pin::{pin, Pin};
+
+use bytes::Bytes;
+use futures_util::future::{select, select_all, Either};
+use futures_util::{stream, Stream, StreamExt};
+
+use crate::core::http::{RequestHead, ResponseHead, UpstreamRequest};
+use crate::core::route::Health;
+use crate::core::session::{Action, KvRead, Session};
+use crate::core::Millis;
+
+/// A future the pump owns (wasm runtimes are single-threaded: not `Send`).
+pub(crate) type Boxed<T> = Pin<Box<dyn Future<Output = T>>>;
+/// An upstream body, chunk by chunk; an error is a read failure.
+pub(crate) type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>>>>;
+
+/// What the upstream answered.
+pub(crate) struct UpstreamResponse {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    /// `None` when the runtime cannot read the body: it counts as ended.
+    pub(crate) body: Option<BodyStream>,
+}
+
+/// The I/O a runtime provides. Every method only does what it says.
+pub(crate) trait Platform {
+    /// The runtime's wall clock, in milliseconds.
+    fn now(&self) -> Millis;
+    /// Starts an upstream request; the future answers with its head.
+    fn fetch(
+        &mut self,
+        req: UpstreamRequest,
+    ) -> Result<Boxed<Result<UpstreamResponse, String>>, String>;
+    /// The upstream request's futures were dropped: abort it for good, if
+    /// the runtime needs more than that.
+    fn abort(&mut self) {}
+    /// Reads a key; a failure or a missing store reads as `None`.
+    fn kv_get(&self, key: String) -> Boxed<Option<Vec<u8>>>;
+    /// Writes in the background; a failure is ignored.
+    fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64);
+    /// Deletes in the background; a failure is ignored.
+    fn kv_delete(&mut self, key: String);
+    /// Waits this long.
+    fn sleep(&self, ms: Millis) -> Boxed<()>;
+    /// The response is about to end: finish the background work the
+    /// runtime would not wait for afterwards.
+    fn settle(&mut self) -> Boxed<()> {
+        Box::pin(async {})
+    }
+    /// The pump is going away: hand the background work left to the
+    /// runtime.
+    fn detach(&mut self) {}
+}
+
+thread_local! {
+    /// Replica health, kept for the life of the isolate or instance.
+    static HEALTH: RefCell<Health> = RefCell::default();
+}
+
+/// The deployment's replica health as this isolate or instance knows it.
+pub(crate) fn health() -> Health {
+    HEALTH.with(|h| h.borrow().clone())
+}
+
+/// What the pump hands to the platform.
+pub(crate) enum Out {
+    /// A complete response.
+    Full(ResponseHead, Bytes),
+    /// The head of a streamed response.
+    Head(ResponseHead),
+    /// The next chunk of a streamed response.
+    Chunk(Bytes),
+    /// The end of the response (or of the work after an early answer).
+    End,
+}
+
+/// What woke the pump up.
+enum Wake {
+    Head(Result<UpstreamResponse, String>),
+    Chunk(Option<Result<Bytes, String>>),
+    Kv(usize, KvRead, Option<Vec<u8>>),
+    Timer,
+}
+
+/// Owns the session and its I/O for the life of one request.
+pub(crate) struct Pump<P: Platform> {
+    session: Session,
+    platform: P,
+    head: Option<Boxed<Result<UpstreamResponse, String>>>,
+    body: Option<BodyStream>,
+    /// KV reads under way (the link record and a cache entry can both be).
+    kv_reads: Vec<Boxed<(KvRead, Option<Vec<u8>>)>>,
+    /// A chunk went to the platform; its next pull means it was taken.
+    chunk_out: bool,
+}
+
+/// How the platform answers the client.
+pub(crate) enum Reply<P: Platform> {
+    /// A complete response. When the pump comes with it, the session goes
+    /// on after the response (a prefetch): run [`Pump::run_to_end`] in the
+    /// background.
+    Full(ResponseHead, Bytes, Option<Pump<P>>),
+    /// A streamed response: its body is [`Pump::into_chunks`].
+    Stream(ResponseHead, Pump<P>),
+}
+
+impl<P: Platform + 'static> Pump<P> {
+    /// Starts a session on `req` and runs it until it has a response head.
+    pub(crate) async fn start(
+        platform: P,
+        session: Session,
+        req: RequestHead,
+        body: Bytes,
+    ) -> Reply<P> {
+        let mut pump = Pump {
+            session,
+            platform,
+            head: None,
+            body: None,
+            kv_reads: Vec::new(),
+            chunk_out: false,
+        };
+        let now = pump.platform.now();
+        pump.session.handle_request(now, req, body);
+        match pump.next().await {
+            Out::Full(head, body) => {
+                let rest = (!pump.session.is_finished()).then_some(pump);
+                Reply::Full(head, body, rest)
+            }
+            Out::Head(head) => Reply::Stream(head, pump),
+            Out::Chunk(_) | Out::End => {
+                // The session answers every request before anything else.
+                let head = ResponseHead {
+                    status: 500,
+                    headers: vec![("content-type".into(), "text/plain".into())],
+                };
+                Reply::Full(
+                    head,
+                    Bytes::from_static(b"internal error: no response"),
+                    None,
+                )
+            }
+        }
+    }
+
+    /// The streamed body: each chunk as the session writes it.
+    pub(crate) fn into_chunks(self) -> impl Stream<Item = Bytes> {
+        stream::unfold(self, |mut pump| async move {
+            match pump.next().await {
+                Out::Chunk(bytes) => Some((bytes, pump)),
+                Out::Full(..) | Out::Head(_) | Out::End => None,
+            }
+        })
+    }
+
+    /// Drives a session answered early until it has finished.
+    pub(crate) async fn run_to_end(mut self) {
+        while !matches!(self.next().await, Out::End) {}
+    }
+
+    /// Runs the session until it has something for the client.
+    async fn next(&mut self) -> Out {
+        if std::mem::take(&mut self.chunk_out) {
+            let now = self.platform.now();
+            self.session.handle_downstream_drained(now);
+        }
+        loop {
+            while let Some(action) = self.session.poll_action() {
+                match action {
+                    Action::Respond(head, body) => return Out::Full(head, body),
+                    Action::RespondHead(head) => return Out::Head(head),
+                    Action::RespondChunk(bytes) => {
+                        self.chunk_out = true;
+                        return Out::Chunk(bytes);
+                    }
+                    Action::RespondEnd => {
+                        self.platform.settle().await;
+                        return Out::End;
+                    }
+                    Action::SendUpstream(req) => self.send(req),
+                    Action::KvGet { key, read } => {
+                        let value = self.platform.kv_get(key);
+                        self.kv_reads
+                            .push(Box::pin(async move { (read, value.await) }));
+                    }
+                    other => self.background(other),
+                }
+            }
+            let deadline = self.session.poll_timeout();
+            if deadline.is_none()
+                && self.head.is_none()
+                && self.body.is_none()
+                && self.kv_reads.is_empty()
+            {
+                // Nothing can happen any more.
+                self.platform.settle().await;
+                return Out::End;
+            }
+            let wake = self.wait(deadline).await;
+            self.wake(wake);
+        }
+    }
+
+    /// Waits for the upstream, a KV read or the deadline, whichever first.
+    async fn wait(&mut self, deadline: Option<Millis>) -> Wake {
+        let Pump {
+            head,
+            body,
+            kv_reads,
+            platform,
+            ..
+        } = self;
+        let upstream = async {
+            if let Some(head) = head.as_mut() {
+                Wake::Head(head.await)
+            } else if let Some(body) = body.as_mut() {
+                Wake::Chunk(body.next().await)
+            } else {
+                pending().await
+            }
+        };
+        let kv = async {
+            if kv_reads.is_empty() {
+                pending().await
+            } else {
+                let ((read, value), i, _) = select_all(kv_reads.iter_mut()).await;
+                Wake::Kv(i, read, value)
+            }
+        };
+        let timer = async {
+            match deadline {
+                Some(at) => platform.sleep(at.saturating_sub(platform.now())).await,
+                None => pending().await,
+            }
+            Wake::Timer
+        };
+        let io = async {
+            match select(pin!(upstream), pin!(kv)).await {
+                Either::Left((w, _)) | Either::Right((w, _)) => w,
+            }
+        };
+        match select(pin!(io), pin!(timer)).await {
+            Either::Left((w, _)) | Either::Right((w, _)) => w,
+        }
+    }
+
+    /// Reports what woke the pump to the session.
+    fn wake(&mut self, wake: Wake) {
+        let t = self.platform.now();
+        match wake {
+            Wake::Timer => self.session.handle_timeout(t),
+            Wake::Head(Ok(response)) => {
+                self.head = None;
+                self.session
+                    .handle_upstream_head(t, response.status, &response.headers);
+                match response.body {
+                    Some(body) => self.body = Some(body),
+                    None => self.session.handle_upstream_end(t),
+                }
+            }
+            Wake::Head(Err(e)) => {
+                self.head = None;
+                self.session.handle_upstream_failed(t, &e);
+            }
+            Wake::Chunk(Some(Ok(bytes))) => self.session.handle_upstream_chunk(t, bytes),
+            Wake::Chunk(Some(Err(e))) => {
+                self.body = None;
+                self.session.handle_upstream_failed(t, &e);
+            }
+            Wake::Chunk(None) => {
+                self.body = None;
+                self.session.handle_upstream_end(t);
+            }
+            Wake::Kv(i, read, value) => {
+                drop(self.kv_reads.swap_remove(i));
+                self.session
+                    .handle_kv_value(t, read, value.map(Bytes::from));
+            }
+        }
+    }
+
+    fn send(&mut self, req: UpstreamRequest) {
+        match self.platform.fetch(req) {
+            Ok(head) => self.head = Some(head),
+            Err(e) => {
+                let now = self.platform.now();
+                self.session.handle_upstream_failed(now, &e);
+            }
+        }
+    }
+}
+
+impl<P: Platform> Pump<P> {
+    /// Carries out an action that does not wait for anything.
+    fn background(&mut self, action: Action) {
+        match action {
+            Action::CancelUpstream => {
+                // Only the upstream: KV reads under way are still wanted.
+                self.head = None;
+                self.body = None;
+                self.platform.abort();
+            }
+            Action::KvPut {
+                key,
+                value,
+                ttl_secs,
+            } => self.platform.kv_put(key, value, ttl_secs),
+            Action::KvDelete { key } => self.platform.kv_delete(key),
+            Action::ReplicaHealth { replica, up } => {
+                let now = self.platform.now();
+                HEALTH.with(|h| h.borrow_mut().report(&replica, up, now));
+            }
+            // After the client left nobody waits for a read, and nothing
+            // goes to the client or upstream any more.
+            Action::KvGet { .. }
+            | Action::SendUpstream(_)
+            | Action::Respond(..)
+            | Action::RespondHead(_)
+            | Action::RespondChunk(_)
+            | Action::RespondEnd => {}
+        }
+    }
+}
+
+impl<P: Platform> Drop for Pump<P> {
+    fn drop(&mut self) {
+        // The platform dropped the body: the client is gone (or the
+        // response finished, in which case the session ignores this).
+        let now = self.platform.now();
+        self.session.handle_downstream_closed(now);
+        while let Some(action) = self.session.poll_action() {
+            self.background(action);
+        }
+        self.platform.detach();
+    }
+}
