@@ -31,6 +31,7 @@
 //! and never ends a broken stream as if it had completed.
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub, missing_docs)]
 
 pub mod core;
 

@@ -22,25 +22,25 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::core::compress::{Encoder, FlushMode};
+use crate::core::compress::Encoder;
 use crate::core::encoding::Coding;
 use crate::core::openai::{CompletionRequest, Endpoint};
 
 /// Prefix of every cache key; the version changes with the entry format.
 pub const KEY_PREFIX: &str = "cache:v2:";
 /// Largest entry stored, far below Workers KV's 25 MiB per value.
-pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 /// Compression level of stored entries: written once, read many times.
 const ENTRY_LEVEL: u32 = 9;
 /// How long a lookup may hold the request before it goes upstream anyway.
-pub const LOOKUP_TIMEOUT_MS: u64 = 300;
+pub(crate) const LOOKUP_TIMEOUT_MS: u64 = 300;
 /// Response header saying how the caches took part: `hit` (exact cache),
 /// `prefix` (speculative prefix), `miss` (looked up, not found) or `bypass`
 /// (not cacheable).
-pub const X_CACHE: &str = "x-cache";
+pub(crate) const X_CACHE: &str = "x-cache";
 
 /// Request fields that do not change the generated output.
-pub const IGNORED_FIELDS: &[&str] = &[
+pub(crate) const IGNORED_FIELDS: &[&str] = &[
     "stream",
     "stream_options",
     "user",
@@ -52,10 +52,10 @@ pub const IGNORED_FIELDS: &[&str] = &[
 
 /// What the cache may do for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    pub key: String,
+pub(crate) struct Plan {
+    pub(crate) key: String,
     /// Look the key up before going upstream (false for `no-cache`).
-    pub read: bool,
+    pub(crate) read: bool,
 }
 
 /// The cache plan for a validated request, or `None` when it is not
@@ -113,7 +113,7 @@ pub(crate) fn one_choice(body: &Map<String, Value>) -> bool {
 }
 
 /// [`KEY_PREFIX`] + hex SHA-256 of the scope and the canonical request.
-pub fn key(endpoint: Endpoint, body: &Map<String, Value>, scope: Option<&str>) -> String {
+pub(crate) fn key(endpoint: Endpoint, body: &Map<String, Value>, scope: Option<&str>) -> String {
     let mut canonical = String::new();
     canonical.push_str(endpoint.path());
     canonical.push('\n');
@@ -185,7 +185,9 @@ pub struct Entry {
     pub created: u64,
     /// The text, in the pieces the upstream streamed it in.
     pub pieces: Vec<String>,
+    /// Why the upstream stopped (`stop`, `length`, …).
     pub finish_reason: String,
+    /// The upstream's usage object, when it sent one.
     #[serde(default)]
     pub usage: Option<Value>,
 }
@@ -196,7 +198,7 @@ impl Entry {
         let json = serde_json::to_vec(self).unwrap_or_default();
         let mut out = Vec::with_capacity(json.len() / 3 + 16);
         let mut encoder = Encoder::new(Coding::Deflate, ENTRY_LEVEL);
-        encoder.encode_and_flush(&json, FlushMode::Sync, &mut out);
+        encoder.encode_and_flush(&json, &mut out);
         encoder.finish(&mut out);
         out
     }
@@ -220,14 +222,14 @@ impl Entry {
 
     /// The entry as an upstream event stream (`data: …` events ending in
     /// `[DONE]`), to be re-streamed in the client's format.
-    pub fn to_sse(&self, endpoint: Endpoint) -> Vec<u8> {
+    pub(crate) fn to_sse(&self, endpoint: Endpoint) -> Vec<u8> {
         self.write_sse(endpoint, true)
     }
 
     /// Only the opening of such a stream: the role and the text pieces,
     /// with no finish, usage or `[DONE]` (a speculative prefix, which the
     /// upstream continues).
-    pub fn to_sse_opening(&self, endpoint: Endpoint) -> Vec<u8> {
+    pub(crate) fn to_sse_opening(&self, endpoint: Endpoint) -> Vec<u8> {
         self.write_sse(endpoint, false)
     }
 
@@ -277,7 +279,7 @@ impl Entry {
     }
 
     /// The entry as a complete (`stream: false`) response body.
-    pub fn to_json(&self, endpoint: Endpoint) -> Value {
+    pub(crate) fn to_json(&self, endpoint: Endpoint) -> Value {
         let text = self.pieces.concat();
         let (object, choice) = match endpoint {
             Endpoint::Chat => (
@@ -301,7 +303,7 @@ impl Entry {
 
     /// An entry from a complete (`stream: false`) upstream answer, when it
     /// holds exactly one finished text choice.
-    pub fn from_json(body: &[u8], created: u64) -> Option<Self> {
+    pub(crate) fn from_json(body: &[u8], created: u64) -> Option<Self> {
         let v: Value = serde_json::from_slice(body).ok()?;
         let choices = v.get("choices")?.as_array()?;
         let [choice] = choices.as_slice() else {
@@ -327,7 +329,7 @@ impl Entry {
 
 /// Collects a streamed answer while it passes through, for the cache.
 #[derive(Debug, Default)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     entry: Entry,
     bytes: usize,
     /// Keep only this many pieces (a speculative prefix).
@@ -338,7 +340,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(created: u64) -> Self {
+    pub(crate) fn new(created: u64) -> Self {
         Self {
             entry: Entry {
                 created,
@@ -349,13 +351,13 @@ impl Recorder {
     }
 
     /// Keeps only the first `n` text pieces.
-    pub fn keep_pieces(mut self, n: usize) -> Self {
+    pub(crate) fn keep_pieces(mut self, n: usize) -> Self {
         self.max_pieces = Some(n);
         self
     }
 
     /// One upstream event's data.
-    pub fn event(&mut self, data: &str) {
+    pub(crate) fn event(&mut self, data: &str) {
         if self.spoiled || data == "[DONE]" {
             return;
         }
@@ -388,7 +390,7 @@ impl Recorder {
     }
 
     /// The entry, when the answer completed and may be stored.
-    pub fn finish(self) -> Option<Entry> {
+    pub(crate) fn finish(self) -> Option<Entry> {
         (!self.spoiled && !self.entry.finish_reason.is_empty()).then_some(self.entry)
     }
 }

@@ -15,9 +15,7 @@ use crate::core::encoding::Coding;
 /// Compression level for token streams: per-event payloads are small and
 /// match the previous event almost whole, so a short hash-chain search finds
 /// nearly everything a long one would.
-pub const DEFAULT_LEVEL: u32 = 5;
-
-pub use crate::core::deflate::Flush as FlushMode;
+pub(crate) const DEFAULT_LEVEL: u32 = 5;
 
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff];
 /// zlib header: deflate with a 4 KiB window (CINFO 4), default level, no
@@ -39,12 +37,12 @@ enum Inner {
 }
 
 /// One response's encoder.
-pub struct Encoder {
+pub(crate) struct Encoder {
     inner: Inner,
 }
 
 impl Encoder {
-    pub fn new(coding: Coding, level: u32) -> Self {
+    pub(crate) fn new(coding: Coding, level: u32) -> Self {
         let check = match coding {
             Coding::Identity => {
                 return Self {
@@ -64,20 +62,15 @@ impl Encoder {
     }
 
     /// Changes the search effort for the following writes.
-    pub fn set_level(&mut self, level: u32) {
+    pub(crate) fn set_level(&mut self, level: u32) {
         if let Inner::Deflate { deflater, .. } = &mut self.inner {
             deflater.set_level(level);
         }
     }
 
-    /// True when the output is compressed (so flushes cost framing bytes).
-    pub fn is_compressing(&self) -> bool {
-        matches!(self.inner, Inner::Deflate { .. })
-    }
-
-    /// Compresses `input` and ends it with a flush of `mode`, appending
+    /// Compresses `input` and ends it with a sync flush, appending
     /// everything the client needs to decode it to `out`.
-    pub fn encode_and_flush(&mut self, input: &[u8], mode: FlushMode, out: &mut Vec<u8>) {
+    pub(crate) fn encode_and_flush(&mut self, input: &[u8], out: &mut Vec<u8>) {
         match &mut self.inner {
             Inner::Identity => out.extend_from_slice(input),
             Inner::Deflate {
@@ -90,13 +83,13 @@ impl Encoder {
                     Check::Gzip(c) => c.update(input),
                     Check::Zlib(a) => a.update(input),
                 }
-                deflater.write(input, mode, out);
+                deflater.write(input, out);
             }
         }
     }
 
     /// Ends the stream (final block, trailer).
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
         if let Inner::Deflate {
             deflater,
             check,
@@ -149,19 +142,13 @@ mod tests {
     #[test]
     fn every_flush_makes_all_events_so_far_decodable() {
         for coding in [Coding::Gzip, Coding::Deflate, Coding::Identity] {
-            for mode in [FlushMode::Sync, FlushMode::Partial] {
-                let mut enc = Encoder::new(coding, DEFAULT_LEVEL);
-                let mut wire = Vec::new();
-                let mut sent = String::new();
-                for e in events() {
-                    enc.encode_and_flush(e.as_bytes(), mode, &mut wire);
-                    sent.push_str(&e);
-                    assert_eq!(
-                        inflate_prefix(coding, &wire),
-                        sent.as_bytes(),
-                        "{coding:?} {mode:?}"
-                    );
-                }
+            let mut enc = Encoder::new(coding, DEFAULT_LEVEL);
+            let mut wire = Vec::new();
+            let mut sent = String::new();
+            for e in events() {
+                enc.encode_and_flush(e.as_bytes(), &mut wire);
+                sent.push_str(&e);
+                assert_eq!(inflate_prefix(coding, &wire), sent.as_bytes(), "{coding:?}");
             }
         }
     }
@@ -174,7 +161,7 @@ mod tests {
             let mut enc = Encoder::new(coding, DEFAULT_LEVEL);
             let mut wire = Vec::new();
             for e in events() {
-                enc.encode_and_flush(e.as_bytes(), FlushMode::Sync, &mut wire);
+                enc.encode_and_flush(e.as_bytes(), &mut wire);
             }
             enc.finish(&mut wire);
             let mut decoded = String::new();

@@ -24,21 +24,37 @@ pub const MAX_UPSTREAM_ERROR_BYTES: usize = 64 * 1024;
 
 /// The variable names, as set in `wrangler.toml` / `spin.toml` or as secrets.
 pub mod vars {
+    /// The upstream's replicas (comma- or space-separated base URLs).
     pub const UPSTREAM_URL: &str = "UPSTREAM_URL";
+    /// Bearer token sent upstream (a secret).
     pub const UPSTREAM_API_KEY: &str = "UPSTREAM_API_KEY";
+    /// Keys the clients must send (comma-separated; a secret).
     pub const API_KEYS: &str = "API_KEYS";
+    /// Browser origins allowed to call: `*` or a comma-separated list.
     pub const CORS_ORIGINS: &str = "CORS_ORIGINS";
+    /// Largest request body accepted.
     pub const MAX_BODY_BYTES: &str = "MAX_BODY_BYTES";
+    /// Time the upstream has for its first byte.
     pub const FIRST_BYTE_TIMEOUT_MS: &str = "FIRST_BYTE_TIMEOUT_MS";
+    /// Longest upstream silence once it has started.
     pub const IDLE_TIMEOUT_MS: &str = "IDLE_TIMEOUT_MS";
+    /// Interval of keep-alive comments on a silent stream.
     pub const KEEPALIVE_INTERVAL_MS: &str = "KEEPALIVE_INTERVAL_MS";
+    /// Lifetime of cache entries and prefixes; 0 turns the caches off.
     pub const CACHE_TTL_SECS: &str = "CACHE_TTL_SECS";
+    /// `true`: one cache for every API key.
     pub const CACHE_SHARED: &str = "CACHE_SHARED";
+    /// `off`, `on` or `request` ([`super::Speculate`]).
     pub const SPECULATIVE_PREFIX: &str = "SPECULATIVE_PREFIX";
+    /// Tokens in a stored speculative prefix.
     pub const PREFIX_TOKENS: &str = "PREFIX_TOKENS";
+    /// `openai`, `llama.cpp` or `vllm` ([`super::Dialect`]).
     pub const UPSTREAM_DIALECT: &str = "UPSTREAM_DIALECT";
+    /// How long a warmed prefix is not warmed again.
     pub const PREFETCH_WINDOW_SECS: &str = "PREFETCH_WINDOW_SECS";
+    /// The KV binding (Workers) or store label (Spin) to use.
     pub const KV_STORE: &str = "KV_STORE";
+    /// Every name, for adapters that read them all at once.
     pub const ALL: &[&str] = &[
         UPSTREAM_URL,
         UPSTREAM_API_KEY,
@@ -122,6 +138,7 @@ impl Dialect {
     }
 }
 
+/// The deployment's configuration, with every default filled in.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Base URLs of the OpenAI-compatible upstream's replicas, without a
@@ -133,18 +150,25 @@ pub struct Config {
     pub upstream_api_key: Option<String>,
     /// When non-empty, requests must carry one of these as a bearer token.
     pub api_keys: Vec<String>,
+    /// Which browser origins may call.
     pub cors_origins: CorsOrigins,
+    /// Largest request body accepted (413 above it).
     pub max_body_bytes: usize,
+    /// Time the upstream has for its first byte.
     pub first_byte_timeout_ms: u64,
+    /// Longest upstream silence once it has started.
     pub idle_timeout_ms: u64,
+    /// Downstream silence after which a stream gets a keep-alive.
     pub keepalive_interval_ms: u64,
     /// Exact-cache entry lifetime; 0 turns the cache off.
     pub cache_ttl_secs: u64,
     /// One cache for every API key instead of one per key.
     pub cache_shared: bool,
+    /// When a request may be answered with a speculative prefix.
     pub speculate: Speculate,
     /// Tokens (streamed pieces) in a stored speculative prefix.
     pub prefix_tokens: usize,
+    /// How the upstream continues an assistant message, if it does.
     pub dialect: Dialect,
     /// A prefix warmed by `/v1/prefetch` is not warmed again for this long.
     pub prefetch_window_secs: u64,

@@ -14,7 +14,7 @@
 //! holding thousands of streams can afford.
 
 /// The farthest back a match may reach. The zlib header declares it.
-pub const WINDOW: usize = 4096;
+pub(crate) const WINDOW: usize = 4096;
 /// History kept: the window plus the bytes being compressed.
 const HISTORY: usize = 2 * WINDOW;
 const HASH_BITS: u32 = 12;
@@ -22,19 +22,8 @@ const HASH_SIZE: usize = 1 << HASH_BITS;
 const MIN_MATCH: usize = 3;
 const MAX_MATCH: usize = 258;
 
-/// How a flush point ends the data written so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flush {
-    /// Byte-aligned: an empty stored block (`00 00 ff ff`) follows. Any
-    /// inflater decodes everything written so far.
-    Sync,
-    /// An empty fixed block (10 bits) follows; the last partial byte is held
-    /// back. Two to four bytes fewer per flush.
-    Partial,
-}
-
 /// Streaming raw-deflate state.
-pub struct Deflater {
+pub(crate) struct Deflater {
     history: Vec<u8>,
     /// Per hash bucket: the most recent history position + 1 (0 = none).
     head: Vec<u16>,
@@ -47,7 +36,7 @@ pub struct Deflater {
 
 impl Deflater {
     /// `level` 1 (fastest) to 9 (most thorough search); 0 is treated as 1.
-    pub fn new(level: u32) -> Self {
+    pub(crate) fn new(level: u32) -> Self {
         Self {
             history: Vec::with_capacity(HISTORY),
             head: vec![0; HASH_SIZE],
@@ -59,12 +48,14 @@ impl Deflater {
     }
 
     /// Changes the search effort for the following writes.
-    pub fn set_level(&mut self, level: u32) {
+    pub(crate) fn set_level(&mut self, level: u32) {
         self.max_chain = chain_for(level);
     }
 
-    /// Compresses `input` into one block ended by a flush of `mode`.
-    pub fn write(&mut self, input: &[u8], mode: Flush, out: &mut Vec<u8>) {
+    /// Compresses `input` into one block ended by a sync flush: a
+    /// byte-aligned empty stored block (`00 00 ff ff`), after which any
+    /// inflater decodes everything written so far.
+    pub(crate) fn write(&mut self, input: &[u8], out: &mut Vec<u8>) {
         if !input.is_empty() {
             self.put(0b010, 3); // not final, fixed Huffman
             for piece in input.chunks(WINDOW) {
@@ -72,22 +63,13 @@ impl Deflater {
             }
             self.put_code(256); // end of block
         }
-        match mode {
-            Flush::Sync => {
-                self.put(0, 3); // not final, stored
-                self.align(out);
-                out.extend_from_slice(&[0, 0, 0xff, 0xff]);
-            }
-            Flush::Partial => {
-                self.put(0b010, 3);
-                self.put_code(256);
-                self.drain(out);
-            }
-        }
+        self.put(0, 3); // not final, stored
+        self.align(out);
+        out.extend_from_slice(&[0, 0, 0xff, 0xff]);
     }
 
     /// Ends the stream: a final empty block, padded to a byte.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
         self.put(0b011, 3); // final, fixed Huffman
         self.put_code(256);
         self.align(out);
@@ -259,7 +241,7 @@ fn reverse(code: u32, len: u32) -> u32 {
 
 /// CRC-32 (IEEE), as the gzip trailer needs it.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Crc32 {
+pub(crate) struct Crc32 {
     crc: u32,
     len: u32,
 }
@@ -285,7 +267,7 @@ const CRC_TABLE: [u32; 256] = {
 };
 
 impl Crc32 {
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         let mut c = !self.crc;
         for &b in data {
             c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
@@ -295,7 +277,7 @@ impl Crc32 {
     }
 
     /// The gzip trailer: CRC-32 and input length mod 2^32, little-endian.
-    pub fn trailer(&self) -> [u8; 8] {
+    pub(crate) fn trailer(&self) -> [u8; 8] {
         let mut t = [0; 8];
         t[..4].copy_from_slice(&self.crc.to_le_bytes());
         t[4..].copy_from_slice(&self.len.to_le_bytes());
@@ -305,7 +287,7 @@ impl Crc32 {
 
 /// Adler-32, as the zlib trailer needs it.
 #[derive(Debug, Clone, Copy)]
-pub struct Adler32 {
+pub(crate) struct Adler32 {
     a: u32,
     b: u32,
 }
@@ -317,7 +299,7 @@ impl Default for Adler32 {
 }
 
 impl Adler32 {
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         // 5552 is the most bytes before `b` can overflow (zlib's NMAX).
         for chunk in data.chunks(5552) {
             for &x in chunk {
@@ -329,7 +311,7 @@ impl Adler32 {
         }
     }
 
-    pub fn trailer(&self) -> [u8; 4] {
+    pub(crate) fn trailer(&self) -> [u8; 4] {
         ((self.b << 16) | self.a).to_be_bytes()
     }
 }
@@ -365,7 +347,7 @@ mod tests {
         for level in [1, 5, 9] {
             let mut d = Deflater::new(level);
             let mut out = Vec::new();
-            d.write(&input, Flush::Sync, &mut out);
+            d.write(&input, &mut out);
             assert_eq!(inflate(&out), input, "level {level}");
             assert!(out.len() < input.len() / 2);
         }
@@ -390,21 +372,19 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
-        /// Any bytes, cut into any writes, flushed either way: after each
-        /// write everything so far decodes.
+        /// Any bytes, cut into any writes, each flushed: after each write
+        /// everything so far decodes.
         #[test]
         fn arbitrary_writes_decode_after_each_flush(
             writes in proptest::collection::vec(
                 proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), any::<u8>()], 0..3000), 1..12),
-            partial in any::<bool>(),
             level in 1u32..10,
         ) {
-            let mode = if partial { Flush::Partial } else { Flush::Sync };
             let mut d = Deflater::new(level);
             let mut out = Vec::new();
             let mut sent = Vec::new();
             for w in &writes {
-                d.write(w, mode, &mut out);
+                d.write(w, &mut out);
                 sent.extend_from_slice(w);
                 prop_assert_eq!(&inflate(&out), &sent);
             }

@@ -8,7 +8,7 @@
 
 /// A content coding tokenedge can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Coding {
+pub(crate) enum Coding {
     Gzip,
     Deflate,
     Identity,
@@ -16,7 +16,7 @@ pub enum Coding {
 
 impl Coding {
     /// The token for `Content-Encoding`, `None` for identity.
-    pub fn header_value(self) -> Option<&'static str> {
+    pub(crate) fn header_value(self) -> Option<&'static str> {
         match self {
             Coding::Gzip => Some("gzip"),
             Coding::Deflate => Some("deflate"),
@@ -87,7 +87,7 @@ fn weight(header: &str, coding: Coding) -> Option<u16> {
 
 /// Chooses the coding for a response to a request with this
 /// `Accept-Encoding` (or none).
-pub fn negotiate(accept_encoding: Option<&str>) -> Coding {
+pub(crate) fn negotiate(accept_encoding: Option<&str>) -> Coding {
     let Some(header) = accept_encoding.filter(|h| h.len() <= MAX_ACCEPT_ENCODING_BYTES) else {
         return Coding::Identity;
     };

@@ -10,7 +10,7 @@ use serde_json::json;
 
 /// Who caused the failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// The client's request (bad JSON, missing field, too large, bad key).
     Downstream,
     /// The upstream model server (refused, timed out, answered an error,
@@ -22,7 +22,7 @@ pub enum Source {
 
 /// What went wrong, with enough detail for the client's error message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// 400: the body is not JSON, or a field is missing or ill-typed.
     InvalidRequest {
         message: String,
@@ -47,7 +47,9 @@ pub enum ErrorKind {
     },
     /// 502: the upstream could not be reached.
     UpstreamUnreachable { detail: String },
-    /// 504: no first byte from the upstream within the configured time.
+    /// 504 (or an in-stream error event): the upstream sent nothing within
+    /// the configured time — no first byte (`FIRST_BYTE_TIMEOUT_MS`), or no
+    /// next byte once it had started (`IDLE_TIMEOUT_MS`).
     UpstreamTimeout { after_ms: u64 },
     /// The upstream stream broke: ended without `[DONE]` or a finish reason,
     /// went silent, or sent an unparsable event stream.
@@ -58,23 +60,25 @@ pub enum ErrorKind {
 
 /// An error with its source and retryability.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
+pub(crate) struct Error {
     pub kind: ErrorKind,
 }
 
 impl Error {
-    pub fn new(kind: ErrorKind) -> Self {
+    pub(crate) fn new(kind: ErrorKind) -> Self {
         Self { kind }
     }
 
-    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
         Self::new(ErrorKind::InvalidRequest {
             message: message.into(),
             param: param.map(str::to_owned),
         })
     }
 
-    pub fn source(&self) -> Source {
+    /// Who caused it (`source` would shadow [`std::error::Error::source`],
+    /// which means the underlying cause).
+    pub(crate) fn origin(&self) -> Source {
         use ErrorKind::*;
         match self.kind {
             InvalidRequest { .. }
@@ -92,7 +96,7 @@ impl Error {
     }
 
     /// Whether sending the same request again may succeed.
-    pub fn retryable(&self) -> bool {
+    pub(crate) fn retryable(&self) -> bool {
         match &self.kind {
             ErrorKind::UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
             ErrorKind::UpstreamUnreachable { .. }
@@ -103,7 +107,7 @@ impl Error {
     }
 
     /// The HTTP status this error is answered with.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         use ErrorKind::*;
         match &self.kind {
             InvalidRequest { .. } => 400,
@@ -187,7 +191,7 @@ impl Error {
 
     /// The OpenAI-style error object, the body of an error response and the
     /// `data:` of an in-stream error event.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         let param = match &self.kind {
             ErrorKind::InvalidRequest { param, .. } => param.clone(),
             _ => None,
@@ -209,7 +213,7 @@ impl std::fmt::Display for Error {
         write!(
             f,
             "{:?} error ({}): {}",
-            self.source(),
+            self.origin(),
             self.status(),
             self.message()
         )
@@ -226,7 +230,7 @@ mod tests {
     fn statuses_and_sources() {
         let e = Error::invalid("bad", Some("messages"));
         assert_eq!(
-            (e.status(), e.source(), e.retryable()),
+            (e.status(), e.origin(), e.retryable()),
             (400, Source::Downstream, false)
         );
         assert_eq!(e.to_json()["error"]["param"], "messages");
@@ -234,7 +238,7 @@ mod tests {
             detail: "refused".into(),
         });
         assert_eq!(
-            (e.status(), e.source(), e.retryable()),
+            (e.status(), e.origin(), e.retryable()),
             (502, Source::Upstream, true)
         );
         let e = Error::new(ErrorKind::UpstreamTimeout { after_ms: 5 });

@@ -23,32 +23,37 @@ use crate::core::error::Error;
 use crate::core::sse::write_event;
 
 /// The request header that selects the format.
-pub const HEADER: &str = "x-tokenedge-format";
+pub(crate) const HEADER: &str = "x-tokenedge-format";
 
+/// A downstream stream format (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
+    /// The upstream's OpenAI events, unchanged.
     #[default]
     OpenAi,
+    /// SSE with one JSON string per token and a final `done` event.
     Compact,
+    /// One JSON object per line.
     Ndjson,
+    /// The text alone.
     Text,
 }
 
 /// Figures about the finished stream, sent in the final event of the
 /// compact formats.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Events that carried generated text.
-    pub tokens: u64,
+    pub(crate) tokens: u64,
     /// Request received → first generated text.
-    pub ttft_ms: u64,
+    pub(crate) ttft_ms: u64,
     /// Request received → end of stream.
-    pub duration_ms: u64,
+    pub(crate) duration_ms: u64,
 }
 
 impl Format {
     /// Reads the header (absent = `openai`).
-    pub fn from_header(value: Option<&str>) -> Result<Self, Error> {
+    pub(crate) fn from_header(value: Option<&str>) -> Result<Self, Error> {
         let Some(v) = value else {
             return Ok(Self::OpenAi);
         };
@@ -67,7 +72,7 @@ impl Format {
     }
 
     /// Refuses requests whose answers this format cannot carry.
-    pub fn check_request(self, body: &Map<String, Value>) -> Result<(), Error> {
+    pub(crate) fn check_request(self, body: &Map<String, Value>) -> Result<(), Error> {
         if self == Self::OpenAi {
             return Ok(());
         }
@@ -86,7 +91,7 @@ impl Format {
         Ok(())
     }
 
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Self::OpenAi | Self::Compact => "text/event-stream; charset=utf-8",
             Self::Ndjson => "application/x-ndjson",
@@ -95,12 +100,12 @@ impl Format {
     }
 
     /// Whether the format is SSE (so comments can keep the connection up).
-    pub fn is_event_stream(self) -> bool {
+    pub(crate) fn is_event_stream(self) -> bool {
         matches!(self, Self::OpenAi | Self::Compact)
     }
 
     /// Writes one token's text.
-    pub fn write_text(self, out: &mut BytesMut, text: &str) {
+    pub(crate) fn write_text(self, out: &mut BytesMut, text: &str) {
         match self {
             Self::OpenAi => {}
             Self::Compact => {
@@ -118,7 +123,7 @@ impl Format {
     }
 
     /// Writes a delta that carries more than text.
-    pub fn write_delta(self, out: &mut BytesMut, delta: &RawValue) {
+    pub(crate) fn write_delta(self, out: &mut BytesMut, delta: &RawValue) {
         match self {
             Self::Compact => write_event(out, Some("delta"), delta.get()),
             Self::Ndjson => {
@@ -131,7 +136,7 @@ impl Format {
     }
 
     /// Writes the final event of a completed stream.
-    pub fn write_end(
+    pub(crate) fn write_end(
         self,
         out: &mut BytesMut,
         finish_reason: Option<&str>,
@@ -165,7 +170,7 @@ impl Format {
 
     /// Writes an error after the head went out. `error` is the
     /// `{"error":{...}}` object.
-    pub fn write_error(self, out: &mut BytesMut, error: &Value) {
+    pub(crate) fn write_error(self, out: &mut BytesMut, error: &Value) {
         match self {
             Self::OpenAi => write_event(out, None, &error.to_string()),
             Self::Compact => write_event(out, Some("error"), &error.to_string()),

@@ -23,6 +23,7 @@ pub struct RequestHead {
     pub method: String,
     /// Path without the query string, e.g. `/v1/chat/completions`.
     pub path: String,
+    /// The headers, names in lower case.
     pub headers: Headers,
     /// What the platform knows about the client connection.
     pub client: ClientInfo,
@@ -40,6 +41,8 @@ pub struct ClientInfo {
 }
 
 impl RequestHead {
+    /// A head from the platform's method, path (a query is dropped) and
+    /// headers (names lower-cased).
     pub fn new(method: &str, path_and_query: &str, headers: Headers) -> Self {
         let path = path_and_query.split(['?', '#']).next().unwrap_or("/");
         Self {
@@ -57,6 +60,7 @@ impl RequestHead {
         }
     }
 
+    /// First value of header `name` (lower-case).
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
     }
@@ -65,11 +69,14 @@ impl RequestHead {
 /// Status and headers of a response to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
+    /// The HTTP status.
     pub status: u16,
+    /// The headers, names in lower case.
     pub headers: Headers,
 }
 
 impl ResponseHead {
+    /// First value of header `name` (lower-case).
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
     }
@@ -78,9 +85,11 @@ impl ResponseHead {
 /// A request the adapter must send upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamRequest {
+    /// `GET` or `POST`.
     pub method: &'static str,
     /// Absolute URL.
     pub url: String,
+    /// The headers to send, names in lower case.
     pub headers: Headers,
     /// Empty for GET.
     pub body: Bytes,

@@ -17,14 +17,14 @@ use sha2::{Digest, Sha256};
 use crate::core::http::RequestHead;
 
 /// App-measured downlink in kbit/s.
-pub const BANDWIDTH_HEADER: &str = "x-tokenedge-bandwidth";
+pub(crate) const BANDWIDTH_HEADER: &str = "x-tokenedge-bandwidth";
 /// How long a remembered estimate lives in KV.
-pub const REMEMBER_TTL_SECS: u64 = 7 * 24 * 3600;
+pub(crate) const REMEMBER_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Where the bandwidth figure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Source {
+pub(crate) enum Source {
     #[default]
     Unknown,
     /// `X-Tokenedge-Bandwidth`.
@@ -38,7 +38,7 @@ pub enum Source {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LinkEstimate {
+pub(crate) struct LinkEstimate {
     /// Downlink bandwidth in kbit/s.
     pub kbps: Option<u32>,
     pub rtt_ms: Option<u32>,
@@ -49,7 +49,7 @@ pub struct LinkEstimate {
 
 /// The record kept in KV per client and network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Remembered {
+pub(crate) struct Remembered {
     pub kbps: u32,
     #[serde(default)]
     pub rtt_ms: Option<u32>,
@@ -57,7 +57,7 @@ pub struct Remembered {
 
 impl LinkEstimate {
     /// Reads what the request and the platform tell.
-    pub fn from_request(req: &RequestHead) -> Self {
+    pub(crate) fn from_request(req: &RequestHead) -> Self {
         let number = |name: &str| {
             req.header(name)
                 .and_then(|v| v.trim().parse::<f64>().ok())
@@ -87,7 +87,7 @@ impl LinkEstimate {
 
     /// Fills what the request did not say from a remembered record. The
     /// remembered bandwidth beats only the coarse `ECT` class.
-    pub fn with_remembered(mut self, r: Remembered) -> Self {
+    pub(crate) fn with_remembered(mut self, r: Remembered) -> Self {
         let coarse = self.source == Source::ClientHints && self.kbps.is_some_and(|k| k <= 700);
         if self.kbps.is_none() || coarse {
             self.kbps = Some(r.kbps.max(1));
@@ -101,7 +101,7 @@ impl LinkEstimate {
     /// only first-hand figures, and only when they differ by more than a
     /// quarter from what is stored (KV takes about one write per second per
     /// key; most streams write nothing).
-    pub fn to_remember(&self, stored: Option<Remembered>) -> Option<Remembered> {
+    pub(crate) fn to_remember(self, stored: Option<Remembered>) -> Option<Remembered> {
         if matches!(self.source, Source::Unknown | Source::Remembered) {
             return None;
         }
@@ -139,7 +139,7 @@ fn ect_kbps(ect: &str) -> Option<u32> {
 /// The KV key of a client's remembered link: a hash of the API key and the
 /// client's network prefix (/24 for IPv4, /48 for IPv6). The address itself
 /// is never stored. `None` when the platform gave no address.
-pub fn remember_key(api_key: &str, ip: Option<IpAddr>) -> Option<String> {
+pub(crate) fn remember_key(api_key: &str, ip: Option<IpAddr>) -> Option<String> {
     let prefix = match ip? {
         IpAddr::V4(v4) => {
             let o = v4.octets();

@@ -2,20 +2,20 @@
 //! platform crate, no clock reads, no network. Adapters feed it inputs with
 //! the current time and carry out the actions it returns.
 
-pub mod access;
+pub(crate) mod access;
 pub mod cache;
-pub mod compress;
+pub(crate) mod compress;
 pub mod config;
-pub mod deflate;
-pub mod encoding;
-pub mod error;
+pub(crate) mod deflate;
+pub(crate) mod encoding;
+pub(crate) mod error;
 pub mod format;
 pub mod http;
-pub mod link;
-pub mod openai;
+pub(crate) mod link;
+pub(crate) mod openai;
 pub mod pacing;
-pub mod prefetch;
-pub mod prefix;
+pub(crate) mod prefetch;
+pub(crate) mod prefix;
 pub mod restream;
 pub mod route;
 pub mod session;

@@ -24,7 +24,7 @@ use crate::core::error::Error;
 
 /// The two generation endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// `POST /v1/chat/completions`
     Chat,
     /// `POST /v1/completions`
@@ -32,7 +32,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub fn path(self) -> &'static str {
+    pub(crate) fn path(self) -> &'static str {
         match self {
             Endpoint::Chat => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
@@ -42,7 +42,7 @@ impl Endpoint {
 
 /// A validated generation request.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CompletionRequest {
+pub(crate) struct CompletionRequest {
     pub endpoint: Endpoint,
     pub stream: bool,
     /// The client's JSON object, untouched.
@@ -53,7 +53,7 @@ impl CompletionRequest {
     /// The JSON body sent upstream: the client's, with
     /// `stream_options.include_usage: true` on streams so usage is always
     /// known at the end (existing `stream_options` fields are kept).
-    pub fn upstream_body(&self) -> Vec<u8> {
+    pub(crate) fn upstream_body(&self) -> Vec<u8> {
         let mut body = self.body.clone();
         if self.stream {
             let options = body
@@ -104,7 +104,7 @@ fn optional(ok: fn(&Value) -> bool) -> impl Fn(&Value) -> bool {
 }
 
 /// Parses and validates a generation request body.
-pub fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<CompletionRequest, Error> {
+pub(crate) fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<CompletionRequest, Error> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         Error::invalid(
             format!("We could not parse the JSON body of your request ({e}). Send a JSON object."),
@@ -256,7 +256,7 @@ fn validate_messages(body: &Map<String, Value>) -> Result<(), Error> {
 
 /// What the session needs to know about one upstream stream event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChunkFacts {
+pub(crate) struct ChunkFacts {
     /// Some choice carried a non-empty `finish_reason`.
     pub finished: bool,
     /// The event carried generated content (text, content, tool call or
@@ -306,7 +306,7 @@ struct DeltaView<'a> {
 /// object of the expected shape yields no facts (it is still forwarded as
 /// is). This runs once per token, so it deserializes into borrowed views
 /// and skips every other field instead of building a `Value`.
-pub fn inspect_chunk(data: &str) -> ChunkFacts {
+pub(crate) fn inspect_chunk(data: &str) -> ChunkFacts {
     let Ok(view) = serde_json::from_str::<EventView>(data) else {
         return ChunkFacts::default();
     };
@@ -334,7 +334,7 @@ pub fn inspect_chunk(data: &str) -> ChunkFacts {
 /// calls, refusal, reasoning), the finish reason, usage, and an in-stream
 /// error. Borrowed from the event's text.
 #[derive(Debug, Default)]
-pub struct ChunkParts<'a> {
+pub(crate) struct ChunkParts<'a> {
     pub text: Cow<'a, str>,
     /// The delta's raw JSON when it carries more than role and content.
     pub other_delta: Option<&'a RawValue>,
@@ -344,7 +344,7 @@ pub struct ChunkParts<'a> {
 }
 
 /// The `model` an upstream event names, if any.
-pub fn chunk_model(data: &str) -> Option<String> {
+pub(crate) fn chunk_model(data: &str) -> Option<String> {
     #[derive(Deserialize)]
     struct ModelView<'a> {
         #[serde(borrow)]
@@ -388,7 +388,7 @@ type PartsDelta<'a> = std::collections::BTreeMap<Cow<'a, str>, &'a RawValue>;
 /// Splits one `data:` payload into [`ChunkParts`] (choice 0 only; requests
 /// for several choices are refused for the compact formats). `None` when
 /// the payload is not a JSON object.
-pub fn chunk_parts(data: &str) -> Option<ChunkParts<'_>> {
+pub(crate) fn chunk_parts(data: &str) -> Option<ChunkParts<'_>> {
     let view: PartsView = serde_json::from_str(data).ok()?;
     let usage = view.usage.filter(|u| u.get() != "null");
     let mut parts = ChunkParts {
@@ -423,7 +423,7 @@ pub fn chunk_parts(data: &str) -> Option<ChunkParts<'_>> {
 /// Extracts the message and type of an upstream error body: OpenAI-style
 /// `{"error":{"message","type"}}`, `{"error":"text"}`, `{"message":...}`, or
 /// plain text. Falls back to the status line.
-pub fn upstream_error_message(status: u16, body: &[u8]) -> (String, Option<String>) {
+pub(crate) fn upstream_error_message(status: u16, body: &[u8]) -> (String, Option<String>) {
     let text = String::from_utf8_lossy(body);
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         let err = v.get("error").unwrap_or(&v);

@@ -54,10 +54,10 @@ const DRAIN_SAMPLE_MIN_MS: Millis = 20;
 /// The request header that overrides the policy (for benchmarks and
 /// debugging): `event` flushes every event, a number N flushes every N
 /// events (held at most [`MAX_HOLD_MS`]), `adaptive` is the default.
-pub const FLUSH_HEADER: &str = "x-tokenedge-flush";
+pub(crate) const FLUSH_HEADER: &str = "x-tokenedge-flush";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Rule {
+pub(crate) enum Rule {
     #[default]
     Adaptive,
     EveryEvent,
@@ -66,7 +66,7 @@ pub enum Rule {
 
 impl Rule {
     /// Reads [`FLUSH_HEADER`]; unknown values fall back to adaptive.
-    pub fn from_header(v: Option<&str>) -> Self {
+    pub(crate) fn from_header(v: Option<&str>) -> Self {
         match v.map(|v| v.trim().to_ascii_lowercase()) {
             Some(v) if v == "event" => Self::EveryEvent,
             Some(v) => match v.parse::<u32>() {
@@ -80,7 +80,7 @@ impl Rule {
 
 /// The per-response flush state.
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     rule: Rule,
     estimate: LinkEstimate,
     pending: BytesMut,
@@ -94,12 +94,12 @@ pub struct Pacer {
     in_flight: usize,
     in_flight_since: Option<Millis>,
     /// Stream totals, for the stats and the benchmark.
-    pub flushes: u64,
-    pub wire_bytes: u64,
+    pub(crate) flushes: u64,
+    pub(crate) wire_bytes: u64,
 }
 
 impl Pacer {
-    pub fn new(rule: Rule, estimate: LinkEstimate) -> Self {
+    pub(crate) fn new(rule: Rule, estimate: LinkEstimate) -> Self {
         Self {
             rule,
             estimate,
@@ -116,14 +116,14 @@ impl Pacer {
         }
     }
 
-    pub fn estimate(&self) -> &LinkEstimate {
+    pub(crate) fn estimate(&self) -> &LinkEstimate {
         &self.estimate
     }
 
     /// Queues one event's bytes. True when they (and anything queued
     /// before) should be flushed now; otherwise [`Pacer::poll_timeout`]
     /// says when.
-    pub fn push(&mut self, now: Millis, bytes: &[u8]) -> bool {
+    pub(crate) fn push(&mut self, now: Millis, bytes: &[u8]) -> bool {
         self.pending.extend_from_slice(bytes);
         self.pending_events += 1;
         let since = *self.pending_since.get_or_insert(now);
@@ -165,19 +165,19 @@ impl Pacer {
     }
 
     /// The queued bytes to compress and write now.
-    pub fn take(&mut self) -> BytesMut {
+    pub(crate) fn take(&mut self) -> BytesMut {
         self.pending_events = 0;
         self.pending_since = None;
         self.flush_at = None;
         self.pending.split()
     }
 
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
     /// The compression level for the flush about to be made.
-    pub fn level(&self) -> u32 {
+    pub(crate) fn level(&self) -> u32 {
         let slow = self.estimate.kbps.is_some_and(|k| k < SLOW_LINK_KBPS);
         if self.estimate.save_data || slow || self.backlogged {
             THOROUGH_LEVEL
@@ -187,7 +187,7 @@ impl Pacer {
     }
 
     /// A flush of `wire_len` payload bytes was handed to the platform.
-    pub fn flushed(&mut self, now: Millis, wire_len: usize) {
+    pub(crate) fn flushed(&mut self, now: Millis, wire_len: usize) {
         self.flushes += 1;
         self.wire_bytes += wire_len as u64;
         if let Some(kbps) = self.estimate.kbps {
@@ -203,7 +203,7 @@ impl Pacer {
     /// The platform has taken every byte written so far. Returns true when
     /// queued events are now due. A long, large drain is a measurement of
     /// the link: it lowers the bandwidth estimate if it is below it.
-    pub fn drained(&mut self, now: Millis) -> bool {
+    pub(crate) fn drained(&mut self, now: Millis) -> bool {
         if let Some(since) = self.in_flight_since.take() {
             let ms = now.saturating_sub(since);
             if self.in_flight >= DRAIN_SAMPLE_MIN_BYTES && ms >= DRAIN_SAMPLE_MIN_MS {
@@ -235,7 +235,7 @@ impl Pacer {
     }
 
     /// When queued events must be flushed if nothing else happens.
-    pub fn poll_timeout(&self) -> Option<Millis> {
+    pub(crate) fn poll_timeout(&self) -> Option<Millis> {
         self.flush_at.filter(|_| self.has_pending())
     }
 }

@@ -24,14 +24,14 @@ use sha2::{Digest, Sha256};
 use crate::core::openai::{CompletionRequest, Endpoint};
 
 /// Prefix of every debounce marker's key.
-pub const KEY_PREFIX: &str = "prefetch:v1:";
+pub(crate) const KEY_PREFIX: &str = "prefetch:v1:";
 /// The path.
-pub const PATH: &str = "/v1/prefetch";
+pub(crate) const PATH: &str = "/v1/prefetch";
 
 /// Which generation endpoint a prefetch body is shaped for. Only looks
 /// for the two fields (nothing is built); the body is parsed for real by
 /// [`crate::core::openai::parse_request`].
-pub fn endpoint_of(body: &[u8]) -> Endpoint {
+pub(crate) fn endpoint_of(body: &[u8]) -> Endpoint {
     #[derive(serde::Deserialize)]
     struct Shape {
         prompt: Option<serde::de::IgnoredAny>,
@@ -47,7 +47,7 @@ pub fn endpoint_of(body: &[u8]) -> Endpoint {
 }
 
 /// The debounce marker's key for this conversation.
-pub fn key(request: &CompletionRequest) -> String {
+pub(crate) fn key(request: &CompletionRequest) -> String {
     let body = &request.body;
     let mut hash = Sha256::new();
     hash.update(request.endpoint.path().as_bytes());
@@ -63,7 +63,7 @@ pub fn key(request: &CompletionRequest) -> String {
 
 /// The body that warms the upstream: the conversation, one token, no
 /// stream.
-pub fn warm_body(request: &CompletionRequest) -> Vec<u8> {
+pub(crate) fn warm_body(request: &CompletionRequest) -> Vec<u8> {
     let mut body: Map<String, Value> = request.body.clone();
     for field in ["stream_options", "max_completion_tokens", "n", "logprobs"] {
         body.remove(field);

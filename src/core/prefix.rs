@@ -43,9 +43,9 @@ use crate::core::config::{Config, Dialect, Speculate};
 use crate::core::openai::{CompletionRequest, Endpoint};
 
 /// Prefix of every stored prefix's key.
-pub const KEY_PREFIX: &str = "prefix:v1:";
+pub(crate) const KEY_PREFIX: &str = "prefix:v1:";
 /// Per-request switch: `on` or `off`.
-pub const HEADER: &str = "x-tokenedge-prefix";
+pub(crate) const HEADER: &str = "x-tokenedge-prefix";
 
 /// The KV key of the stored prefix for this request, when the request may
 /// be answered with one.
@@ -114,7 +114,7 @@ pub(crate) fn asked(value: Option<&str>) -> Option<bool> {
 
 /// The request to send upstream so that it continues after `text`
 /// (`tokens` pieces long).
-pub fn continuation(
+pub(crate) fn continuation(
     request: &CompletionRequest,
     dialect: Dialect,
     text: &str,

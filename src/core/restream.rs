@@ -42,7 +42,7 @@ pub struct Output {
 
 /// How the upstream stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
+pub(crate) enum Ending {
     /// `[DONE]` was seen and forwarded.
     Done,
     /// A finish reason was seen but no `[DONE]`: [`DONE`] must be appended.
@@ -51,6 +51,7 @@ pub enum Ending {
     Truncated,
 }
 
+/// The re-streamer of one response. See the module docs.
 #[derive(Debug, Default)]
 pub struct Restream {
     format: Format,
@@ -58,19 +59,20 @@ pub struct Restream {
     finish_reason: Option<String>,
     usage: Option<Box<serde_json::value::RawValue>>,
     /// Events that carried generated content so far.
-    pub content_events: u64,
+    pub(crate) content_events: u64,
     events: Vec<Event>,
     out: BytesMut,
     finished: bool,
     done: bool,
     /// Upstream events forwarded so far.
-    pub events_forwarded: u64,
+    pub(crate) events_forwarded: u64,
     recorder: Option<Box<Recorder>>,
     /// How a continuation of a speculative prefix is spliced on.
     splice: Option<Splice>,
 }
 
 impl Restream {
+    /// A re-streamer writing `format`.
     pub fn new(format: Format) -> Self {
         Self {
             format,
@@ -79,18 +81,18 @@ impl Restream {
     }
 
     /// Hands every event from now on to `recorder` as well.
-    pub fn record_into(&mut self, recorder: Recorder) {
+    pub(crate) fn record_into(&mut self, recorder: Recorder) {
         self.recorder = Some(Box::new(recorder));
     }
 
     /// The recorder given to [`Restream::record_into`], with what it saw.
-    pub fn take_recorder(&mut self) -> Option<Recorder> {
+    pub(crate) fn take_recorder(&mut self) -> Option<Recorder> {
         self.recorder.take().map(|r| *r)
     }
 
     /// What follows is the upstream's continuation of a speculative prefix
     /// of `prefix_tokens` tokens that was already streamed.
-    pub fn continuing(&mut self, prefix_tokens: u64) {
+    pub(crate) fn continuing(&mut self, prefix_tokens: u64) {
         self.splice = Some(Splice::new(prefix_tokens));
     }
 
@@ -177,7 +179,7 @@ impl Restream {
 
     /// Writes the end of a completed stream in the response's format
     /// (`[DONE]` for `openai` when the upstream did not send it).
-    pub fn write_end(&self, out: &mut BytesMut, stats: Stats) {
+    pub(crate) fn write_end(&self, out: &mut BytesMut, stats: Stats) {
         match self.format {
             Format::OpenAi if !self.done => out.put_slice(DONE),
             Format::OpenAi => {}
@@ -190,17 +192,13 @@ impl Restream {
         }
     }
 
-    pub fn format(&self) -> Format {
-        self.format
-    }
-
     /// Whether `[DONE]` was seen.
-    pub fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.done
     }
 
     /// Classifies the end of the upstream body.
-    pub fn ending(&self) -> Ending {
+    pub(crate) fn ending(&self) -> Ending {
         if self.done {
             Ending::Done
         } else if self.finished {

@@ -33,14 +33,14 @@ use crate::core::Millis;
 /// How long a replica that failed stays at the back of the order.
 pub const DOWN_FOR_MS: Millis = 30_000;
 /// Most replicas one deployment may list (more are ignored).
-pub const MAX_REPLICAS: usize = 16;
+pub(crate) const MAX_REPLICAS: usize = 16;
 /// Upstream statuses that mean "this replica cannot answer now" and are
 /// worth another replica (before anything reached the client).
-pub const RETRY_STATUSES: &[u16] = &[502, 503, 504];
+pub(crate) const RETRY_STATUSES: &[u16] = &[502, 503, 504];
 
 /// The bytes a request's replica is chosen by: the model and the stable
 /// part of its conversation (see the module docs).
-pub fn affinity(endpoint: Endpoint, body: &Map<String, Value>) -> Vec<u8> {
+pub(crate) fn affinity(endpoint: Endpoint, body: &Map<String, Value>) -> Vec<u8> {
     let mut out = Vec::new();
     if let Some(model) = body.get("model").and_then(Value::as_str) {
         out.extend_from_slice(model.as_bytes());
@@ -83,7 +83,12 @@ fn weight(affinity: &[u8], replica: &str) -> [u8; 32] {
 /// The replicas in the order to try them: by rendezvous weight for this
 /// affinity, those marked down moved behind the healthy ones (kept, as a
 /// last resort). Returns indexes into `replicas`.
-pub fn order(replicas: &[String], affinity: &[u8], health: &Health, now: Millis) -> Vec<usize> {
+pub(crate) fn order(
+    replicas: &[String],
+    affinity: &[u8],
+    health: &Health,
+    now: Millis,
+) -> Vec<usize> {
     let mut ranked: Vec<(bool, [u8; 32], usize)> = replicas
         .iter()
         .take(MAX_REPLICAS)
@@ -103,7 +108,7 @@ pub struct Health {
 
 impl Health {
     /// Whether `replica` may be tried in its rendezvous place.
-    pub fn is_up(&self, replica: &str, now: Millis) -> bool {
+    pub(crate) fn is_up(&self, replica: &str, now: Millis) -> bool {
         !self
             .down
             .iter()
@@ -114,7 +119,7 @@ impl Health {
     pub fn report(&mut self, replica: &str, up: bool, now: Millis) {
         self.down.retain(|(r, until)| r != replica && now < *until);
         if !up && self.down.len() < MAX_REPLICAS {
-            self.down.push((replica.to_owned(), now + DOWN_FOR_MS));
+            self.down.push((replica.to_owned(), now.saturating_add(DOWN_FOR_MS)));
         }
     }
 }

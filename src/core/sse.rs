@@ -129,6 +129,7 @@ pub struct Parser {
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl Parser {
+    /// A parser at the start of a stream.
     pub fn new() -> Self {
         Self::default()
     }

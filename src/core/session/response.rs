@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::core::compress::{Encoder, FlushMode, DEFAULT_LEVEL};
+use crate::core::compress::{Encoder, DEFAULT_LEVEL};
 use crate::core::encoding::Coding;
 use crate::core::error::Error;
 use crate::core::format::Format;
@@ -242,7 +242,7 @@ impl Response {
                 if let Some(p) = &self.pacer {
                     encoder.set_level(p.level());
                 }
-                encoder.encode_and_flush(bytes, FlushMode::Sync, &mut wire);
+                encoder.encode_and_flush(bytes, &mut wire);
             }
             None => wire.extend_from_slice(bytes),
         }
