@@ -9,7 +9,8 @@
 //! Backend: [`crate::core::deflate`], a bounded-window encoder (about
 //! 33 KiB of state per response).
 
-use crate::core::deflate::{Adler32, Crc32, Deflater};
+use crate::core::checksum::{Adler32, Crc32};
+use crate::core::deflate::Deflater;
 use crate::core::encoding::Coding;
 
 /// Compression level for token streams: per-event payloads are small and

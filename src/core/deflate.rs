@@ -239,83 +239,6 @@ fn reverse(code: u32, len: u32) -> u32 {
     code.reverse_bits() >> (32 - len)
 }
 
-/// CRC-32 (IEEE), as the gzip trailer needs it.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Crc32 {
-    crc: u32,
-    len: u32,
-}
-
-const CRC_TABLE: [u32; 256] = {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-};
-
-impl Crc32 {
-    pub(crate) fn update(&mut self, data: &[u8]) {
-        let mut c = !self.crc;
-        for &b in data {
-            c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-        }
-        self.crc = !c;
-        self.len = self.len.wrapping_add(data.len() as u32);
-    }
-
-    /// The gzip trailer: CRC-32 and input length mod 2^32, little-endian.
-    pub(crate) fn trailer(&self) -> [u8; 8] {
-        let mut t = [0; 8];
-        t[..4].copy_from_slice(&self.crc.to_le_bytes());
-        t[4..].copy_from_slice(&self.len.to_le_bytes());
-        t
-    }
-}
-
-/// Adler-32, as the zlib trailer needs it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Adler32 {
-    a: u32,
-    b: u32,
-}
-
-impl Default for Adler32 {
-    fn default() -> Self {
-        Self { a: 1, b: 0 }
-    }
-}
-
-impl Adler32 {
-    pub(crate) fn update(&mut self, data: &[u8]) {
-        // 5552 is the most bytes before `b` can overflow (zlib's NMAX).
-        for chunk in data.chunks(5552) {
-            for &x in chunk {
-                self.a += u32::from(x);
-                self.b += self.a;
-            }
-            self.a %= 65521;
-            self.b %= 65521;
-        }
-    }
-
-    pub(crate) fn trailer(&self) -> [u8; 4] {
-        ((self.b << 16) | self.a).to_be_bytes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,23 +274,6 @@ mod tests {
             assert_eq!(inflate(&out), input, "level {level}");
             assert!(out.len() < input.len() / 2);
         }
-    }
-
-    #[test]
-    fn crc_and_adler_match_reference_values() {
-        let mut c = Crc32::default();
-        c.update(b"123456789");
-        assert_eq!(&c.trailer()[..4], &0xCBF4_3926u32.to_le_bytes());
-        let mut a = Adler32::default();
-        a.update(b"Wikipedia");
-        assert_eq!(a.trailer(), 0x11E6_0398u32.to_be_bytes());
-        let big = vec![0xffu8; 100_000];
-        let mut a = Adler32::default();
-        a.update(&big[..33_333]);
-        a.update(&big[33_333..]);
-        let mut whole = Adler32::default();
-        whole.update(&big);
-        assert_eq!(a.trailer(), whole.trailer());
     }
 
     proptest! {

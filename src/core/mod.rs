@@ -4,6 +4,7 @@
 
 pub(crate) mod access;
 pub mod cache;
+pub(crate) mod checksum;
 pub(crate) mod compress;
 pub mod config;
 pub(crate) mod deflate;

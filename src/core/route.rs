@@ -119,7 +119,8 @@ impl Health {
     pub fn report(&mut self, replica: &str, up: bool, now: Millis) {
         self.down.retain(|(r, until)| r != replica && now < *until);
         if !up && self.down.len() < MAX_REPLICAS {
-            self.down.push((replica.to_owned(), now.saturating_add(DOWN_FOR_MS)));
+            self.down
+                .push((replica.to_owned(), now.saturating_add(DOWN_FOR_MS)));
         }
     }
 }
