@@ -1,34 +1,42 @@
 //! tokenedge: an edge function that sits between mobile/web apps and an
 //! OpenAI-compatible inference server, and re-streams generated tokens the
-//! moment they are produced.
+//! moment they are produced — sooner, smaller on the client's link, and
+//! never silently cut.
 //!
 //! ```text
-//! app ──HTTPS──▶ edge function ──────────────────────────────▶ upstream (llama.cpp,
-//!                1 auth, CORS, validate, size limits              vLLM, SGLang, TGI, …)
-//!                2 build the upstream request                          │ SSE tokens
-//!                3 parse upstream SSE (push parser) ◀──────────────────┘
-//!                4 re-frame: OpenAI SSE field for field, or compact/ndjson/text
-//!                5 pace flushes to the client's link; compress each flush
+//! app ──HTTPS──▶ edge function ────────────────────────────────────▶ upstream replicas
+//!                1 intake: route, auth, CORS, validate, size limits     (llama.cpp, vLLM,
+//!                2 KV: exact cache? speculative prefix? client link      SGLang, TGI, …)
+//!                3 route: pick a replica (prefix affinity, health),           │ SSE tokens
+//!                  fall back before the first byte                            │
+//!                4 parse upstream SSE (push parser)  ◀────────────────────────┘
+//!                5 re-frame: OpenAI SSE field for field, or compact/ndjson/text
+//!                6 pace flushes to the client's link; compress each flush
 //!                  (gzip/deflate, one context, sync flush)
-//!      ◀─────────6 stream to the app, keep-alives, explicit errors
+//!                7 store a completed answer (once)
+//!      ◀─────────8 stream to the app, keep-alives, explicit errors
 //! ```
 //!
-//! The crate is a sans-IO core ([`core`]) and thin platform adapters
-//! (`adapters::workers` behind feature `workers` on `wasm32-unknown-unknown`).
-//! An adapter's whole job is the loop documented on
-//! [`core::session::Session`]: feed inputs with the current time, carry out
-//! each [`core::session::Action`], wait for I/O or the next deadline.
+//! The crate is a sans-IO core ([`core`]) and two thin platform adapters:
+//! Cloudflare Workers (feature `workers`, `wasm32-unknown-unknown`) and
+//! Spin (feature `spin`, `wasm32-wasip2`). Both run the one driver loop
+//! documented on [`core::session::Session`], shared in `adapters::pump`:
+//! feed inputs with the current time, carry out each
+//! [`core::session::Action`], wait for I/O or the next deadline. An
+//! adapter only converts the platform's request and response and provides
+//! its I/O (upstream fetch, timers, KV).
 //!
-//! Streamed responses are compressed with gzip or deflate when the client
-//! accepts it: one context per response, a sync flush at every flush point
-//! so each token is decodable the moment it arrives. When to flush follows
-//! the client's link ([`core::pacing`]): at once on a fast or unknown link,
-//! fewer and fuller writes on a slow or busy one.
+//! What it does: the exact cache and speculative prefixes in the
+//! platform's KV store, prefix warming (`/v1/prefetch`), replica routing
+//! with fallback before the first byte, compression and coalescing adapted
+//! to the client's link, keep-alives during long prefills.
 //!
-//! What it does not do (yet): cache answers, route between replicas, resume
-//! dropped streams, or retry. It never reads a
-//! clock in the core, never forwards the client's `Authorization` upstream,
-//! and never ends a broken stream as if it had completed.
+//! What it does not do (yet): resume a dropped stream, fail over to
+//! another replica once the answer has started (a broken stream ends with
+//! an explicit error event instead), or rate-limit callers. It never reads
+//! a clock in the core, never forwards the client's `Authorization`
+//! upstream, never stores a partial answer, and never ends a broken stream
+//! as if it had completed.
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub, missing_docs)]

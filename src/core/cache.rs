@@ -6,7 +6,7 @@
 //! `Cache-Control: no-store` (`no-cache` skips the lookup but still
 //! stores). The key hashes the caller's scope (its API key, or one shared
 //! scope when the deployment opts in) with a canonical form of the request
-//! body: every field except [`IGNORED_FIELDS`], object keys sorted at every
+//! body: every field except `IGNORED_FIELDS`, object keys sorted at every
 //! depth, numbers as serde_json prints them. So the model, the messages or
 //! prompt, and every sampling, length, stop, penalty, tool and format
 //! parameter are part of it, including ones this code does not know.
@@ -204,7 +204,7 @@ impl Entry {
     }
 
     /// An entry from its stored form; `None` for anything else (a damaged
-    /// or older value, or one that inflates past [`MAX_ENTRY_BYTES`]).
+    /// or older value, or one that inflates past `MAX_ENTRY_BYTES`).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let json =
             miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(bytes, MAX_ENTRY_BYTES * 2)

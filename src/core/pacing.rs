@@ -20,7 +20,7 @@
 //! Bounds: an event is never held longer than [`MAX_HOLD_MS`]. With
 //! `Save-Data: on` events are gathered for at least [`SAVE_DATA_WINDOW_MS`].
 //! Without any bandwidth figure nothing is held unless the platform has
-//! not taken the previous bytes yet ([`Pacer::drained`]): more than the
+//! not taken the previous bytes yet (`Pacer::drained`): more than the
 //! in-flight limit undrained means the link is the bottleneck.
 
 use bytes::BytesMut;

@@ -10,14 +10,14 @@
 //!
 //! In the other [`Format`]s each event is cut down to its text (and any
 //! richer delta), and the finish reason and usage are kept for the final
-//! event the session writes with [`Restream::write_end`].
+//! event the session writes with `Restream::write_end`.
 //!
-//! It can also hand each event to a cache [`Recorder`] (so a recorded
+//! It can also hand each event to a cache `Recorder` (so a recorded
 //! answer is parsed once), and re-stream a continuation after a
-//! speculative prefix ([`Restream::continuing`]): events carrying nothing
+//! speculative prefix (`Restream::continuing`): events carrying nothing
 //! before the continuation's first content (its role announcement) are
 //! dropped, since the client already had one, and its usage is shifted
-//! ([`crate::core::prefix`]).
+//! (`crate::core::prefix`).
 //!
 //! It does not compress, coalesce or decide when to write: it returns the
 //! bytes for the caller to send.

@@ -1,6 +1,6 @@
 //! The `text/event-stream` grammar, both ways: a push parser fed the
 //! upstream body in whatever chunks the network delivers, and the writer of
-//! the events tokenedge sends downstream ([`write_event`], [`DONE`]).
+//! the events tokenedge sends downstream (`write_event`, `DONE`).
 //!
 //! It implements the event-stream grammar of the WHATWG HTML standard
 //! (§9.2.5), restated here because every branch below maps to it:
@@ -23,7 +23,7 @@
 //! - A CR at the end of a chunk ends the line; an LF at the start of the next
 //!   chunk is then the second half of CRLF and is skipped.
 //!
-//! It does not interpret `data` (see [`crate::core::openai`]), does not
+//! It does not interpret `data` (see `crate::core::openai`), does not
 //! decode bytes beyond UTF-8 (lossy, as the standard says), and never
 //! buffers more than [`MAX_LINE_BYTES`] of one line or
 //! [`MAX_EVENT_BYTES`] of one event: past those it reports an error and the

@@ -35,8 +35,8 @@
 //! error event, keep-alives, timeouts, and that a stream never ends
 //! silently truncated; the response format, and when to flush and how hard
 //! to compress ([`crate::core::pacing`]); the exact cache and speculative
-//! prefixes ([`crate::core::cache`], [`crate::core::prefix`]), prefix
-//! warming ([`crate::core::prefetch`]), and which replica to use and when
+//! prefixes ([`crate::core::cache`], `crate::core::prefix`), prefix
+//! warming (`crate::core::prefetch`), and which replica to use and when
 //! to fall back to the next ([`crate::core::route`]). What it does not do:
 //! any I/O, any clock read.
 //!
