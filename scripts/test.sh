@@ -26,6 +26,9 @@ step "unit, session and vector tests"
 cargo test
 step "benches compile"
 cargo bench --no-run
+step "wasm CPU bench (bench/wasm-cpu) builds and runs once"
+(cd bench/wasm-cpu && cargo build --release --target wasm32-unknown-unknown --quiet)
+node bench/wasm-cpu/run.mjs "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/tokenedge_wasm_cpu.wasm" 1
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 step "worker build"

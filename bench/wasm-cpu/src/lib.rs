@@ -22,7 +22,7 @@ pub extern "C" fn stream(n: u32, gzip: u32) -> u32 {
         headers.push(("accept-encoding".into(), "gzip".into()));
     }
     let mut s = Session::new(Config {
-        upstream_url: "http://upstream".into(),
+        upstream_urls: vec!["http://upstream".into()],
         ..Config::default()
     });
     s.handle_request(
