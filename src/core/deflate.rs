@@ -9,9 +9,13 @@
 //! - Whole state is about 33 KiB (history 8 KiB, hash heads 8 KiB, chains
 //!   16 KiB), allocated once per response and never grown.
 //!
-//! General-purpose libraries keep a 32 KiB window and a fixed set of large
-//! tables (miniz_oxide: ~320 KB per context), which is more than a gateway
-//! holding thousands of streams can afford.
+//! Why not a library: a whole streaming session is budgeted at 64 KiB
+//! (`tests/memory.rs`), because one isolate holds thousands of streams.
+//! General-purpose encoders keep a 32 KiB window and fixed large tables:
+//! miniz_oxide needs about 300 KiB per compression context (measured ~320 KB
+//! with a counting allocator), and zlib-rs allocates a 128 KiB hash table
+//! whatever the level. Either alone is several times the budget. (Inflating
+//! stored cache entries, once per hit, does use miniz_oxide.)
 
 /// The farthest back a match may reach. The zlib header declares it.
 pub(crate) const WINDOW: usize = 4096;
