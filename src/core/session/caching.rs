@@ -10,9 +10,10 @@ use crate::core::prefix;
 use crate::core::restream::Restream;
 use crate::core::Millis;
 
+use super::action::Action;
 use super::intake::Route;
 use super::upstream::Call;
-use super::{Action, Phase, Session};
+use super::{Phase, Session};
 
 impl Session {
     /// The lookup found nothing usable (or took too long): go upstream,

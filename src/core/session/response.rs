@@ -17,7 +17,7 @@ use crate::core::link::{self, LinkEstimate, Remembered};
 use crate::core::pacing::{Pacer, Rule};
 use crate::core::Millis;
 
-use super::Action;
+use super::action::Action;
 
 /// What the client has been sent so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

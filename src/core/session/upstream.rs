@@ -13,7 +13,7 @@ use crate::core::http::{Headers, UpstreamRequest};
 use crate::core::route::{self, Health};
 use crate::core::Millis;
 
-use super::Action;
+use super::action::Action;
 
 /// An upstream request as the session asked for it, before a replica is
 /// chosen.

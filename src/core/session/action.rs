@@ -1,0 +1,84 @@
+//! What the session asks the adapter to do ([`Action`]), and the token a
+//! KV read carries so its answer comes back to the right part
+//! ([`KvRead`]).
+
+use bytes::Bytes;
+
+#[cfg(doc)]
+use super::Session;
+use crate::core::http::{ResponseHead, UpstreamRequest};
+#[cfg(doc)]
+use crate::core::route::Health;
+
+/// What the adapter must do next. Every variant must be carried out in the
+/// order returned, including after the client left: none may be dropped.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this request upstream. Report its response head with
+    /// [`Session::handle_upstream_head`], each body chunk as it arrives with
+    /// [`Session::handle_upstream_chunk`], its end with
+    /// [`Session::handle_upstream_end`], or a connection or read failure with
+    /// [`Session::handle_upstream_failed`].
+    SendUpstream(UpstreamRequest),
+    /// Abort the upstream request and stop reading its body: its answer is
+    /// no longer needed. Touches nothing else (KV reads under way go on).
+    CancelUpstream,
+    /// Send this complete response.
+    Respond(ResponseHead, Bytes),
+    /// Start a streamed response with this head; chunks follow.
+    RespondHead(ResponseHead),
+    /// Write these bytes to the client now, without buffering.
+    RespondChunk(Bytes),
+    /// End the streamed response.
+    RespondEnd,
+    /// Read this key from the KV store and report the value (or its
+    /// absence, or a failure, as `None`) with [`Session::handle_kv_value`],
+    /// handing back `read`. Nothing waits for it: an answer that comes late
+    /// is ignored.
+    KvGet {
+        /// The key to read.
+        key: String,
+        /// What the read is for; hand it back with the answer.
+        read: KvRead,
+    },
+    /// Write this value with this time-to-live, in the background. A
+    /// failure is ignored.
+    KvPut {
+        /// The key to write.
+        key: String,
+        /// The value.
+        value: Bytes,
+        /// Seconds until the store may forget it.
+        ttl_secs: u64,
+    },
+    /// Delete this key, in the background. A failure is ignored.
+    KvDelete {
+        /// The key to delete.
+        key: String,
+    },
+    /// Record in the deployment's replica health (the [`Health`] the
+    /// adapter keeps across requests) that this replica answered (`up`) or
+    /// failed.
+    ReplicaHealth {
+        /// The replica's base URL, as configured.
+        replica: String,
+        /// Whether it answered.
+        up: bool,
+    },
+}
+
+/// What a KV read is for, recorded when the session asked for it; the
+/// adapter hands it back with the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvRead(pub(super) Purpose);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// This client's remembered link.
+    Link,
+    /// The exact cache entry or stored prefix.
+    Cache,
+    /// A prefetch's debounce marker.
+    PrefetchMarker,
+}
