@@ -1,0 +1,9 @@
+//! The OpenAI wire format: client requests ([`request`]: validation and the
+//! upstream body) and upstream stream events ([`event`]: the facts the core
+//! reads out of each one, and upstream error bodies).
+
+mod event;
+mod request;
+
+pub(crate) use event::{chunk_model, chunk_parts, inspect_chunk, upstream_error_message};
+pub(crate) use request::{parse_request, CompletionRequest, Endpoint};
