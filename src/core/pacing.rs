@@ -137,7 +137,7 @@ impl Pacer {
     }
 
     fn due_at(&mut self, now: Millis, since: Millis) -> Millis {
-        let latest = since + MAX_HOLD_MS;
+        let latest = since.saturating_add(MAX_HOLD_MS);
         let at = match self.rule {
             Rule::EveryEvent => now,
             Rule::Events(n) if self.pending_events >= n => now,
@@ -150,9 +150,9 @@ impl Pacer {
                     at = link_free;
                 }
                 if self.estimate.save_data {
-                    at = at.max(since + SAVE_DATA_WINDOW_MS);
+                    at = at.max(since.saturating_add(SAVE_DATA_WINDOW_MS));
                 } else if self.estimate.kbps.is_some_and(|k| k < SLOW_LINK_KBPS) {
-                    at = at.max(since + SLOW_LINK_WINDOW_MS);
+                    at = at.max(since.saturating_add(SLOW_LINK_WINDOW_MS));
                 }
                 if self.in_flight > self.in_flight_limit() {
                     self.backlogged = true;
@@ -191,9 +191,9 @@ impl Pacer {
         self.flushes += 1;
         self.wire_bytes += wire_len as u64;
         if let Some(kbps) = self.estimate.kbps {
-            let start = self.link_free_us.max(now * 1000);
-            let bits = (wire_len as u64 + FLUSH_OVERHEAD) * 8;
-            self.link_free_us = start + bits * 1000 / u64::from(kbps.max(1));
+            let start = self.link_free_us.max(now.saturating_mul(1000));
+            let bits = (wire_len as u64).saturating_add(FLUSH_OVERHEAD) * 8;
+            self.link_free_us = start.saturating_add(bits * 1000 / u64::from(kbps.max(1)));
         }
         self.in_flight += wire_len;
         self.in_flight_since.get_or_insert(now);
