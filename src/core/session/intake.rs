@@ -37,8 +37,6 @@ pub(super) enum Route {
 /// The facts of one request head.
 #[derive(Debug)]
 pub(super) struct Intake {
-    /// The route, or why the request is refused before its body is read.
-    pub(super) route: Result<Route, Error>,
     /// CORS headers for every answer to this request.
     pub(super) cors: Headers,
     /// Preflight answer headers, for [`Route::Preflight`].
@@ -62,11 +60,17 @@ pub(super) struct Intake {
 }
 
 impl Intake {
-    /// Reads `req` (and, for a prefetch, the shape of `body`).
-    pub(super) fn read(config: &Config, req: &RequestHead, body: &[u8]) -> Self {
+    /// Reads `req` (and, for a prefetch, the shape of `body`): the route,
+    /// or why the request is refused before its body is read, and the
+    /// rest of the facts.
+    pub(super) fn read(
+        config: &Config,
+        req: &RequestHead,
+        body: &[u8],
+    ) -> (Result<Route, Error>, Self) {
         let key = access::bearer(req).map(str::to_owned);
-        Self {
-            route: route(config, req, key.as_deref(), body),
+        let route = route(config, req, key.as_deref(), body);
+        let intake = Self {
             cors: access::cors_headers(&config.cors_origins, req),
             preflight: if req.method == "OPTIONS" {
                 access::preflight_headers(&config.cors_origins, req)
@@ -87,7 +91,8 @@ impl Intake {
                 .header("content-length")
                 .and_then(|v| v.trim().parse().ok()),
             content_type: req.header("content-type").map(str::to_owned),
-        }
+        };
+        (route, intake)
     }
 
     /// The body as a validated generation request: within

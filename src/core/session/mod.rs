@@ -67,6 +67,7 @@ use bytes::Bytes;
 use crate::core::cache::{self, Entry};
 use crate::core::config::Config;
 use crate::core::error::{Error, ErrorKind};
+use crate::core::format::Format;
 use crate::core::http::RequestHead;
 use crate::core::openai::{CompletionRequest, Endpoint};
 use crate::core::prefetch;
@@ -284,11 +285,11 @@ impl Session {
             return;
         }
         self.received_at = now;
-        let mut intake = Intake::read(&self.config, req, body);
+        let (route, mut intake) = Intake::read(&self.config, req, body);
         self.response = Response::new(std::mem::take(&mut intake.cors), intake.coding);
-        let route = match &intake.route {
-            Ok(route) => *route,
-            Err(e) => return self.fail(e.clone()),
+        let route = match route {
+            Ok(route) => route,
+            Err(e) => return self.fail(e),
         };
         match route {
             Route::Preflight => {
@@ -311,7 +312,7 @@ impl Session {
                 self.send_upstream(now, call);
             }
             Route::Prefetch { endpoint } => self.prefetch(now, &intake, endpoint, body),
-            Route::Generate { endpoint, .. } => self.generate(now, &intake, endpoint, body),
+            Route::Generate { endpoint, .. } => self.generate(now, intake, endpoint, body),
         }
     }
 
@@ -343,23 +344,21 @@ impl Session {
 
     /// A generation request: its format, its replicas, and whether the
     /// caches are asked before the upstream.
-    fn generate(&mut self, now: Millis, intake: &Intake, endpoint: Endpoint, body: &[u8]) {
+    fn generate(&mut self, now: Millis, mut intake: Intake, endpoint: Endpoint, body: &[u8]) {
         let request = match intake.parse_body(&self.config, endpoint, body) {
             Ok(r) => r,
             Err(e) => return self.fail(e),
         };
         let stream = request.stream;
         if stream {
-            let format = intake
-                .format
-                .clone()
+            let format = std::mem::replace(&mut intake.format, Ok(Format::OpenAi))
                 .and_then(|f| f.check_request(&request.body).map(|()| f));
             match format {
                 Ok(f) => self.response.set_stream(
                     f,
                     intake.flush_rule,
                     intake.link,
-                    intake.link_key.clone(),
+                    intake.link_key.take(),
                 ),
                 Err(e) => return self.fail(e),
             }
@@ -368,7 +367,7 @@ impl Session {
         self.upstream
             .pick(&self.config, &route::affinity(endpoint, &request.body), now);
         let body: Bytes = request.upstream_body().into();
-        match self.plan_lookup(intake, &request) {
+        match self.plan_lookup(&intake, &request) {
             None => self.send_upstream(now, Call::post(endpoint.path(), body, stream)),
             Some((store, key, read)) => {
                 let tokens = self.config.prefix_tokens;
