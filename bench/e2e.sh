@@ -11,9 +11,9 @@ eval "$("$ROOT/scripts/setup.sh")"
 source "$ROOT/scripts/lib.sh"
 MODEL=http://127.0.0.1:28081
 start_model 28081
-start_wrangler 28787 29229 --var "UPSTREAM_URL:$MODEL"
+start_wrangler 28787 29229 --var "UPSTREAM_URL:$MODEL" --var "AUTH:off"
 build_spin
-start_spin 28797 "UPSTREAM_URL=$MODEL" "UPSTREAM_ORIGIN=$MODEL"
+start_spin 28797 "UPSTREAM_URL=$MODEL" "UPSTREAM_ORIGIN=$MODEL" "AUTH=off"
 for runtime in workerd:28787 spin:28797; do
   "$TOKENEDGE_PY" "$ROOT/bench/e2e_latency.py" --direct "$MODEL" --via "http://127.0.0.1:${runtime#*:}" \
     --rounds "${1:-10}" --label "${runtime%%:*}"

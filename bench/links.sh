@@ -39,8 +39,8 @@ REPLAY_PORT=38090
 _pids+=($!)
 wait_http "http://127.0.0.1:$REPLAY_PORT/v1/models" 30
 start_model 38081
-start_wrangler 38787 39229 --var "UPSTREAM_URL:http://127.0.0.1:$REPLAY_PORT" --var "API_KEYS:"
-start_wrangler 38788 39230 --var "UPSTREAM_URL:http://127.0.0.1:38081" --var "API_KEYS:"
+start_wrangler 38787 39229 --var "UPSTREAM_URL:http://127.0.0.1:$REPLAY_PORT" --var "API_KEYS:" --var "AUTH:off"
+start_wrangler 38788 39230 --var "UPSTREAM_URL:http://127.0.0.1:38081" --var "API_KEYS:" --var "AUTH:off"
 
 "$TOKENEDGE_PY" "$ROOT/bench/links.py" run "$REPLAY_PORT" 39000 39001 "${1:-3}" \
   127.0.0.1:38787 127.0.0.1:38788

@@ -21,6 +21,7 @@ fn config(ttl: u64) -> Config {
     Config {
         upstream_urls: vec!["http://up".into()],
         cache_ttl_secs: ttl,
+        auth_off: true,
         ..Config::default()
     }
 }

@@ -68,6 +68,7 @@ fn bench(c: &mut Criterion) {
 
     let config = Config {
         upstream_urls: vec!["http://up".into()],
+        auth_off: true,
         ..Config::default()
     };
     let request = Bytes::from_static(

@@ -43,6 +43,7 @@ fn a_gzip_stream_of_1000_events_stays_under_64_kib() {
         .collect();
     let config = Config {
         upstream_urls: vec!["http://upstream:8081".into()],
+        auth_off: true,
         ..Config::default()
     };
     let head = RequestHead::new(

@@ -13,6 +13,7 @@ use tokenedge::core::session::Session;
 fn replicas() -> Config {
     Config {
         upstream_urls: vec!["http://a.example".into(), "http://b.example".into()],
+        auth_off: true,
         ..Config::default()
     }
 }

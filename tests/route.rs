@@ -16,6 +16,7 @@ const B: &str = "http://b.example";
 fn two_replicas() -> Config {
     Config {
         upstream_urls: vec![A.into(), B.into()],
+        auth_off: true,
         ..Config::default()
     }
 }

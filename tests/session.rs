@@ -957,3 +957,40 @@ fn a_client_leaving_does_not_drop_a_health_report() {
     assert!(w.head.is_none(), "nothing to the client");
     assert!(s.is_finished());
 }
+
+/// A key list that parses to nothing (a secret stored under a wrong name, a
+/// secrets outage, `API_KEYS=","`) closes the gateway instead of opening it,
+/// unless the deployment says `AUTH=off`.
+#[test]
+fn no_usable_api_keys_fails_closed() {
+    for keys in [None, Some(""), Some(","), Some(" , ,")] {
+        let cfg = Config::from_lookup(|name| match name {
+            "UPSTREAM_URL" => Some("http://upstream:8081".into()),
+            "API_KEYS" => keys.map(str::to_owned),
+            _ => None,
+        });
+        for (method, path) in [("POST", "/v1/chat/completions"), ("GET", "/v1/models")] {
+            let (head, body) = post(path, CHAT_STREAM);
+            let head = RequestHead::new(method, path, head.headers);
+            let mut s = Session::new(cfg.clone());
+            let mut w = World::default();
+            s.handle_request(0, head, body);
+            w.pump(&mut s, 0);
+            assert_eq!(w.status(), 503, "{keys:?} {path}");
+            assert_eq!(w.json()["error"]["code"], "auth_not_configured");
+            assert!(w.upstream.is_empty(), "nothing goes upstream");
+        }
+        let mut s = Session::new(cfg);
+        let mut w = World::default();
+        s.handle_request(0, RequestHead::new("GET", "/healthz", vec![]), Bytes::new());
+        w.pump(&mut s, 0);
+        assert_eq!(w.upstream.len(), 1, "health needs no key");
+    }
+    let open = Config::from_lookup(|name| match name {
+        "UPSTREAM_URL" => Some("http://upstream:8081".into()),
+        "AUTH" => Some("off".into()),
+        _ => None,
+    });
+    let (_, w) = start(open, "/v1/chat/completions", CHAT_STREAM);
+    assert_eq!(w.upstream.len(), 1, "AUTH=off serves without keys");
+}

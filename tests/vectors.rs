@@ -19,6 +19,7 @@ const REQUEST: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}
 fn drive(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
     let mut s = Session::new(Config {
         upstream_urls: vec!["http://up".into()],
+        auth_off: true,
         ..Config::default()
     });
     let head = RequestHead::new(

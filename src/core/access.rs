@@ -36,12 +36,13 @@ pub(crate) fn bearer(req: &RequestHead) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether a request with this bearer token may proceed: always when no
-/// keys are configured, otherwise only with one of them. Every key is
-/// compared, so the time taken does not reveal which one matched.
+/// Whether a request with this bearer token may proceed: only with one of
+/// the configured keys, or, when there are none, only if the deployment
+/// says `AUTH=off`. Every key is compared, so the time taken does not
+/// reveal which one matched.
 pub(crate) fn authorized(config: &Config, bearer: Option<&str>) -> bool {
     if config.api_keys.is_empty() {
-        return true;
+        return config.auth_off;
     }
     let token = bearer.unwrap_or("").as_bytes();
     config.api_keys.iter().fold(false, |ok, key| {
@@ -113,7 +114,10 @@ mod tests {
 
     #[test]
     fn keys() {
-        let open = Config::default();
+        let open = Config {
+            auth_off: true,
+            ..Config::default()
+        };
         let authorized = |cfg: &Config, r: RequestHead| authorized(cfg, bearer(&r));
         assert!(authorized(&open, req(&[])));
         let cfg = Config {

@@ -30,6 +30,8 @@ pub mod vars {
     pub const UPSTREAM_API_KEY: &str = "UPSTREAM_API_KEY";
     /// Keys the clients must send (comma-separated; a secret).
     pub const API_KEYS: &str = "API_KEYS";
+    /// `off`: serve without keys when `API_KEYS` is empty (local runs).
+    pub const AUTH: &str = "AUTH";
     /// Browser origins allowed to call: `*` or a comma-separated list.
     pub const CORS_ORIGINS: &str = "CORS_ORIGINS";
     /// Largest request body accepted.
@@ -59,6 +61,7 @@ pub mod vars {
         UPSTREAM_URL,
         UPSTREAM_API_KEY,
         API_KEYS,
+        AUTH,
         CORS_ORIGINS,
         MAX_BODY_BYTES,
         FIRST_BYTE_TIMEOUT_MS,
@@ -148,8 +151,14 @@ pub struct Config {
     /// Sent upstream as `Authorization: Bearer …`; the client's own
     /// `Authorization` is never forwarded.
     pub upstream_api_key: Option<String>,
-    /// When non-empty, requests must carry one of these as a bearer token.
+    /// Requests must carry one of these as a bearer token. When there are
+    /// none, every route but `/healthz` answers 503 (`auth_not_configured`)
+    /// unless `auth_off` says the deployment is meant to be open.
     pub api_keys: Vec<String>,
+    /// `AUTH=off`: with no `api_keys`, serve everyone (local runs only). A
+    /// missing, empty or unreadable key list never opens the gateway on
+    /// its own.
+    pub auth_off: bool,
     /// Which browser origins may call.
     pub cors_origins: CorsOrigins,
     /// Largest request body accepted (413 above it).
@@ -183,6 +192,7 @@ impl Default for Config {
             upstream_urls: Vec::new(),
             upstream_api_key: None,
             api_keys: Vec::new(),
+            auth_off: false,
             cors_origins: CorsOrigins::None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             first_byte_timeout_ms: DEFAULT_FIRST_BYTE_TIMEOUT_MS,
@@ -230,6 +240,7 @@ impl Config {
                 .collect(),
             upstream_api_key: get(vars::UPSTREAM_API_KEY),
             api_keys: list(vars::API_KEYS),
+            auth_off: get(vars::AUTH).is_some_and(|v| v.eq_ignore_ascii_case("off")),
             cors_origins: if origins.is_empty() {
                 CorsOrigins::None
             } else if origins.iter().any(|o| o == "*") {

@@ -56,6 +56,9 @@ pub(crate) enum ErrorKind {
     UpstreamStreamBroken { detail: String },
     /// 500: tokenedge is misconfigured (e.g. no upstream URL).
     Misconfigured { detail: String },
+    /// 503: no API keys are configured and the deployment did not say
+    /// `AUTH=off`, so the gateway stays closed.
+    AuthNotConfigured,
 }
 
 /// An error with its source and retryability.
@@ -91,7 +94,7 @@ impl Error {
             | UpstreamUnreachable { .. }
             | UpstreamTimeout { .. }
             | UpstreamStreamBroken { .. } => Source::Upstream,
-            Misconfigured { .. } => Source::Internal,
+            Misconfigured { .. } | AuthNotConfigured => Source::Internal,
         }
     }
 
@@ -120,6 +123,7 @@ impl Error {
             UpstreamUnreachable { .. } | UpstreamStreamBroken { .. } => 502,
             UpstreamTimeout { .. } => 504,
             Misconfigured { .. } => 500,
+            AuthNotConfigured => 503,
         }
     }
 
@@ -148,6 +152,9 @@ impl Error {
             }
             UpstreamStreamBroken { detail } => format!("Upstream stream broke: {detail}"),
             Misconfigured { detail } => format!("tokenedge is misconfigured: {detail}"),
+            AuthNotConfigured => "This gateway has no API keys configured, so it serves no one. \
+                Set API_KEYS (or AUTH=off for a local, open deployment)."
+                .into(),
         }
     }
 
@@ -168,7 +175,7 @@ impl Error {
             | UpstreamUnreachable { .. }
             | UpstreamTimeout { .. }
             | UpstreamStreamBroken { .. } => "upstream_error".into(),
-            Misconfigured { .. } => "server_error".into(),
+            Misconfigured { .. } | AuthNotConfigured => "server_error".into(),
         }
     }
 
@@ -186,6 +193,7 @@ impl Error {
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamStreamBroken { .. } => "upstream_stream_broken",
             Misconfigured { .. } => "misconfigured",
+            AuthNotConfigured => "auth_not_configured",
         }
     }
 

@@ -115,6 +115,7 @@ impl World {
 pub fn config() -> Config {
     Config {
         upstream_urls: vec!["http://upstream:8081".into()],
+        auth_off: true,
         ..Config::default()
     }
 }

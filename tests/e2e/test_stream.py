@@ -7,6 +7,7 @@ sets them after starting the services):
   TOKENEDGE_URL       the function, with API_KEYS containing TOKENEDGE_KEY
   TOKENEDGE_KEY       a valid client key
   TOKENEDGE_DEAD_URL  the same function with its upstream pointing at a closed port
+  TOKENEDGE_NOKEYS_URL  the same function with API_KEYS="," (no usable key)
   MODEL_URL           the llama.cpp server itself (for its /slots view)
   TOKENEDGE_RUNTIME   a label for the report (e.g. "workerd")
 """
@@ -24,6 +25,7 @@ import pytest
 URL = os.environ["TOKENEDGE_URL"]
 KEY = os.environ["TOKENEDGE_KEY"]
 DEAD_URL = os.environ["TOKENEDGE_DEAD_URL"]
+NOKEYS_URL = os.environ["TOKENEDGE_NOKEYS_URL"]
 MODEL_URL = os.environ["MODEL_URL"]
 RUNTIME = os.environ.get("TOKENEDGE_RUNTIME", "runtime")
 
@@ -203,6 +205,16 @@ def test_upstream_down_is_502():
         assert_error(r, 502, "upstream_unreachable")
     r = httpx.get(f"{DEAD_URL}/healthz")
     assert r.status_code == 503 and r.json()["upstream"]["reachable"] is False
+
+
+def test_no_usable_api_keys_fails_closed():
+    """API_KEYS="," parses to no key: the gateway stays closed (503), with or
+    without a bearer token, and /healthz still answers."""
+    for headers in ({}, AUTH):
+        r = httpx.post(f"{NOKEYS_URL}/v1/chat/completions", json=CHAT, headers=headers, timeout=60)
+        assert_error(r, 503, "auth_not_configured")
+    r = httpx.get(f"{NOKEYS_URL}/healthz", timeout=60)
+    assert r.status_code == 200
 
 
 def test_models_and_health():

@@ -23,6 +23,7 @@ pub extern "C" fn stream(n: u32, gzip: u32) -> u32 {
     }
     let mut s = Session::new(Config {
         upstream_urls: vec!["http://upstream".into()],
+        auth_off: true,
         ..Config::default()
     });
     s.handle_request(

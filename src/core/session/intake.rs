@@ -128,8 +128,8 @@ impl Intake {
     }
 }
 
-/// The route for `req`: path, then method, then key, then whether the
-/// deployment can serve it at all.
+/// The route for `req`: path, then method, then whether the deployment can
+/// serve it at all, then the key.
 fn route(
     config: &Config,
     req: &RequestHead,
@@ -166,13 +166,19 @@ fn route(
             path: req.path.clone(),
         }));
     }
-    if route != Route::Health && !access::authorized(config, key) {
-        return Err(Error::new(ErrorKind::InvalidApiKey));
-    }
     if config.upstream_urls.is_empty() {
         return Err(Error::new(ErrorKind::Misconfigured {
             detail: "UPSTREAM_URL is not set".into(),
         }));
+    }
+    if route == Route::Health {
+        return Ok(route);
+    }
+    if config.api_keys.is_empty() && !config.auth_off {
+        return Err(Error::new(ErrorKind::AuthNotConfigured));
+    }
+    if !access::authorized(config, key) {
+        return Err(Error::new(ErrorKind::InvalidApiKey));
     }
     Ok(route)
 }
