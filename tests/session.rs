@@ -454,9 +454,9 @@ fn models_and_health() {
 }
 
 #[test]
-fn missing_upstream_url_is_a_500() {
+fn missing_upstream_url_is_a_503() {
     let (_, w) = start(Config::default(), "/v1/chat/completions", CHAT_STREAM);
-    assert_eq!(w.status(), 500);
+    assert_eq!(w.status(), 503);
     assert_eq!(w.json()["error"]["code"], "misconfigured");
 }
 
@@ -993,4 +993,53 @@ fn no_usable_api_keys_fails_closed() {
     });
     let (_, w) = start(open, "/v1/chat/completions", CHAT_STREAM);
     assert_eq!(w.upstream.len(), 1, "AUTH=off serves without keys");
+}
+
+/// Regression (found by fuzzing the configuration): timeouts near `u64::MAX`
+/// overflowed `now + interval` and fired at once (or never); they are
+/// clamped, so a silent upstream still times out.
+#[test]
+fn huge_configured_timeouts_still_time_out() {
+    let max = u64::MAX.to_string();
+    let cfg = Config::from_lookup(|name| match name {
+        "UPSTREAM_URL" => Some("http://upstream:8081".into()),
+        "AUTH" => Some("off".into()),
+        "FIRST_BYTE_TIMEOUT_MS" | "IDLE_TIMEOUT_MS" | "KEEPALIVE_INTERVAL_MS" => Some(max.clone()),
+        _ => None,
+    });
+    let (mut s, mut w) = start(cfg, "/v1/chat/completions", CHAT_STREAM);
+    let now = 1_000;
+    let due = s.poll_timeout().expect("a deadline");
+    assert!(due > now && due <= 10 * 60_000, "{due}");
+    fire_timers(&mut s, &mut w, 10 * 60_000);
+    assert!(w.ended, "the silent upstream timed out");
+    assert!(w.text().contains("upstream_timeout"), "{}", w.text());
+    // A minute apart until the ten-minute limit: at 1, 2, …, 9 minutes.
+    assert_eq!(
+        w.text().matches(": keep-alive").count(),
+        9,
+        "keep-alives a minute apart: {}",
+        w.text()
+    );
+}
+
+/// A replica list that parses to an unusable URL is a configuration error
+/// with a clear message, not a request to "/v1/chat/completions".
+#[test]
+fn a_replica_list_with_an_empty_url_is_refused() {
+    for list in ["http://a:1, /", "http://a:1, b:2"] {
+        let cfg = Config::from_lookup(|name| match name {
+            "UPSTREAM_URL" => Some(list.into()),
+            "AUTH" => Some("off".into()),
+            _ => None,
+        });
+        let (_, w) = start(cfg, "/v1/chat/completions", CHAT_STREAM);
+        assert_eq!(w.status(), 503, "{list}");
+        assert_eq!(w.json()["error"]["code"], "misconfigured");
+        assert!(w.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UPSTREAM_URL"));
+        assert!(w.upstream.is_empty());
+    }
 }

@@ -19,6 +19,19 @@ pub const DEFAULT_CACHE_TTL_SECS: u64 = 86_400;
 pub const DEFAULT_PREFIX_TOKENS: usize = 16;
 /// How long a warmed prefix is not warmed again.
 pub const DEFAULT_PREFETCH_WINDOW_SECS: u64 = 60;
+/// Largest `MAX_BODY_BYTES` accepted: a Workers isolate has 128 MB for
+/// every request it serves.
+pub const MAX_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Longest first-byte or idle timeout accepted: ten minutes. Longer only
+/// ties up a connection the client has long given up on.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Longest keep-alive interval accepted: carrier NATs and proxies cut idle
+/// connections after 30–60 s.
+pub const MAX_KEEPALIVE_INTERVAL_MS: u64 = 60_000;
+/// Longest cache or prefix lifetime accepted: thirty days.
+pub const MAX_CACHE_TTL_SECS: u64 = 30 * 86_400;
+/// Longest prefetch debounce window accepted: a day.
+pub const MAX_PREFETCH_WINDOW_SECS: u64 = 86_400;
 /// Longest upstream error body we read to extract its message.
 pub const MAX_UPSTREAM_ERROR_BYTES: usize = 64 * 1024;
 
@@ -184,6 +197,9 @@ pub struct Config {
     /// The KV namespace binding (Workers) or store label (Spin); `None`
     /// for the runtime's default (`KV` / `default`).
     pub kv_store: Option<String>,
+    /// Why this configuration cannot serve (an unusable `UPSTREAM_URL`
+    /// item), answered as 503 `misconfigured` to every request.
+    pub problem: Option<String>,
 }
 
 impl Default for Config {
@@ -205,6 +221,7 @@ impl Default for Config {
             dialect: Dialect::OpenAi,
             prefetch_window_secs: DEFAULT_PREFETCH_WINDOW_SECS,
             kv_store: None,
+            problem: None,
         }
     }
 }
@@ -233,11 +250,18 @@ impl Config {
                 .unwrap_or_default()
         };
         let origins = list(vars::CORS_ORIGINS);
+        let upstream_urls: Vec<String> = list(vars::UPSTREAM_URL)
+            .into_iter()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect();
+        let problem = upstream_urls
+            .iter()
+            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")) || u.ends_with("//"))
+            .map(|u| {
+                format!("UPSTREAM_URL has an unusable replica '{u}': each must be an http:// or https:// base URL")
+            });
         Self {
-            upstream_urls: list(vars::UPSTREAM_URL)
-                .into_iter()
-                .map(|u| u.trim_end_matches('/').to_owned())
-                .collect(),
+            upstream_urls,
             upstream_api_key: get(vars::UPSTREAM_API_KEY),
             api_keys: list(vars::API_KEYS),
             auth_off: get(vars::AUTH).is_some_and(|v| v.eq_ignore_ascii_case("off")),
@@ -253,18 +277,26 @@ impl Config {
                         .collect(),
                 )
             },
-            max_body_bytes: number(vars::MAX_BODY_BYTES, DEFAULT_MAX_BODY_BYTES as u64) as usize,
+            max_body_bytes: usize::try_from(number(
+                vars::MAX_BODY_BYTES,
+                DEFAULT_MAX_BODY_BYTES as u64,
+            ))
+            .unwrap_or(usize::MAX)
+            .min(MAX_MAX_BODY_BYTES),
             first_byte_timeout_ms: number(
                 vars::FIRST_BYTE_TIMEOUT_MS,
                 DEFAULT_FIRST_BYTE_TIMEOUT_MS,
-            ),
-            idle_timeout_ms: number(vars::IDLE_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS),
+            )
+            .clamp(1, MAX_TIMEOUT_MS),
+            idle_timeout_ms: number(vars::IDLE_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS)
+                .clamp(1, MAX_TIMEOUT_MS),
             keepalive_interval_ms: number(
                 vars::KEEPALIVE_INTERVAL_MS,
                 DEFAULT_KEEPALIVE_INTERVAL_MS,
             )
-            .max(1),
-            cache_ttl_secs: number(vars::CACHE_TTL_SECS, DEFAULT_CACHE_TTL_SECS),
+            .clamp(1, MAX_KEEPALIVE_INTERVAL_MS),
+            cache_ttl_secs: number(vars::CACHE_TTL_SECS, DEFAULT_CACHE_TTL_SECS)
+                .min(MAX_CACHE_TTL_SECS),
             cache_shared: get(vars::CACHE_SHARED)
                 .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes")),
             speculate: match get(vars::SPECULATIVE_PREFIX)
@@ -279,8 +311,10 @@ impl Config {
             dialect: get(vars::UPSTREAM_DIALECT)
                 .map(|v| Dialect::parse(&v))
                 .unwrap_or_default(),
-            prefetch_window_secs: number(vars::PREFETCH_WINDOW_SECS, DEFAULT_PREFETCH_WINDOW_SECS),
+            prefetch_window_secs: number(vars::PREFETCH_WINDOW_SECS, DEFAULT_PREFETCH_WINDOW_SECS)
+                .min(MAX_PREFETCH_WINDOW_SECS),
             kv_store: get(vars::KV_STORE),
+            problem,
         }
     }
 }
@@ -308,6 +342,32 @@ mod tests {
         assert_eq!(c.cors_origins, CorsOrigins::None);
         assert_eq!(c.speculate, Speculate::Off);
         assert_eq!(c.dialect, Dialect::OpenAi);
+    }
+
+    #[test]
+    fn values_are_clamped_to_sane_maxima() {
+        let huge = u64::MAX.to_string();
+        let c = cfg(&[
+            ("MAX_BODY_BYTES", &huge),
+            ("FIRST_BYTE_TIMEOUT_MS", &huge),
+            ("IDLE_TIMEOUT_MS", "0"),
+            ("KEEPALIVE_INTERVAL_MS", &huge),
+            ("CACHE_TTL_SECS", &huge),
+            ("PREFETCH_WINDOW_SECS", &huge),
+        ]);
+        assert_eq!(c.max_body_bytes, MAX_MAX_BODY_BYTES);
+        assert_eq!(c.first_byte_timeout_ms, MAX_TIMEOUT_MS);
+        assert_eq!(c.idle_timeout_ms, 1);
+        assert_eq!(c.keepalive_interval_ms, MAX_KEEPALIVE_INTERVAL_MS);
+        assert_eq!(c.cache_ttl_secs, MAX_CACHE_TTL_SECS);
+        assert_eq!(c.prefetch_window_secs, MAX_PREFETCH_WINDOW_SECS);
+        assert!(c.problem.is_none());
+        for bad in ["http://a:1, /", "http://a:1, b:2", "http:///"] {
+            assert!(cfg(&[("UPSTREAM_URL", bad)]).problem.is_some(), "{bad}");
+        }
+        assert!(cfg(&[("UPSTREAM_URL", "https://a.example/, http://b:1")])
+            .problem
+            .is_none());
     }
 
     #[test]

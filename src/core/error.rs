@@ -54,7 +54,8 @@ pub(crate) enum ErrorKind {
     /// The upstream stream broke: ended without `[DONE]` or a finish reason,
     /// went silent, or sent an unparsable event stream.
     UpstreamStreamBroken { detail: String },
-    /// 500: tokenedge is misconfigured (e.g. no upstream URL).
+    /// 503: tokenedge is misconfigured (no upstream URL, or an unusable
+    /// one): it cannot serve until the deployment is fixed.
     Misconfigured { detail: String },
     /// 503: no API keys are configured and the deployment did not say
     /// `AUTH=off`, so the gateway stays closed.
@@ -122,7 +123,7 @@ impl Error {
             UpstreamStatus { status, .. } => *status,
             UpstreamUnreachable { .. } | UpstreamStreamBroken { .. } => 502,
             UpstreamTimeout { .. } => 504,
-            Misconfigured { .. } => 500,
+            Misconfigured { .. } => 503,
             AuthNotConfigured => 503,
         }
     }

@@ -171,6 +171,11 @@ fn route(
             detail: "UPSTREAM_URL is not set".into(),
         }));
     }
+    if let Some(problem) = &config.problem {
+        return Err(Error::new(ErrorKind::Misconfigured {
+            detail: problem.clone(),
+        }));
+    }
     if route == Route::Health {
         return Ok(route);
     }
