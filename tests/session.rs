@@ -1043,3 +1043,49 @@ fn a_replica_list_with_an_empty_url_is_refused() {
         assert!(w.upstream.is_empty());
     }
 }
+
+/// Inputs that cost money or that the API does not allow are refused with
+/// a 400 naming the field, before anything goes upstream: out-of-range
+/// sampling values, non-positive or over-cap lengths, `n` over the cap, a
+/// message role outside the API's set.
+#[test]
+fn out_of_range_inputs_are_400_and_never_forwarded() {
+    let cfg = Config {
+        max_n: 4,
+        max_tokens_cap: 1000,
+        ..config()
+    };
+    let cases: &[(&str, &str)] = &[
+        (r#""max_tokens":-5"#, "max_tokens"),
+        (r#""max_tokens":0"#, "max_tokens"),
+        (r#""max_completion_tokens":1001"#, "max_completion_tokens"),
+        (r#""max_tokens":1000000"#, "max_tokens"),
+        (r#""n":100000"#, "n"),
+        (r#""n":5"#, "n"),
+        (r#""temperature":2.5"#, "temperature"),
+        (r#""temperature":-0.1"#, "temperature"),
+        (r#""top_p":1.5"#, "top_p"),
+        (r#""presence_penalty":-3"#, "presence_penalty"),
+        (r#""frequency_penalty":2.01"#, "frequency_penalty"),
+        (r#""top_logprobs":21"#, "top_logprobs"),
+    ];
+    for (field, param) in cases {
+        let body =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],{field}}}"#);
+        let (_, w) = start(cfg.clone(), "/v1/chat/completions", &body);
+        assert_eq!(w.status(), 400, "{field}");
+        assert_eq!(w.json()["error"]["param"], *param, "{field}");
+        assert!(w.upstream.is_empty(), "{field}");
+    }
+    let body = r#"{"model":"m","messages":[{"role":"hacker","content":"hi"}]}"#;
+    let (_, w) = start(cfg.clone(), "/v1/chat/completions", body);
+    assert_eq!(w.status(), 400);
+    assert_eq!(w.json()["error"]["param"], "messages[0].role");
+    let body = r#"{"model":"m","prompt":"Once","max_tokens":-1}"#;
+    let (_, w) = start(cfg.clone(), "/v1/completions", body);
+    assert_eq!(w.status(), 400);
+    // The edges of each range are fine.
+    let body = r#"{"model":"m","messages":[{"role":"developer","content":"x"},{"role":"user","content":"hi"}],"n":4,"max_tokens":1000,"temperature":2,"top_p":0,"presence_penalty":-2,"frequency_penalty":2}"#;
+    let (_, w) = start(cfg, "/v1/chat/completions", body);
+    assert_eq!(w.upstream.len(), 1, "{}", w.text());
+}

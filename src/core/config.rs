@@ -19,6 +19,12 @@ pub const DEFAULT_CACHE_TTL_SECS: u64 = 86_400;
 pub const DEFAULT_PREFIX_TOKENS: usize = 16;
 /// How long a warmed prefix is not warmed again.
 pub const DEFAULT_PREFETCH_WINDOW_SECS: u64 = 60;
+/// Default cap on `n` (choices per request): a chat app shows one; a few
+/// alternatives are plenty, and each costs a whole generation.
+pub const DEFAULT_MAX_N: u64 = 8;
+/// Default cap on `max_tokens` / `max_completion_tokens`: above what chat
+/// models write in one answer, far below what a runaway request costs.
+pub const DEFAULT_MAX_TOKENS_CAP: u64 = 16_384;
 /// Largest `MAX_BODY_BYTES` accepted: a Workers isolate has 128 MB for
 /// every request it serves.
 pub const MAX_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -45,6 +51,10 @@ pub mod vars {
     pub const API_KEYS: &str = "API_KEYS";
     /// `off`: serve without keys when `API_KEYS` is empty (local runs).
     pub const AUTH: &str = "AUTH";
+    /// Largest `n` a request may ask for.
+    pub const MAX_N: &str = "MAX_N";
+    /// Largest `max_tokens` / `max_completion_tokens` a request may ask for.
+    pub const MAX_TOKENS_CAP: &str = "MAX_TOKENS_CAP";
     /// Browser origins allowed to call: `*` or a comma-separated list.
     pub const CORS_ORIGINS: &str = "CORS_ORIGINS";
     /// Largest request body accepted.
@@ -75,6 +85,8 @@ pub mod vars {
         UPSTREAM_API_KEY,
         API_KEYS,
         AUTH,
+        MAX_N,
+        MAX_TOKENS_CAP,
         CORS_ORIGINS,
         MAX_BODY_BYTES,
         FIRST_BYTE_TIMEOUT_MS,
@@ -176,6 +188,10 @@ pub struct Config {
     pub cors_origins: CorsOrigins,
     /// Largest request body accepted (413 above it).
     pub max_body_bytes: usize,
+    /// Largest `n` accepted (400 above it).
+    pub max_n: u64,
+    /// Largest `max_tokens` / `max_completion_tokens` accepted (400 above).
+    pub max_tokens_cap: u64,
     /// Time the upstream has for its first byte.
     pub first_byte_timeout_ms: u64,
     /// Longest upstream silence once it has started.
@@ -211,6 +227,8 @@ impl Default for Config {
             auth_off: false,
             cors_origins: CorsOrigins::None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_n: DEFAULT_MAX_N,
+            max_tokens_cap: DEFAULT_MAX_TOKENS_CAP,
             first_byte_timeout_ms: DEFAULT_FIRST_BYTE_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
@@ -283,6 +301,8 @@ impl Config {
             ))
             .unwrap_or(usize::MAX)
             .min(MAX_MAX_BODY_BYTES),
+            max_n: number(vars::MAX_N, DEFAULT_MAX_N).max(1),
+            max_tokens_cap: number(vars::MAX_TOKENS_CAP, DEFAULT_MAX_TOKENS_CAP).max(1),
             first_byte_timeout_ms: number(
                 vars::FIRST_BYTE_TIMEOUT_MS,
                 DEFAULT_FIRST_BYTE_TIMEOUT_MS,

@@ -6,4 +6,4 @@ mod event;
 mod request;
 
 pub(crate) use event::{chunk_model, chunk_parts, inspect_chunk, upstream_error_message};
-pub(crate) use request::{parse_request, CompletionRequest, Endpoint};
+pub(crate) use request::{check_caps, parse_request, CompletionRequest, Endpoint};

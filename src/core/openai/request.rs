@@ -172,17 +172,85 @@ pub(crate) fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<Completi
             "integer",
         )?;
     }
-    if let Some(n) = body.get("n").and_then(Value::as_i64) {
-        if n < 1 {
-            return Err(Error::invalid("'n' must be at least 1", Some("n")));
-        }
-    }
+    check_ranges(&body)?;
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     Ok(CompletionRequest {
         endpoint,
         stream,
         body,
     })
+}
+
+/// The roles a message may have.
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+/// The API's ranges for the numeric fields it defines (a field that is
+/// absent or null is not checked).
+const RANGES: &[(&str, f64, f64)] = &[
+    ("temperature", 0.0, 2.0),
+    ("top_p", 0.0, 1.0),
+    ("presence_penalty", -2.0, 2.0),
+    ("frequency_penalty", -2.0, 2.0),
+    ("top_logprobs", 0.0, 20.0),
+];
+
+fn check_ranges(body: &Map<String, Value>) -> Result<(), Error> {
+    for (field, low, high) in RANGES {
+        if let Some(v) = body.get(*field).and_then(Value::as_f64) {
+            if !(*low..=*high).contains(&v) {
+                return Err(Error::invalid(
+                    format!("'{field}' must be between {low} and {high}, got {v}"),
+                    Some(field),
+                ));
+            }
+        }
+    }
+    for field in ["max_tokens", "max_completion_tokens", "n"] {
+        if body
+            .get(field)
+            .and_then(Value::as_i64)
+            .is_some_and(|v| v < 1)
+        {
+            return Err(Error::invalid(
+                format!("'{field}' must be at least 1"),
+                Some(field),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses what the deployment caps: more than `max_n` choices, or a
+/// length limit above `max_tokens`.
+pub(crate) fn check_caps(
+    body: &Map<String, Value>,
+    max_n: u64,
+    max_tokens: u64,
+) -> Result<(), Error> {
+    for (field, cap) in [
+        ("n", max_n),
+        ("max_tokens", max_tokens),
+        ("max_completion_tokens", max_tokens),
+    ] {
+        if body
+            .get(field)
+            .and_then(Value::as_u64)
+            .is_some_and(|v| v > cap)
+        {
+            return Err(Error::invalid(
+                format!("'{field}' may be at most {cap} on this gateway"),
+                Some(field),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_messages(body: &Map<String, Value>) -> Result<(), Error> {
@@ -222,7 +290,16 @@ fn validate_messages(body: &Map<String, Value>) -> Result<(), Error> {
             ));
         };
         match obj.get("role") {
-            Some(Value::String(_)) => {}
+            Some(Value::String(role)) if ROLES.contains(&role.as_str()) => {}
+            Some(Value::String(role)) => {
+                return Err(Error::invalid(
+                    format!(
+                        "Invalid value for '{param}.role': '{role}'. Supported values are: {}.",
+                        ROLES.join(", ")
+                    ),
+                    Some(&format!("{param}.role")),
+                ))
+            }
             None => {
                 return Err(Error::invalid(
                     format!("Missing required parameter: '{param}.role'."),

@@ -96,8 +96,8 @@ impl Intake {
     }
 
     /// The body as a validated generation request: within
-    /// `MAX_BODY_BYTES` (as sent and as declared), JSON, and well-formed
-    /// for `endpoint`.
+    /// `MAX_BODY_BYTES` (as sent and as declared), JSON, well-formed for
+    /// `endpoint`, and within the deployment's caps on `n` and length.
     pub(super) fn parse_body(
         &self,
         config: &Config,
@@ -118,7 +118,9 @@ impl Intake {
                 content_type: self.content_type.clone(),
             }));
         }
-        openai::parse_request(endpoint, body)
+        let request = openai::parse_request(endpoint, body)?;
+        openai::check_caps(&request.body, config.max_n, config.max_tokens_cap)?;
+        Ok(request)
     }
 
     /// The scope cache entries are kept in: the caller's key, or `None`
