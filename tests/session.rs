@@ -1089,3 +1089,80 @@ fn out_of_range_inputs_are_400_and_never_forwarded() {
     let (_, w) = start(cfg, "/v1/chat/completions", body);
     assert_eq!(w.upstream.len(), 1, "{}", w.text());
 }
+
+/// An upstream that refuses tokenedge's own credentials (a wrong
+/// `UPSTREAM_API_KEY`) is the deployment's problem: clients get a generic
+/// 502, never the upstream's message (OpenAI's quotes the key's end).
+#[test]
+fn upstream_auth_failures_are_502_without_the_upstream_message() {
+    for status in [401, 403] {
+        let (mut s, mut w) = start(config(), "/v1/chat/completions", CHAT_STREAM);
+        s.handle_upstream_head(
+            1,
+            status,
+            &[("content-type".into(), "application/json".into())],
+        );
+        s.handle_upstream_chunk(
+            2,
+            Bytes::from_static(br#"{"error":{"message":"Incorrect API key provided: sk-proj-****wxyz","type":"invalid_request_error"}}"#),
+        );
+        s.handle_upstream_end(3);
+        w.pump(&mut s, 3);
+        assert_eq!(w.status(), 502, "{status}");
+        assert_eq!(w.json()["error"]["code"], "upstream_auth_failed");
+        assert!(!w.text().contains("wxyz"), "{}", w.text());
+    }
+}
+
+/// `/healthz` needs no key, so it says ok or degraded and nothing else (no
+/// transport errors, no upstream status or latency), and answers from a
+/// probe made in the last few seconds instead of probing per hit.
+#[test]
+fn health_says_little_and_probes_at_most_every_few_seconds() {
+    let mut s = Session::new(config());
+    let mut w = World::default();
+    s.handle_request(0, RequestHead::new("GET", "/healthz", vec![]), Bytes::new());
+    s.handle_upstream_failed(1, "connect to 10.0.0.7:8081: connection refused");
+    w.pump(&mut s, 1);
+    assert_eq!(w.status(), 503);
+    assert_eq!(w.json()["status"], "degraded");
+    assert!(
+        !w.text().contains("10.0.0.7") && !w.text().contains("refused"),
+        "{}",
+        w.text()
+    );
+    let mut health = tokenedge::core::route::Health::default();
+    for (probe, ok) in &w.probes {
+        health.probed(*ok, *probe);
+    }
+    assert_eq!(w.probes.len(), 1, "the probe's result is reported");
+
+    // Within the next few seconds: answered from that probe.
+    let mut s = Session::new(config()).with_health(health.clone());
+    let mut w = World::default();
+    s.handle_request(
+        2_000,
+        RequestHead::new("GET", "/healthz", vec![]),
+        Bytes::new(),
+    );
+    w.pump(&mut s, 2_000);
+    assert!(w.upstream.is_empty(), "no new probe");
+    assert_eq!(w.status(), 503);
+    // Later: probed again.
+    let mut s = Session::new(config()).with_health(health);
+    let mut w = World::default();
+    s.handle_request(
+        60_000,
+        RequestHead::new("GET", "/healthz", vec![]),
+        Bytes::new(),
+    );
+    w.pump(&mut s, 60_000);
+    assert_eq!(w.upstream.len(), 1);
+    s.handle_upstream_head(60_010, 200, &[]);
+    w.pump(&mut s, 60_010);
+    assert_eq!(w.status(), 200);
+    assert_eq!(
+        w.text().trim(),
+        r#"{"status":"ok","upstream":{"reachable":true}}"#
+    );
+}

@@ -327,6 +327,10 @@ impl<P: Platform> Pump<P> {
                 let now = self.platform.now();
                 HEALTH.with(|h| h.borrow_mut().report(&replica, up, now));
             }
+            Action::HealthProbe { ok } => {
+                let now = self.platform.now();
+                HEALTH.with(|h| h.borrow_mut().probed(ok, now));
+            }
             // After the client left nobody waits for a read, and nothing
             // goes to the client or upstream any more.
             Action::KvGet { .. }

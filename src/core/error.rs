@@ -47,6 +47,9 @@ pub(crate) enum ErrorKind {
     },
     /// 502: the upstream could not be reached.
     UpstreamUnreachable { detail: String },
+    /// 502: the upstream refused tokenedge's own credentials (401/403 to
+    /// `UPSTREAM_API_KEY`). Its message is not relayed: it may quote the key.
+    UpstreamAuthFailed,
     /// 504 (or an in-stream error event): the upstream sent nothing within
     /// the configured time — no first byte (`FIRST_BYTE_TIMEOUT_MS`), or no
     /// next byte once it had started (`IDLE_TIMEOUT_MS`).
@@ -93,6 +96,7 @@ impl Error {
             | UnsupportedMediaType { .. } => Source::Downstream,
             UpstreamStatus { .. }
             | UpstreamUnreachable { .. }
+            | UpstreamAuthFailed
             | UpstreamTimeout { .. }
             | UpstreamStreamBroken { .. } => Source::Upstream,
             Misconfigured { .. } | AuthNotConfigured => Source::Internal,
@@ -121,7 +125,7 @@ impl Error {
             PayloadTooLarge { .. } => 413,
             UnsupportedMediaType { .. } => 415,
             UpstreamStatus { status, .. } => *status,
-            UpstreamUnreachable { .. } | UpstreamStreamBroken { .. } => 502,
+            UpstreamUnreachable { .. } | UpstreamAuthFailed | UpstreamStreamBroken { .. } => 502,
             UpstreamTimeout { .. } => 504,
             Misconfigured { .. } => 503,
             AuthNotConfigured => 503,
@@ -148,6 +152,9 @@ impl Error {
             UpstreamUnreachable { detail } => {
                 format!("Upstream model server unreachable: {detail}")
             }
+            UpstreamAuthFailed => "The upstream model server refused this gateway's credentials. \
+                The gateway's operator must fix UPSTREAM_API_KEY."
+                .into(),
             UpstreamTimeout { after_ms } => {
                 format!("Upstream model server sent nothing within {after_ms} ms")
             }
@@ -174,6 +181,7 @@ impl Error {
             } => t.clone(),
             UpstreamStatus { .. }
             | UpstreamUnreachable { .. }
+            | UpstreamAuthFailed
             | UpstreamTimeout { .. }
             | UpstreamStreamBroken { .. } => "upstream_error".into(),
             Misconfigured { .. } | AuthNotConfigured => "server_error".into(),
@@ -191,6 +199,7 @@ impl Error {
             UnsupportedMediaType { .. } => "unsupported_media_type",
             UpstreamStatus { .. } => "upstream_status",
             UpstreamUnreachable { .. } => "upstream_unreachable",
+            UpstreamAuthFailed => "upstream_auth_failed",
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamStreamBroken { .. } => "upstream_stream_broken",
             Misconfigured { .. } => "misconfigured",

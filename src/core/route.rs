@@ -34,6 +34,9 @@ use crate::core::Millis;
 pub const DOWN_FOR_MS: Millis = 30_000;
 /// Most replicas one deployment may list (more are ignored).
 pub(crate) const MAX_REPLICAS: usize = 16;
+/// How long a `/healthz` probe's result is reused: unauthenticated callers
+/// cannot make the function call the upstream more often than this.
+pub(crate) const PROBE_FRESH_MS: Millis = 5_000;
 /// Upstream statuses that mean "this replica cannot answer now" and are
 /// worth another replica (before anything reached the client).
 pub(crate) const RETRY_STATUSES: &[u16] = &[502, 503, 504];
@@ -104,6 +107,8 @@ pub(crate) fn order(
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Health {
     down: Vec<(String, Millis)>,
+    /// The last `/healthz` probe: when, and whether it was ok.
+    probe: Option<(Millis, bool)>,
 }
 
 impl Health {
@@ -113,6 +118,18 @@ impl Health {
             .down
             .iter()
             .any(|(r, until)| r == replica && now < *until)
+    }
+
+    /// Records a `/healthz` probe's result.
+    pub fn probed(&mut self, ok: bool, now: Millis) {
+        self.probe = Some((now, ok));
+    }
+
+    /// The result of a probe made less than [`PROBE_FRESH_MS`] ago.
+    pub(crate) fn recent_probe(&self, now: Millis) -> Option<bool> {
+        self.probe
+            .filter(|(at, _)| now >= *at && now - at < PROBE_FRESH_MS)
+            .map(|(_, ok)| ok)
     }
 
     /// Applies one report: a replica answered (`up`) or failed.

@@ -27,6 +27,8 @@ pub struct World {
     pub kv_down: bool,
     /// Replica health reports, in order.
     pub health: Vec<(String, bool)>,
+    /// Health probe results: (time, ok).
+    pub probes: Vec<(u64, bool)>,
 }
 
 impl World {
@@ -91,6 +93,7 @@ impl World {
                     self.kv.remove(&key);
                 }
                 Action::ReplicaHealth { replica, up } => self.health.push((replica, up)),
+                Action::HealthProbe { ok } => self.probes.push((now, ok)),
             }
         }
     }

@@ -66,6 +66,13 @@ pub enum Action {
         /// Whether it answered.
         up: bool,
     },
+    /// Record in the deployment's health (the same [`Health`]) the result
+    /// of a `/healthz` probe of the upstream; `/healthz` answers from it
+    /// for a few seconds instead of probing again.
+    HealthProbe {
+        /// Whether the upstream answered 2xx.
+        ok: bool,
+    },
 }
 
 /// What a KV read is for, recorded when the session asked for it; the

@@ -224,7 +224,10 @@ impl Session {
             self.actions.retain(|a| {
                 matches!(
                     a,
-                    Action::KvPut { .. } | Action::KvDelete { .. } | Action::ReplicaHealth { .. }
+                    Action::KvPut { .. }
+                        | Action::KvDelete { .. }
+                        | Action::ReplicaHealth { .. }
+                        | Action::HealthProbe { .. }
                 )
             });
             self.cancel_upstream();
@@ -302,6 +305,11 @@ impl Session {
             }
             Route::Health | Route::Models => {
                 self.route = Some(route);
+                if route == Route::Health {
+                    if let Some(ok) = self.upstream.recent_probe(now) {
+                        return self.answer_health(ok, false);
+                    }
+                }
                 self.upstream.pick(&self.config, &[], now);
                 let call = Call {
                     method: "GET",
@@ -482,7 +490,7 @@ impl Session {
             return match (awaiting_head, self.route) {
                 (true, Some(Route::Health)) => {
                     self.cancel_upstream();
-                    self.answer_health(Err("timed out"));
+                    self.answer_health(false, true);
                 }
                 (true, _) => {
                     let after_ms = self.config.first_byte_timeout_ms;

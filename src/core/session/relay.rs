@@ -15,6 +15,7 @@ use crate::core::restream::{Ending, Restream};
 use crate::core::route;
 use crate::core::Millis;
 
+use super::action::Action;
 use super::intake::Route;
 use super::response::{Meta, Sent};
 use super::timers::Timer;
@@ -87,7 +88,7 @@ impl Session {
             }
             Route::Health => {
                 self.cancel_upstream();
-                self.answer_health(Ok((status, self.upstream.elapsed(now))));
+                self.answer_health((200..300).contains(&status), true);
             }
             _ if !(200..300).contains(&status) => {
                 self.phase = Phase::ReadingError {
@@ -175,7 +176,7 @@ impl Session {
             return;
         }
         match (&self.phase, self.route) {
-            (Phase::AwaitingHead, Some(Route::Health)) => self.answer_health(Err(detail)),
+            (Phase::AwaitingHead, Some(Route::Health)) => self.answer_health(false, true),
             (Phase::AwaitingHead, _) => self.fail(Error::new(ErrorKind::UpstreamUnreachable {
                 detail: detail.into(),
             })),
@@ -190,6 +191,9 @@ impl Session {
 
     fn finish_upstream_error(&mut self) {
         if let Phase::ReadingError { status, body } = &self.phase {
+            if matches!(status, 401 | 403) {
+                return self.fail(Error::new(ErrorKind::UpstreamAuthFailed));
+            }
             let (message, error_type) = openai::upstream_error_message(*status, body);
             let status = *status;
             self.fail(Error::new(ErrorKind::UpstreamStatus {
@@ -200,23 +204,18 @@ impl Session {
         }
     }
 
-    /// `/healthz`: the upstream's status and latency, or why it could not
-    /// be reached.
-    pub(super) fn answer_health(&mut self, upstream: Result<(u16, Millis), &str>) {
-        let (status, body) = match upstream {
-            Ok((status, latency_ms)) => {
-                let ok = (200..300).contains(&status);
-                let body = serde_json::json!({
-                    "status": if ok { "ok" } else { "degraded" },
-                    "upstream": { "reachable": true, "status": status, "latency_ms": latency_ms },
-                });
-                (if ok { 200 } else { 503 }, body)
-            }
-            Err(detail) => (
-                503,
-                serde_json::json!({"status": "degraded", "upstream": {"reachable": false, "error": detail}}),
-            ),
-        };
+    /// `/healthz`: ok or degraded, and nothing else (it needs no key). A
+    /// fresh probe's result is reported so the next few seconds of
+    /// `/healthz` are answered without one.
+    pub(super) fn answer_health(&mut self, ok: bool, probed: bool) {
+        if probed {
+            self.actions.push_back(Action::HealthProbe { ok });
+        }
+        let body = serde_json::json!({
+            "status": if ok { "ok" } else { "degraded" },
+            "upstream": { "reachable": ok },
+        });
+        let status = if ok { 200 } else { 503 };
         let meta = self.json_meta();
         self.response.json(&mut self.actions, status, &body, meta);
         self.finish();

@@ -170,9 +170,9 @@ impl Upstream {
         }
     }
 
-    /// Time since the current request was sent.
-    pub(super) fn elapsed(&self, now: Millis) -> Millis {
-        now.saturating_sub(self.sent_at)
+    /// A `/healthz` probe's result from the last few seconds, if any.
+    pub(super) fn recent_probe(&self, now: Millis) -> Option<bool> {
+        self.health.recent_probe(now)
     }
 
     /// The replica the current request goes to.
