@@ -75,6 +75,11 @@ impl Platform for Spin {
         for (k, v) in &req.headers {
             builder = builder.header(k, v);
         }
+        if !req.body.is_empty() {
+            // The body is whole: say its length, or it goes out chunked,
+            // which strict HTTP/1.1 servers read as empty or refuse (411).
+            builder = builder.header(http::header::CONTENT_LENGTH, req.body.len());
+        }
         let request = builder
             .body(Full::new(req.body))
             .map_err(|e| e.to_string())?;

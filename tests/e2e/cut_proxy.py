@@ -1,9 +1,11 @@
-"""A fault-injecting HTTP/1.1 proxy in front of the real model server, for
-the end-to-end tests: requests whose body contains CUT_MARKER get the first
-CUT_AFTER bytes of the upstream's response body and then a closed
-connection (an upstream failing mid-stream); every other request is passed
-through untouched. One request per connection (it answers with
-`Connection: close`).
+"""A fault-injecting, strict HTTP/1.1 proxy in front of the real model
+server, for the end-to-end tests: requests whose body contains CUT_MARKER
+get the first CUT_AFTER bytes of the upstream's response body and then a
+closed connection (an upstream failing mid-stream); every other request is
+passed through untouched. Like servers that do not read chunked request
+bodies (Python's http.server, some embedded servers and gateways), it
+answers 411 Length Required to a request body without Content-Length. One
+request per connection (it answers with `Connection: close`).
 
   python cut_proxy.py --port 18082 --upstream 127.0.0.1:18081
 """
@@ -21,17 +23,6 @@ async def read_head(reader):
     return lines[0], [(k.strip(), v.strip()) for k, v in headers]
 
 
-async def read_chunked(reader):
-    body = b""
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")
-            return body
-        body += await reader.readexactly(size)
-        await reader.readexactly(2)
-
-
 def header(headers, name):
     return next((v for k, v in headers if k.lower() == name), None)
 
@@ -39,8 +30,12 @@ def header(headers, name):
 async def handle(client_r, client_w, upstream):
     try:
         start, headers = await read_head(client_r)
-        if "chunked" in (header(headers, "transfer-encoding") or "").lower():
-            body = await read_chunked(client_r)
+        if header(headers, "transfer-encoding") is not None:
+            client_w.write(b"HTTP/1.1 411 Length Required\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 52\r\nConnection: close\r\n\r\n"
+                           b'{"error":{"message":"a Content-Length is required"}}')
+            await client_w.drain()
+            return
         else:
             body = await client_r.readexactly(int(header(headers, "content-length") or 0))
         host, port = upstream.split(":")

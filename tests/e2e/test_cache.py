@@ -188,6 +188,9 @@ def test_upstream_cut_mid_stream_stores_nothing():
 
 def test_dead_replica_is_skipped():
     # Several conversations: some rank the dead replica first and fall back.
+    # The live replica is the strict proxy: it answers 411 to a request body
+    # sent without Content-Length, so this also checks that every runtime
+    # sends one.
     for i in range(4):
         h, events, done = stream(FAULTS_URL, chat(f"Conversation {i}: say something."))
         assert done and text(events)
