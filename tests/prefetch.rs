@@ -137,3 +137,85 @@ fn bad_input_and_failures() {
     assert_eq!(w.status(), 202);
     assert_eq!(w.body, answered, "nothing after the 202");
 }
+
+/// Regression: the warm body kept whatever the caller sent besides the
+/// length, and llama.cpp lets `n_predict: -1, ignore_eos: true` win over
+/// `max_tokens`, so one 202 could buy a whole generation. It is now built
+/// from an allowlist, with a one-token limit in every dialect's spelling.
+#[test]
+fn the_warm_body_is_the_conversation_and_one_token_only() {
+    let mut w = World::default();
+    let body = serde_json::json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "chat_template_kwargs": {"enable_thinking": false},
+        "n_predict": -1, "ignore_eos": true, "max_tokens": 500, "n": 3,
+        "min_tokens": 400, "logit_bias": {"1": 100}, "stream": true,
+        "response_format": {"type": "json_object"}, "grammar": "root ::= \"x\"*",
+    })
+    .to_string();
+    let mut s = Session::new(Config {
+        dialect: tokenedge::core::config::Dialect::LlamaCpp,
+        ..replicas()
+    });
+    let (head, bytes) = post("/v1/prefetch", &body);
+    s.handle_request(0, head, bytes);
+    w.pump(&mut s, 0);
+    assert_eq!(w.status(), 202);
+    let sent: Value = serde_json::from_slice(&w.upstream[0].body).unwrap();
+    let mut keys: Vec<&str> = sent
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "chat_template_kwargs",
+            "max_tokens",
+            "messages",
+            "model",
+            "n_predict",
+            "stream",
+            "tools"
+        ]
+    );
+    assert_eq!(sent["max_tokens"], 1);
+    assert_eq!(sent["n_predict"], 1);
+    assert_eq!(sent["stream"], false);
+    // Other dialects get no llama.cpp field (strict servers refuse them).
+    let mut w = World::default();
+    let _s = prefetch(&mut w, &body);
+    let sent: Value = serde_json::from_slice(&w.upstream[0].body).unwrap();
+    assert!(sent.get("n_predict").is_none() && sent.get("ignore_eos").is_none());
+    assert_eq!(sent["max_tokens"], 1);
+}
+
+/// An array prompt would cost one prefill per item: a prefetch takes one
+/// string prompt only.
+#[test]
+fn an_array_prompt_is_refused() {
+    let mut w = World::default();
+    let _s = prefetch(&mut w, r#"{"model":"m","prompt":["a","b","c"]}"#);
+    assert_eq!(w.status(), 400);
+    assert_eq!(w.json()["error"]["param"], "prompt");
+    assert!(w.upstream.is_empty());
+}
+
+/// A warming that takes long is given up, not sent again to the next
+/// replica, and does not mark its replica down (a slow prefill is not a
+/// dead replica).
+#[test]
+fn a_slow_warming_is_dropped_without_fallback() {
+    let mut w = World::default();
+    let mut s = prefetch(&mut w, &typing("sys", "hello"));
+    assert_eq!(w.upstream.len(), 1);
+    fire_timers(&mut s, &mut w, 10 * 60_000);
+    assert!(s.is_finished());
+    assert!(w.cancelled);
+    assert_eq!(w.upstream.len(), 1, "not replayed on another replica");
+    assert!(w.health.is_empty(), "not marked down: {:?}", w.health);
+}

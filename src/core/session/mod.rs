@@ -330,13 +330,16 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.fail(e),
         };
+        if let Err(e) = prefetch::check(&request) {
+            return self.fail(e);
+        }
         self.route = Some(Route::Prefetch { endpoint });
         self.upstream
             .pick(&self.config, &route::affinity(endpoint, &request.body), now);
         let key = prefetch::key(&request);
         self.phase = Phase::PrefetchLookup {
             key: key.clone(),
-            body: prefetch::warm_body(&request).into(),
+            body: prefetch::warm_body(&request, self.config.dialect).into(),
         };
         self.timers
             .set(Timer::Lookup, now, cache::LOOKUP_TIMEOUT_MS);
@@ -483,6 +486,11 @@ impl Session {
         }
         if self.timers.expired(Timer::Upstream, now) {
             self.timers.stop(Timer::Upstream);
+            if let Some(Route::Prefetch { .. }) = self.route {
+                // A slow warming is given up: not replayed, nobody marked down.
+                self.cancel_upstream();
+                return self.finish();
+            }
             let awaiting_head = matches!(self.phase, Phase::AwaitingHead);
             if awaiting_head && self.fall_back(now) {
                 return;

@@ -11,6 +11,7 @@ use crate::core::error::{Error, ErrorKind};
 use crate::core::format::Stats;
 use crate::core::http::header;
 use crate::core::openai;
+use crate::core::prefetch;
 use crate::core::restream::{Ending, Restream};
 use crate::core::route;
 use crate::core::Millis;
@@ -26,10 +27,10 @@ impl Session {
     pub(super) fn send_upstream(&mut self, now: Millis, call: Call) {
         self.upstream
             .send(&mut self.actions, &self.config, now, call);
-        let wait = if self.route == Some(Route::Health) {
-            HEALTH_TIMEOUT_MS
-        } else {
-            self.config.first_byte_timeout_ms
+        let wait = match self.route {
+            Some(Route::Health) => HEALTH_TIMEOUT_MS,
+            Some(Route::Prefetch { .. }) => prefetch::TIMEOUT_MS,
+            _ => self.config.first_byte_timeout_ms,
         };
         self.timers.set(Timer::Upstream, now, wait);
         self.phase = Phase::AwaitingHead;
