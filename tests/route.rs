@@ -63,7 +63,7 @@ fn connection_failure_falls_back_to_the_other_replica() {
 }
 
 #[test]
-fn unavailable_status_and_timeout_fall_back_but_errors_do_not() {
+fn unavailable_status_falls_back_but_timeouts_and_errors_do_not() {
     // 503 (a replica still loading) moves on.
     let (mut s, mut w) = start_with(Health::default());
     s.handle_upstream_head(5, 503, &[]);
@@ -78,18 +78,18 @@ fn unavailable_status_and_timeout_fall_back_but_errors_do_not() {
     assert_eq!(w.upstream.len(), 2);
     assert_eq!(w.health.len(), 2, "{:?}", w.health);
 
-    // A first-byte timeout moves on too.
+    // A first-byte timeout does not replay the POST elsewhere (the first
+    // replica may still be generating it): 504, and that replica is marked
+    // down for the requests that follow.
     let (mut s, mut w) = start_with(Health::default());
     let deadline = tokenedge::core::config::DEFAULT_FIRST_BYTE_TIMEOUT_MS;
     s.handle_timeout(deadline);
     w.pump(&mut s, deadline);
-    assert_eq!(w.upstream.len(), 2);
-    assert!(!w.ended);
-    s.handle_upstream_head(deadline + 1, 200, &sse_head());
-    s.handle_upstream_chunk(deadline + 2, Bytes::from(format!("{CONTENT}{FINISH}")));
-    s.handle_upstream_end(deadline + 3);
-    w.pump(&mut s, deadline + 3);
-    assert!(w.text().contains("\"Hi\"") && !w.text().contains("error"));
+    assert_eq!(w.upstream.len(), 1);
+    assert!(w.ended && w.cancelled);
+    assert!(w.text().contains("upstream_timeout"), "{}", w.text());
+    assert_eq!(w.health.len(), 1);
+    assert!(!w.health[0].1);
 
     // A 400 is the same everywhere: no second try.
     let (mut s, mut w) = start_with(Health::default());
@@ -151,4 +151,27 @@ fn every_replica_down_is_a_502() {
     assert_eq!(w.status(), 502);
     assert_eq!(w.upstream.len(), 2);
     assert_eq!(w.json()["error"]["type"], "upstream_error");
+}
+
+/// A complete (`stream: false`) answer arrives in one piece when it is
+/// done, so its wait is the whole generation: it has its own, longer
+/// limit, and running out of it neither replays the request nor marks the
+/// replica down.
+#[test]
+fn a_long_non_stream_answer_is_waited_for_and_never_replayed() {
+    let mut s = Session::new(two_replicas());
+    let mut w = World::default();
+    let (head, body) = post("/v1/chat/completions", CHAT_JSON);
+    s.handle_request(0, head, body);
+    w.pump(&mut s, 0);
+    let first_byte = tokenedge::core::config::DEFAULT_FIRST_BYTE_TIMEOUT_MS;
+    fire_timers(&mut s, &mut w, first_byte + 1);
+    assert!(!w.ended, "still generating after the first-byte limit");
+    assert_eq!(w.upstream.len(), 1);
+    let total = tokenedge::core::config::DEFAULT_NON_STREAM_TIMEOUT_MS;
+    assert!(total > first_byte);
+    fire_timers(&mut s, &mut w, total);
+    assert_eq!(w.status(), 504);
+    assert_eq!(w.upstream.len(), 1, "never replayed");
+    assert!(w.health.is_empty(), "not marked down: {:?}", w.health);
 }

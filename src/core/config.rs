@@ -8,6 +8,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default time the upstream has to send its first byte (response head or
 /// first event). Long prompts on a busy CPU server take tens of seconds.
 pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 120_000;
+/// Default time a complete (`stream: false`) answer may take: it arrives
+/// in one piece when the whole generation is done, so the first-byte limit
+/// does not apply to it.
+pub const DEFAULT_NON_STREAM_TIMEOUT_MS: u64 = 300_000;
 /// Default longest silence once the stream has started.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
 /// Default interval of SSE keep-alive comments while waiting for the first
@@ -63,6 +67,8 @@ pub mod vars {
     pub const FIRST_BYTE_TIMEOUT_MS: &str = "FIRST_BYTE_TIMEOUT_MS";
     /// Longest upstream silence once it has started.
     pub const IDLE_TIMEOUT_MS: &str = "IDLE_TIMEOUT_MS";
+    /// Time a complete (`stream: false`) answer may take.
+    pub const NON_STREAM_TIMEOUT_MS: &str = "NON_STREAM_TIMEOUT_MS";
     /// Interval of keep-alive comments on a silent stream.
     pub const KEEPALIVE_INTERVAL_MS: &str = "KEEPALIVE_INTERVAL_MS";
     /// Lifetime of cache entries and prefixes; 0 turns the caches off.
@@ -91,6 +97,7 @@ pub mod vars {
         MAX_BODY_BYTES,
         FIRST_BYTE_TIMEOUT_MS,
         IDLE_TIMEOUT_MS,
+        NON_STREAM_TIMEOUT_MS,
         KEEPALIVE_INTERVAL_MS,
         CACHE_TTL_SECS,
         CACHE_SHARED,
@@ -196,6 +203,8 @@ pub struct Config {
     pub first_byte_timeout_ms: u64,
     /// Longest upstream silence once it has started.
     pub idle_timeout_ms: u64,
+    /// Time a complete (`stream: false`) answer may take, head included.
+    pub non_stream_timeout_ms: u64,
     /// Downstream silence after which a stream gets a keep-alive.
     pub keepalive_interval_ms: u64,
     /// Exact-cache entry lifetime; 0 turns the cache off.
@@ -231,6 +240,7 @@ impl Default for Config {
             max_tokens_cap: DEFAULT_MAX_TOKENS_CAP,
             first_byte_timeout_ms: DEFAULT_FIRST_BYTE_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            non_stream_timeout_ms: DEFAULT_NON_STREAM_TIMEOUT_MS,
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
             cache_ttl_secs: DEFAULT_CACHE_TTL_SECS,
             cache_shared: false,
@@ -310,6 +320,11 @@ impl Config {
             .clamp(1, MAX_TIMEOUT_MS),
             idle_timeout_ms: number(vars::IDLE_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS)
                 .clamp(1, MAX_TIMEOUT_MS),
+            non_stream_timeout_ms: number(
+                vars::NON_STREAM_TIMEOUT_MS,
+                DEFAULT_NON_STREAM_TIMEOUT_MS,
+            )
+            .clamp(1, MAX_TIMEOUT_MS),
             keepalive_interval_ms: number(
                 vars::KEEPALIVE_INTERVAL_MS,
                 DEFAULT_KEEPALIVE_INTERVAL_MS,

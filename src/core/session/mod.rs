@@ -492,15 +492,25 @@ impl Session {
                 return self.finish();
             }
             let awaiting_head = matches!(self.phase, Phase::AwaitingHead);
-            if awaiting_head && self.fall_back(now) {
-                return;
-            }
             return match (awaiting_head, self.route) {
                 (true, Some(Route::Health)) => {
                     self.cancel_upstream();
                     self.answer_health(false, true);
                 }
+                // A GET may be asked of the next replica.
+                (true, Some(Route::Models)) if self.fall_back(now) => {}
+                // A complete answer arrives when its generation is done: a
+                // slow one says nothing about its replica's health.
+                (true, Some(Route::Generate { stream: false, .. })) => {
+                    let after_ms = self.config.non_stream_timeout_ms;
+                    self.fail(Error::new(ErrorKind::UpstreamTimeout { after_ms }));
+                }
+                // A generation is never replayed elsewhere after a timeout
+                // (the replica may still be working on it); the replica is
+                // reported down for the requests that follow.
                 (true, _) => {
+                    self.upstream
+                        .report(&mut self.actions, &self.config, false, self.last_now);
                     let after_ms = self.config.first_byte_timeout_ms;
                     self.fail(Error::new(ErrorKind::UpstreamTimeout { after_ms }));
                 }

@@ -30,6 +30,7 @@ impl Session {
         let wait = match self.route {
             Some(Route::Health) => HEALTH_TIMEOUT_MS,
             Some(Route::Prefetch { .. }) => prefetch::TIMEOUT_MS,
+            Some(Route::Generate { stream: false, .. }) => self.config.non_stream_timeout_ms,
             _ => self.config.first_byte_timeout_ms,
         };
         self.timers.set(Timer::Upstream, now, wait);
