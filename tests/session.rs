@@ -1166,3 +1166,70 @@ fn health_says_little_and_probes_at_most_every_few_seconds() {
         r#"{"status":"ok","upstream":{"reachable":true}}"#
     );
 }
+
+fn head_only(cfg: Config, path: &str, headers: &[(&str, &str)]) -> (Session, World) {
+    let mut s = Session::new(cfg);
+    let mut w = World::default();
+    let headers = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    s.handle_request_head(0, RequestHead::new("POST", path, headers));
+    w.pump(&mut s, 0);
+    (s, w)
+}
+
+/// Route, key, declared length and content type are decided from the head:
+/// a refused request's body is never read.
+#[test]
+fn nothing_of_the_body_is_read_before_the_head_passes() {
+    let keyed = Config {
+        api_keys: vec!["k".into()],
+        ..config()
+    };
+    let fifty_mb = (50 * 1024 * 1024).to_string();
+    let json = ("content-type", "application/json");
+    for path in ["/v1/chat/completions", "/v1/prefetch"] {
+        let (_, w) = head_only(keyed.clone(), path, &[json, ("content-length", &fifty_mb)]);
+        assert_eq!(w.status(), 401, "{path}");
+        assert_eq!(w.body_wanted, None, "{path}");
+    }
+    let auth = ("authorization", "Bearer k");
+    let (_, w) = head_only(
+        keyed.clone(),
+        "/v1/chat/completions",
+        &[json, auth, ("content-length", &fifty_mb)],
+    );
+    assert_eq!(w.status(), 413);
+    assert_eq!(w.body_wanted, None);
+    let (_, w) = head_only(
+        keyed.clone(),
+        "/v1/chat/completions",
+        &[("content-type", "text/plain"), auth],
+    );
+    assert_eq!(w.status(), 415);
+    assert_eq!(w.body_wanted, None);
+
+    // A head that passes asks for the body, within the limit.
+    let (mut s, mut w) = head_only(keyed.clone(), "/v1/chat/completions", &[json, auth]);
+    assert!(w.head.is_none());
+    assert_eq!(w.body_wanted, Some(keyed.max_body_bytes));
+    s.handle_request_body(1, Bytes::from(CHAT_STREAM));
+    w.pump(&mut s, 1);
+    assert_eq!(w.upstream.len(), 1);
+
+    // A body that runs past the limit (no Content-Length) is cut off: 413.
+    let (mut s, mut w) = head_only(keyed.clone(), "/v1/chat/completions", &[json, auth]);
+    s.handle_request_body_too_large(1);
+    w.pump(&mut s, 1);
+    assert_eq!(w.status(), 413);
+    assert!(w.upstream.is_empty());
+
+    // A body that cannot be read is its own error, not a misleading 400
+    // about JSON.
+    let (mut s, mut w) = head_only(keyed, "/v1/chat/completions", &[json, auth]);
+    s.handle_request_body_failed(1, "connection reset");
+    w.pump(&mut s, 1);
+    assert_eq!(w.status(), 400);
+    assert_eq!(w.json()["error"]["code"], "body_unreadable");
+}

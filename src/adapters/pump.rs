@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::future::{pending, Future};
 use std::pin::{pin, Pin};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::future::{select, select_all, Either};
 use futures_util::{stream, Stream, StreamExt};
 
@@ -43,6 +43,8 @@ pub(crate) struct UpstreamResponse {
 pub(crate) trait Platform {
     /// The runtime's wall clock, in milliseconds.
     fn now(&self) -> Millis;
+    /// The client's request body, once (`None` when there is none).
+    fn take_request_body(&mut self) -> Option<BodyStream>;
     /// Starts an upstream request; the future answers with its head.
     fn fetch(
         &mut self,
@@ -123,12 +125,8 @@ pub(crate) enum Reply<P: Platform> {
 
 impl<P: Platform + 'static> Pump<P> {
     /// Starts a session on `req` and runs it until it has a response head.
-    pub(crate) async fn start(
-        platform: P,
-        session: Session,
-        req: RequestHead,
-        body: Bytes,
-    ) -> Reply<P> {
+    /// The body is read only if the session asks for it.
+    pub(crate) async fn start(platform: P, session: Session, req: RequestHead) -> Reply<P> {
         let mut pump = Pump {
             session,
             platform,
@@ -138,7 +136,7 @@ impl<P: Platform + 'static> Pump<P> {
             chunk_out: false,
         };
         let now = pump.platform.now();
-        pump.session.handle_request(now, req, body);
+        pump.session.handle_request_head(now, req);
         match pump.next().await {
             Out::Full(head, body) => {
                 let rest = (!pump.session.is_finished()).then_some(pump);
@@ -194,6 +192,7 @@ impl<P: Platform + 'static> Pump<P> {
                         self.platform.settle().await;
                         return Out::End;
                     }
+                    Action::ReadBody { limit } => self.read_body(limit).await,
                     Action::SendUpstream(req) => self.send(req),
                     Action::KvGet { key, read } => {
                         let value = self.platform.kv_get(key);
@@ -216,6 +215,26 @@ impl<P: Platform + 'static> Pump<P> {
             let wake = self.wait(deadline).await;
             self.wake(wake);
         }
+    }
+
+    /// Reads the request body up to `limit` bytes and reports it; stops
+    /// reading the moment it passes the limit.
+    async fn read_body(&mut self, limit: usize) {
+        let mut body = BytesMut::new();
+        if let Some(mut chunks) = self.platform.take_request_body() {
+            while let Some(chunk) = chunks.next().await {
+                let t = self.platform.now();
+                match chunk {
+                    Ok(c) if body.len().saturating_add(c.len()) > limit => {
+                        return self.session.handle_request_body_too_large(t);
+                    }
+                    Ok(c) => body.extend_from_slice(&c),
+                    Err(e) => return self.session.handle_request_body_failed(t, &e),
+                }
+            }
+        }
+        let t = self.platform.now();
+        self.session.handle_request_body(t, body.freeze());
     }
 
     /// Waits for the upstream, a KV read or the deadline, whichever first.
@@ -334,6 +353,7 @@ impl<P: Platform> Pump<P> {
             // After the client left nobody waits for a read, and nothing
             // goes to the client or upstream any more.
             Action::KvGet { .. }
+            | Action::ReadBody { .. }
             | Action::SendUpstream(_)
             | Action::Respond(..)
             | Action::RespondHead(_)

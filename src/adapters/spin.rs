@@ -56,6 +56,8 @@ fn now() -> Millis {
 
 /// The Spin side of the pump.
 struct Spin {
+    /// The client's request body, until the session asks for it.
+    request_body: Option<pump::BodyStream>,
     /// The key-value store's label.
     store: Rc<str>,
     /// Writes under way, finished before the response ends.
@@ -65,6 +67,10 @@ struct Spin {
 impl Platform for Spin {
     fn now(&self) -> Millis {
         now()
+    }
+
+    fn take_request_body(&mut self) -> Option<pump::BodyStream> {
+        self.request_body.take()
     }
 
     fn fetch(
@@ -238,17 +244,25 @@ async fn handle(req: Request) -> http::Response<Body> {
         .collect();
     let mut head = RequestHead::new(&method, &path, headers);
     head.client = client_info(&req);
-    let body = match method.as_str() {
-        "GET" | "HEAD" | "OPTIONS" => Bytes::new(),
-        _ => req.into_body().bytes().await.unwrap_or_default(),
-    };
     let config = config().await;
+    // Read only if the session asks for it, after the head passed.
+    let request_body = match method.as_str() {
+        "GET" | "HEAD" | "OPTIONS" => None,
+        _ => {
+            let chunks = req
+                .into_body()
+                .stream()
+                .map(|c| c.map_err(|e| format!("{e:?}")));
+            Some(Box::pin(chunks) as pump::BodyStream)
+        }
+    };
     let platform = Spin {
+        request_body,
         store: config.kv_store.as_deref().unwrap_or(DEFAULT_STORE).into(),
         kv_writes: Vec::new(),
     };
     let session = Session::new(config).with_health(pump::health());
-    match Pump::start(platform, session, head, body).await {
+    match Pump::start(platform, session, head).await {
         Reply::Full(head, body, rest) => {
             if let Some(rest) = rest {
                 // Answered early (a prefetch): the rest runs after the

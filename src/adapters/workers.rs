@@ -32,6 +32,8 @@ const KV_BINDING: &str = "KV";
 /// The Workers side of the pump.
 struct Workers {
     ctx: Rc<Context>,
+    /// The client's request body, until the session asks for it.
+    request_body: Option<pump::BodyStream>,
     kv: Option<KvStore>,
     /// Aborts the upstream fetch under way.
     abort: Option<AbortController>,
@@ -40,6 +42,10 @@ struct Workers {
 impl Platform for Workers {
     fn now(&self) -> Millis {
         Date::now().as_millis()
+    }
+
+    fn take_request_body(&mut self) -> Option<pump::BodyStream> {
+        self.request_body.take()
     }
 
     fn fetch(
@@ -164,22 +170,27 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     }
     let mut head = RequestHead::new(&method, url.path(), headers);
     head.client = client_info(&req);
-    let body = match method.as_str() {
-        "GET" | "HEAD" | "OPTIONS" => Vec::new(),
-        _ => req.bytes().await.unwrap_or_default(),
-    };
     let config = config(&env);
+    // Read only if the session asks for it, after the head passed.
+    let request_body = match method.as_str() {
+        "GET" | "HEAD" | "OPTIONS" => None,
+        _ => req.stream().ok().map(|s| {
+            let chunks = s.map(|c| c.map(Bytes::from).map_err(|e| e.to_string()));
+            Box::pin(chunks) as pump::BodyStream
+        }),
+    };
     let kv = env
         .kv(config.kv_store.as_deref().unwrap_or(KV_BINDING))
         .ok();
     let ctx = Rc::new(ctx);
     let platform = Workers {
         ctx: ctx.clone(),
+        request_body,
         kv,
         abort: None,
     };
     let session = Session::new(config).with_health(pump::health());
-    match Pump::start(platform, session, head, body.into()).await {
+    match Pump::start(platform, session, head).await {
         Reply::Full(head, body, rest) => {
             if let Some(rest) = rest {
                 // Answered early (a prefetch): the rest runs after the

@@ -36,6 +36,8 @@ pub(crate) enum ErrorKind {
     MethodNotAllowed { method: String, path: String },
     /// 413: the body is larger than the configured limit.
     PayloadTooLarge { limit: usize },
+    /// 400: the request body could not be read to its end.
+    BodyUnreadable { detail: String },
     /// 415: a POST body that does not say `application/json`.
     UnsupportedMediaType { content_type: Option<String> },
     /// The upstream answered a non-2xx status before streaming; `message`
@@ -93,6 +95,7 @@ impl Error {
             | NotFound { .. }
             | MethodNotAllowed { .. }
             | PayloadTooLarge { .. }
+            | BodyUnreadable { .. }
             | UnsupportedMediaType { .. } => Source::Downstream,
             UpstreamStatus { .. }
             | UpstreamUnreachable { .. }
@@ -123,6 +126,7 @@ impl Error {
             NotFound { .. } => 404,
             MethodNotAllowed { .. } => 405,
             PayloadTooLarge { .. } => 413,
+            BodyUnreadable { .. } => 400,
             UnsupportedMediaType { .. } => 415,
             UpstreamStatus { status, .. } => *status,
             UpstreamUnreachable { .. } | UpstreamAuthFailed | UpstreamStreamBroken { .. } => 502,
@@ -144,6 +148,7 @@ impl Error {
                 format!("Method {method} is not allowed on {path}")
             }
             PayloadTooLarge { limit } => format!("Request body exceeds the limit of {limit} bytes"),
+            BodyUnreadable { detail } => format!("The request body could not be read: {detail}"),
             UnsupportedMediaType { content_type } => format!(
                 "Content-Type must be application/json (got {})",
                 content_type.as_deref().unwrap_or("none")
@@ -173,6 +178,7 @@ impl Error {
             | NotFound { .. }
             | MethodNotAllowed { .. }
             | PayloadTooLarge { .. }
+            | BodyUnreadable { .. }
             | UnsupportedMediaType { .. } => "invalid_request_error".into(),
             InvalidApiKey => "authentication_error".into(),
             UpstreamStatus {
@@ -196,6 +202,7 @@ impl Error {
             NotFound { .. } => "not_found",
             MethodNotAllowed { .. } => "method_not_allowed",
             PayloadTooLarge { .. } => "payload_too_large",
+            BodyUnreadable { .. } => "body_unreadable",
             UnsupportedMediaType { .. } => "unsupported_media_type",
             UpstreamStatus { .. } => "upstream_status",
             UpstreamUnreachable { .. } => "upstream_unreachable",

@@ -29,6 +29,8 @@ pub struct World {
     pub health: Vec<(String, bool)>,
     /// Health probe results: (time, ok).
     pub probes: Vec<(u64, bool)>,
+    /// The limit of a request body the session asked to read.
+    pub body_wanted: Option<usize>,
 }
 
 impl World {
@@ -94,6 +96,7 @@ impl World {
                 }
                 Action::ReplicaHealth { replica, up } => self.health.push((replica, up)),
                 Action::HealthProbe { ok } => self.probes.push((now, ok)),
+                Action::ReadBody { limit } => self.body_wanted = Some(limit),
             }
         }
     }

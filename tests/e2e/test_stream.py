@@ -217,6 +217,42 @@ def test_no_usable_api_keys_fails_closed():
     assert r.status_code == 200
 
 
+def _raw(url):
+    """A socket to the function, for requests httpx would not send."""
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.settimeout(5)
+    return sock
+
+
+def test_a_refused_request_is_answered_before_its_body_is_read():
+    """No key and a declared 50 MB body: the 401 comes after the first MB of
+    the upload, without waiting for (or reading) the rest."""
+    sock = _raw(URL)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 52428800\r\n\r\n" + b" " * (1024 * 1024))
+    started = time.monotonic()
+    answer = sock.recv(4096)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    print(f"[{RUNTIME}] 401 {time.monotonic() - started:.2f}s after the first MB of a 50 MB upload")
+
+
+def test_a_body_past_the_limit_is_cut_off():
+    """A chunked upload (no Content-Length) with a valid key: 413 as soon as
+    it passes MAX_BODY_BYTES (1 MiB here), while the client is still
+    sending."""
+    sock = _raw(URL)
+    sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 f"Authorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+    piece = b" " * (256 * 1024)
+    for _ in range(6):  # 1.5 MiB, and no last chunk
+        sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+    answer = sock.recv(4096)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
 def test_models_and_health():
     r = httpx.get(f"{URL}/v1/models", headers=AUTH)
     assert r.status_code == 200 and r.json()["data"]

@@ -21,6 +21,15 @@ pub enum Action {
     /// [`Session::handle_upstream_end`], or a connection or read failure with
     /// [`Session::handle_upstream_failed`].
     SendUpstream(UpstreamRequest),
+    /// Read the request body, at most `limit` bytes, and report it with
+    /// [`Session::handle_request_body`] — or, as soon as it passes the
+    /// limit, stop reading and report [`Session::handle_request_body_too_large`];
+    /// a read failure is [`Session::handle_request_body_failed`]. Asked for
+    /// only once the route, the key and the declared length passed.
+    ReadBody {
+        /// Most bytes to read.
+        limit: usize,
+    },
     /// Abort the upstream request and stop reading its body: its answer is
     /// no longer needed. Touches nothing else (KV reads under way go on).
     CancelUpstream,

@@ -1,7 +1,8 @@
 //! Intake: the request head read once, into the facts every later phase
 //! reads — the route (after method, key and configuration checks), the
 //! caller's key, how a stream is to be framed and paced, the link hints and
-//! the cache directives. The body is only parsed here, on request, into a
+//! the cache directives — all before any of the body is read. The body is
+//! only checked and parsed here, on request, into a
 //! validated [`CompletionRequest`]; nothing is decided about what to do
 //! with it.
 
@@ -30,7 +31,8 @@ pub(super) enum Route {
     Models,
     /// `GET /healthz`, no key needed.
     Health,
-    /// `POST /v1/prefetch`, with a body shaped for `endpoint`.
+    /// `POST /v1/prefetch`, with a body shaped for `endpoint` (chat until
+    /// the body is read).
     Prefetch { endpoint: Endpoint },
 }
 
@@ -60,16 +62,11 @@ pub(super) struct Intake {
 }
 
 impl Intake {
-    /// Reads `req` (and, for a prefetch, the shape of `body`): the route,
-    /// or why the request is refused before its body is read, and the
-    /// rest of the facts.
-    pub(super) fn read(
-        config: &Config,
-        req: &RequestHead,
-        body: &[u8],
-    ) -> (Result<Route, Error>, Self) {
+    /// Reads `req`: the route, or why the request is refused before its
+    /// body is read, and the rest of the facts.
+    pub(super) fn read(config: &Config, req: &RequestHead) -> (Result<Route, Error>, Self) {
         let key = access::bearer(req).map(str::to_owned);
-        let route = route(config, req, key.as_deref(), body);
+        let route = route(config, req, key.as_deref());
         let intake = Self {
             cors: access::cors_headers(&config.cors_origins, req),
             preflight: if req.method == "OPTIONS" {
@@ -95,17 +92,11 @@ impl Intake {
         (route, intake)
     }
 
-    /// The body as a validated generation request: within
-    /// `MAX_BODY_BYTES` (as sent and as declared), JSON, well-formed for
-    /// `endpoint`, and within the deployment's caps on `n` and length.
-    pub(super) fn parse_body(
-        &self,
-        config: &Config,
-        endpoint: Endpoint,
-        body: &[u8],
-    ) -> Result<CompletionRequest, Error> {
+    /// Whether a body may be read at all: its declared length within
+    /// `MAX_BODY_BYTES`, and JSON.
+    pub(super) fn check_head(&self, config: &Config) -> Result<(), Error> {
         let limit = config.max_body_bytes;
-        if body.len() > limit || self.content_length.is_some_and(|n| n > limit) {
+        if self.content_length.is_some_and(|n| n > limit) {
             return Err(Error::new(ErrorKind::PayloadTooLarge { limit }));
         }
         let is_json = self
@@ -118,6 +109,18 @@ impl Intake {
                 content_type: self.content_type.clone(),
             }));
         }
+        Ok(())
+    }
+
+    /// The body (read within `MAX_BODY_BYTES`) as a validated generation
+    /// request: well-formed for `endpoint`, and within the deployment's
+    /// caps on `n` and length.
+    pub(super) fn parse_body(
+        &self,
+        config: &Config,
+        endpoint: Endpoint,
+        body: &[u8],
+    ) -> Result<CompletionRequest, Error> {
         let request = openai::parse_request(endpoint, body)?;
         openai::check_caps(&request.body, config.max_n, config.max_tokens_cap)?;
         Ok(request)
@@ -132,12 +135,7 @@ impl Intake {
 
 /// The route for `req`: path, then method, then whether the deployment can
 /// serve it at all, then the key.
-fn route(
-    config: &Config,
-    req: &RequestHead,
-    key: Option<&str>,
-    body: &[u8],
-) -> Result<Route, Error> {
+fn route(config: &Config, req: &RequestHead, key: Option<&str>) -> Result<Route, Error> {
     if req.method == "OPTIONS" {
         return Ok(Route::Preflight);
     }
@@ -148,9 +146,10 @@ fn route(
     let (route, method) = match req.path.as_str() {
         "/healthz" => (Route::Health, "GET"),
         "/v1/models" => (Route::Models, "GET"),
+        // Which endpoint its body is shaped for is known once it is read.
         prefetch::PATH => (
             Route::Prefetch {
-                endpoint: prefetch::endpoint_of(body),
+                endpoint: Endpoint::Chat,
             },
             "POST",
         ),

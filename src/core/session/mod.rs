@@ -92,8 +92,10 @@ pub const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 
 #[derive(Debug)]
 enum Phase {
-    /// Waiting for `handle_request`.
+    /// Waiting for `handle_request` (or `handle_request_head`).
     Idle,
+    /// The head passed every check; the body is being read.
+    ReadingBody { intake: Box<Intake>, route: Route },
     /// Waiting (briefly) for the caches' answer before going upstream.
     CacheLookup,
     /// A prefetch, answered: waiting (briefly) for its debounce marker.
@@ -174,10 +176,53 @@ impl Session {
             .map(|t| t.saturating_sub(self.received_at))
     }
 
-    /// A request arrived, with its whole body.
+    /// A request arrived, with its whole body: [`Session::handle_request_head`]
+    /// and, if the session asks for it, [`Session::handle_request_body`].
     pub fn handle_request(&mut self, now: Millis, req: RequestHead, body: Bytes) {
         self.enter(now);
-        self.on_request(now, &req, &body);
+        self.on_request_head(now, &req);
+        if matches!(self.phase, Phase::ReadingBody { .. }) {
+            self.actions
+                .retain(|a| !matches!(a, Action::ReadBody { .. }));
+            self.on_request_body(now, &body);
+        }
+        self.leave();
+    }
+
+    /// A request's head arrived; nothing of its body has been read. The
+    /// session answers, or asks for the body with [`Action::ReadBody`].
+    pub fn handle_request_head(&mut self, now: Millis, req: RequestHead) {
+        self.enter(now);
+        self.on_request_head(now, &req);
+        self.leave();
+    }
+
+    /// The body asked for with [`Action::ReadBody`], whole.
+    pub fn handle_request_body(&mut self, now: Millis, body: Bytes) {
+        self.enter(now);
+        self.on_request_body(now, &body);
+        self.leave();
+    }
+
+    /// The body passed the [`Action::ReadBody`] limit; the rest was not
+    /// read.
+    pub fn handle_request_body_too_large(&mut self, now: Millis) {
+        self.enter(now);
+        if matches!(self.phase, Phase::ReadingBody { .. }) {
+            let limit = self.config.max_body_bytes;
+            self.fail(Error::new(ErrorKind::PayloadTooLarge { limit }));
+        }
+        self.leave();
+    }
+
+    /// The body could not be read to its end.
+    pub fn handle_request_body_failed(&mut self, now: Millis, detail: &str) {
+        self.enter(now);
+        if matches!(self.phase, Phase::ReadingBody { .. }) {
+            self.fail(Error::new(ErrorKind::BodyUnreadable {
+                detail: detail.into(),
+            }));
+        }
         self.leave();
     }
 
@@ -283,12 +328,12 @@ impl Session {
 
     // ---- request -------------------------------------------------------
 
-    fn on_request(&mut self, now: Millis, req: &RequestHead, body: &[u8]) {
+    fn on_request_head(&mut self, now: Millis, req: &RequestHead) {
         if !matches!(self.phase, Phase::Idle) {
             return;
         }
         self.received_at = now;
-        let (route, mut intake) = Intake::read(&self.config, req, body);
+        let (route, mut intake) = Intake::read(&self.config, req);
         self.response = Response::new(std::mem::take(&mut intake.cors), intake.coding);
         let route = match route {
             Ok(route) => route,
@@ -319,8 +364,36 @@ impl Session {
                 };
                 self.send_upstream(now, call);
             }
-            Route::Prefetch { endpoint } => self.prefetch(now, &intake, endpoint, body),
-            Route::Generate { endpoint, .. } => self.generate(now, intake, endpoint, body),
+            Route::Prefetch { .. } | Route::Generate { .. } => {
+                if let Err(e) = intake.check_head(&self.config) {
+                    return self.fail(e);
+                }
+                self.phase = Phase::ReadingBody {
+                    intake: Box::new(intake),
+                    route,
+                };
+                let limit = self.config.max_body_bytes;
+                self.actions.push_back(Action::ReadBody { limit });
+            }
+        }
+    }
+
+    fn on_request_body(&mut self, now: Millis, body: &[u8]) {
+        let Phase::ReadingBody { intake, route } = std::mem::replace(&mut self.phase, Phase::Idle)
+        else {
+            return;
+        };
+        let limit = self.config.max_body_bytes;
+        if body.len() > limit {
+            return self.fail(Error::new(ErrorKind::PayloadTooLarge { limit }));
+        }
+        match route {
+            Route::Prefetch { .. } => {
+                let endpoint = prefetch::endpoint_of(body);
+                self.prefetch(now, &intake, endpoint, body);
+            }
+            Route::Generate { endpoint, .. } => self.generate(now, *intake, endpoint, body),
+            Route::Preflight | Route::Health | Route::Models => {}
         }
     }
 

@@ -141,6 +141,7 @@ impl Session {
                 self.response.emit(&mut self.actions, now, chunk);
             }
             Phase::Idle
+            | Phase::ReadingBody { .. }
             | Phase::CacheLookup
             | Phase::PrefetchLookup { .. }
             | Phase::AwaitingHead
@@ -168,7 +169,11 @@ impl Session {
             Phase::AwaitingHead => {
                 self.on_upstream_failed(now, "connection closed before a response")
             }
-            Phase::Idle | Phase::CacheLookup | Phase::PrefetchLookup { .. } | Phase::Finished => {}
+            Phase::Idle
+            | Phase::ReadingBody { .. }
+            | Phase::CacheLookup
+            | Phase::PrefetchLookup { .. }
+            | Phase::Finished => {}
         }
     }
 
