@@ -6,10 +6,13 @@
 //!
 //! ```text
 //! let mut s = Session::new(config);
-//! s.handle_request(now, head, body);
+//! s.handle_request_head(now, head);
 //! loop {
 //!     while let Some(action) = s.poll_action() {
 //!         match action {
+//!             ReadBody { limit } => read the request body, stopping past
+//!                                   limit; report handle_request_body /
+//!                                   _body_too_large / _body_failed
 //!             SendUpstream(req)  => start the fetch; later report
 //!                                   handle_upstream_head / _chunk / _end / _failed
 //!             CancelUpstream     => abort the fetch, stop reading its body
