@@ -10,6 +10,9 @@
 //! futures and aborts the request), KV writes and health reports. Nothing
 //! the session asked for is dropped.
 //!
+//! Request bodies: read only when the session asks (`ReadBody`, after the
+//! head passed), as a stream cut off the moment it passes the limit.
+//!
 //! Drain: response bodies are pulled, so each pull after a chunk means the
 //! platform took it; that is reported as `handle_downstream_drained`.
 
