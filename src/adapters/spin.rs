@@ -93,11 +93,7 @@ impl Platform for Spin {
             let response = spin_sdk::http::send(request)
                 .await
                 .map_err(|e| format!("{e:?}"))?;
-            let headers = response
-                .headers()
-                .iter()
-                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
-                .collect();
+            let headers = header_list(response.headers());
             let status = response.status().as_u16();
             let chunks = response
                 .into_body()
@@ -177,28 +173,31 @@ async fn config() -> Config {
     })
 }
 
-/// The response body: all at once, or chunk by chunk as the pump yields them.
-enum Body {
-    Full(Option<Bytes>),
-    Stream(Pin<Box<dyn Stream<Item = Bytes>>>),
-}
+/// The response body: chunks as the pump yields them (one, for a complete
+/// answer).
+struct Body(Pin<Box<dyn Stream<Item = Bytes>>>);
 
 impl http_body::Body for Body {
     type Data = Bytes;
     type Error = Infallible;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Stream(chunks) => chunks
-                .as_mut()
-                .poll_next(cx)
-                .map(|c| c.map(|b| Ok(Frame::data(b)))),
-        }
+        self.0
+            .as_mut()
+            .poll_next(cx)
+            .map(|c| c.map(|b| Ok(Frame::data(b))))
     }
+}
+
+/// Headers with values that are text, as the core takes them.
+fn header_list(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
+        .collect()
 }
 
 fn client_info(req: &Request) -> ClientInfo {
@@ -236,12 +235,8 @@ async fn handle(req: Request) -> http::Response<Body> {
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .filter(|(k, _)| !k.as_str().starts_with(SPIN_HEADER_PREFIX))
-        .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
-        .collect();
+    let mut headers = header_list(req.headers());
+    headers.retain(|(k, _)| !k.starts_with(SPIN_HEADER_PREFIX));
     let mut head = RequestHead::new(&method, &path, headers);
     head.client = client_info(&req);
     let config = config().await;
@@ -269,8 +264,9 @@ async fn handle(req: Request) -> http::Response<Body> {
                 // response.
                 spin_sdk::wasip3::spawn(rest.run_to_end());
             }
-            response(head, Body::Full(Some(body).filter(|b| !b.is_empty())))
+            let body = Some(body).filter(|b| !b.is_empty());
+            response(head, Body(Box::pin(futures_util::stream::iter(body))))
         }
-        Reply::Stream(head, pump) => response(head, Body::Stream(Box::pin(pump.into_chunks()))),
+        Reply::Stream(head, pump) => response(head, Body(Box::pin(pump.into_chunks()))),
     }
 }
