@@ -48,6 +48,8 @@ pub mod core;
 #[cfg(all(target_arch = "wasm32", any(feature = "workers", feature = "spin")))]
 mod adapters {
     mod pump;
+    #[cfg(feature = "workers")]
+    mod quota_object;
     #[cfg(feature = "spin")]
     mod spin;
     #[cfg(feature = "workers")]

@@ -25,6 +25,7 @@ use futures_util::future::{select, select_all, Either};
 use futures_util::{stream, Stream, StreamExt};
 
 use crate::core::http::{RequestHead, ResponseHead, UpstreamRequest};
+use crate::core::quota::{Ask, Lease, Verdict};
 use crate::core::route::Health;
 use crate::core::session::{Action, KvRead, Session};
 use crate::core::Millis;
@@ -62,6 +63,13 @@ pub(crate) trait Platform {
     fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64);
     /// Deletes in the background; a failure is ignored.
     fn kv_delete(&mut self, key: String);
+    /// Counts a request against its key's record in the deployment's
+    /// limits store (see `Action::Admit`); a store that cannot be asked
+    /// answers [`Verdict::Unknown`].
+    fn admit(&mut self, key: String, ask: Ask) -> Boxed<Verdict>;
+    /// Returns a lease to its key's record, in the background; a failure
+    /// is ignored (the lease lapses by itself).
+    fn release(&mut self, key: String, lease: Lease);
     /// Waits this long.
     fn sleep(&self, ms: Millis) -> Boxed<()>;
     /// The response is about to end: finish the background work the
@@ -101,6 +109,7 @@ enum Wake {
     Head(Result<UpstreamResponse, String>),
     Chunk(Option<Result<Bytes, String>>),
     Kv(usize, KvRead, Option<Vec<u8>>),
+    Admission(Verdict),
     Timer,
 }
 
@@ -112,6 +121,8 @@ pub(crate) struct Pump<P: Platform> {
     body: Option<BodyStream>,
     /// KV reads under way (the link record and a cache entry can both be).
     kv_reads: Vec<Boxed<(KvRead, Option<Vec<u8>>)>>,
+    /// The limits store's verdict, while it is awaited.
+    admission: Option<Boxed<Verdict>>,
     /// A chunk went to the platform; its next pull means it was taken.
     chunk_out: bool,
 }
@@ -136,6 +147,7 @@ impl<P: Platform + 'static> Pump<P> {
             head: None,
             body: None,
             kv_reads: Vec::new(),
+            admission: None,
             chunk_out: false,
         };
         let now = pump.platform.now();
@@ -197,6 +209,9 @@ impl<P: Platform + 'static> Pump<P> {
                     }
                     Action::ReadBody { limit } => self.read_body(limit).await,
                     Action::SendUpstream(req) => self.send(req),
+                    Action::Admit { key, ask } => {
+                        self.admission = Some(self.platform.admit(key, ask));
+                    }
                     Action::KvGet { key, read } => {
                         let value = self.platform.kv_get(key);
                         self.kv_reads
@@ -210,6 +225,7 @@ impl<P: Platform + 'static> Pump<P> {
                 && self.head.is_none()
                 && self.body.is_none()
                 && self.kv_reads.is_empty()
+                && self.admission.is_none()
             {
                 // Nothing can happen any more.
                 self.platform.settle().await;
@@ -246,6 +262,7 @@ impl<P: Platform + 'static> Pump<P> {
             head,
             body,
             kv_reads,
+            admission,
             platform,
             ..
         } = self;
@@ -266,6 +283,12 @@ impl<P: Platform + 'static> Pump<P> {
                 Wake::Kv(i, read, value)
             }
         };
+        let admitted = async {
+            match admission.as_mut() {
+                Some(verdict) => Wake::Admission(verdict.await),
+                None => pending().await,
+            }
+        };
         let timer = async {
             match deadline {
                 Some(at) => platform.sleep(at.saturating_sub(platform.now())).await,
@@ -275,6 +298,11 @@ impl<P: Platform + 'static> Pump<P> {
         };
         let io = async {
             match select(pin!(upstream), pin!(kv)).await {
+                Either::Left((w, _)) | Either::Right((w, _)) => w,
+            }
+        };
+        let io = async {
+            match select(pin!(io), pin!(admitted)).await {
                 Either::Left((w, _)) | Either::Right((w, _)) => w,
             }
         };
@@ -309,6 +337,10 @@ impl<P: Platform + 'static> Pump<P> {
             Wake::Chunk(None) => {
                 self.body = None;
                 self.session.handle_upstream_end(t);
+            }
+            Wake::Admission(verdict) => {
+                self.admission = None;
+                self.session.handle_admission(t, verdict);
             }
             Wake::Kv(i, read, value) => {
                 drop(self.kv_reads.swap_remove(i));
@@ -345,6 +377,7 @@ impl<P: Platform> Pump<P> {
                 ttl_secs,
             } => self.platform.kv_put(key, value, ttl_secs),
             Action::KvDelete { key } => self.platform.kv_delete(key),
+            Action::Release { key, lease } => self.platform.release(key, lease),
             Action::ReplicaHealth { replica, up } => {
                 let now = self.platform.now();
                 HEALTH.with(|h| h.borrow_mut().report(&replica, up, now));
@@ -356,6 +389,7 @@ impl<P: Platform> Pump<P> {
             // After the client left nobody waits for a read, and nothing
             // goes to the client or upstream any more.
             Action::KvGet { .. }
+            | Action::Admit { .. }
             | Action::ReadBody { .. }
             | Action::SendUpstream(_)
             | Action::Respond(..)

@@ -35,6 +35,7 @@ use spin_sdk::wasip3::clocks::monotonic_clock;
 use super::pump::{self, Boxed, Platform, Pump, Reply, UpstreamResponse};
 use crate::core::config::{vars, Config};
 use crate::core::http::{ClientInfo, RequestHead, ResponseHead, UpstreamRequest};
+use crate::core::quota::{self, Ask, Lease, Tally, Verdict};
 use crate::core::session::Session;
 use crate::core::Millis;
 
@@ -111,22 +112,32 @@ impl Platform for Spin {
         let store = self.store.clone();
         Box::pin(async move {
             let value = Store::open(&store).await.ok()?.get(&key).await.ok()??;
-            let (expiry, value) = value.split_at_checked(EXPIRY_LEN)?;
-            let expiry = Millis::from_be_bytes(expiry.try_into().ok()?);
-            (expiry > now()).then(|| value.to_vec())
+            unexpired(&value).map(<[u8]>::to_vec)
         })
     }
 
     fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64) {
         let store = self.store.clone();
         self.kv_writes.push(Box::pin(async move {
-            let expiry = now().saturating_add(ttl_secs.saturating_mul(1000));
-            let mut stored = Vec::with_capacity(EXPIRY_LEN + value.len());
-            stored.extend_from_slice(&expiry.to_be_bytes());
-            stored.extend_from_slice(&value);
             if let Ok(store) = Store::open(&store).await {
-                let _ = store.set(&key, &stored).await;
+                let _ = store.set(&key, &expiring(&value, ttl_secs)).await;
             }
+        }));
+    }
+
+    fn admit(&mut self, key: String, ask: Ask) -> Boxed<Verdict> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            update_tally(&store, &key, |tally, now| tally.admit(now, ask))
+                .await
+                .unwrap_or(Verdict::Unknown)
+        })
+    }
+
+    fn release(&mut self, key: String, lease: Lease) {
+        let store = self.store.clone();
+        self.kv_writes.push(Box::pin(async move {
+            update_tally(&store, &key, |tally, now| tally.release(now, lease)).await;
         }));
     }
 
@@ -156,6 +167,44 @@ impl Platform for Spin {
             spin_sdk::wasip3::spawn(write);
         }
     }
+}
+
+/// A stored value without its expiry time, unless it has expired.
+fn unexpired(stored: &[u8]) -> Option<&[u8]> {
+    let (expiry, value) = stored.split_at_checked(EXPIRY_LEN)?;
+    let expiry = Millis::from_be_bytes(expiry.try_into().ok()?);
+    (expiry > now()).then_some(value)
+}
+
+/// `value` as stored: its expiry time in front.
+fn expiring(value: &[u8], ttl_secs: u64) -> Vec<u8> {
+    let expiry = now().saturating_add(ttl_secs.saturating_mul(1000));
+    let mut stored = Vec::with_capacity(EXPIRY_LEN + value.len());
+    stored.extend_from_slice(&expiry.to_be_bytes());
+    stored.extend_from_slice(value);
+    stored
+}
+
+/// Reads a key's limits record, applies `change` with this instance's
+/// clock and writes it back. Not atomic: two instances that read the same
+/// record at once both count from it (docs/security.md says what that
+/// allows). `None` when the store cannot be used.
+async fn update_tally<T>(
+    store: &str,
+    key: &str,
+    change: impl FnOnce(&mut Tally, Millis) -> T,
+) -> Option<T> {
+    let store = Store::open(store).await.ok()?;
+    let stored = store.get(key).await.ok()?;
+    let mut tally = stored
+        .as_deref()
+        .and_then(unexpired)
+        .map(Tally::decode)
+        .unwrap_or_default();
+    let out = change(&mut tally, now());
+    let record = expiring(tally.encode().as_bytes(), quota::RECORD_TTL_SECS);
+    store.set(key, &record).await.ok()?;
+    Some(out)
 }
 
 /// Spin variable names are lower snake case: `UPSTREAM_URL` → `upstream_url`.

@@ -17,17 +17,22 @@ use futures_util::StreamExt;
 use worker::kv::KvStore;
 use worker::{
     event, js_sys, AbortController, Context, Date, EncodeBody, Env, Fetch, Headers, Method,
-    Request, RequestInit, Response, Result,
+    ObjectNamespace, Request, RequestInit, Response, Result,
 };
 
 use super::pump::{self, Boxed, Platform, Pump, Reply, UpstreamResponse};
+use super::quota_object::{ask_line, release_line, verdict_of};
 use crate::core::config::{vars, Config};
 use crate::core::http::{ClientInfo, RequestHead, UpstreamRequest};
+use crate::core::quota::{Ask, Lease, Verdict};
 use crate::core::session::Session;
 use crate::core::Millis;
 
 /// The KV namespace binding (optional) unless `KV_STORE` names another.
 const KV_BINDING: &str = "KV";
+/// The Durable Object namespace of the per-key limits records, needed when
+/// `RATE_LIMIT_RPM` or `MAX_STREAMS_PER_KEY` is set.
+const QUOTA_BINDING: &str = "QUOTA";
 
 /// The Workers side of the pump.
 struct Workers {
@@ -35,6 +40,8 @@ struct Workers {
     /// The client's request body, until the session asks for it.
     request_body: Option<pump::BodyStream>,
     kv: Option<KvStore>,
+    /// The per-key limits records.
+    quota: Option<ObjectNamespace>,
     /// Aborts the upstream fetch under way.
     abort: Option<AbortController>,
 }
@@ -107,19 +114,57 @@ impl Platform for Workers {
         });
     }
 
+    fn admit(&mut self, key: String, ask: Ask) -> Boxed<Verdict> {
+        let quota = self.quota.clone();
+        Box::pin(async move {
+            let answer = match quota {
+                Some(ns) => ask_record(&ns, &key, ask_line(ask)).await,
+                None => None,
+            };
+            answer.map_or(Verdict::Unknown, |a| verdict_of(&a))
+        })
+    }
+
+    fn release(&mut self, key: String, lease: Lease) {
+        let Some(ns) = self.quota.clone() else { return };
+        self.ctx.wait_until(async move {
+            ask_record(&ns, &key, release_line(lease)).await;
+        });
+    }
+
     fn sleep(&self, ms: Millis) -> Boxed<()> {
         Box::pin(worker::Delay::from(Duration::from_millis(ms)))
     }
 }
 
+/// Sends one line to a key's limits record and returns its answer.
+async fn ask_record(ns: &ObjectNamespace, key: &str, line: String) -> Option<String> {
+    let stub = ns.id_from_name(key).ok()?.get_stub().ok()?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_body(Some(line.into()));
+    let req = Request::new_with_init("https://quota/", &init).ok()?;
+    let mut response = stub.fetch_with_request(req).await.ok()?;
+    response.text().await.ok()
+}
+
 fn config(env: &Env) -> Config {
-    Config::from_lookup(|name| {
+    let mut config = Config::from_lookup(|name| {
         debug_assert!(vars::ALL.contains(&name));
         env.var(name)
             .map(|v| v.to_string())
             .or_else(|_| env.secret(name).map(|s| s.to_string()))
             .ok()
-    })
+    });
+    let limited = config.rate_limit_rpm > 0 || config.max_streams_per_key > 0;
+    if limited && env.durable_object(QUOTA_BINDING).is_err() {
+        config.problem.get_or_insert_with(|| {
+            format!(
+                "RATE_LIMIT_RPM and MAX_STREAMS_PER_KEY need the {QUOTA_BINDING} \
+                 Durable Object binding (see wrangler.toml)"
+            )
+        });
+    }
+    config
 }
 
 fn headers_of(list: &[(String, String)]) -> Headers {
@@ -182,11 +227,13 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     let kv = env
         .kv(config.kv_store.as_deref().unwrap_or(KV_BINDING))
         .ok();
+    let quota = env.durable_object(QUOTA_BINDING).ok();
     let ctx = Rc::new(ctx);
     let platform = Workers {
         ctx: ctx.clone(),
         request_body,
         kv,
+        quota,
         abort: None,
     };
     let session = Session::new(config).with_health(pump::health());

@@ -85,6 +85,11 @@ pub mod vars {
     pub const PREFETCH_WINDOW_SECS: &str = "PREFETCH_WINDOW_SECS";
     /// The KV binding (Workers) or store label (Spin) to use.
     pub const KV_STORE: &str = "KV_STORE";
+    /// Requests per minute one API key may make (0 or unset: no limit).
+    pub const RATE_LIMIT_RPM: &str = "RATE_LIMIT_RPM";
+    /// Generations one API key may have running at once (0 or unset: no
+    /// limit).
+    pub const MAX_STREAMS_PER_KEY: &str = "MAX_STREAMS_PER_KEY";
     /// Every name, for adapters that read them all at once.
     pub const ALL: &[&str] = &[
         UPSTREAM_URL,
@@ -106,6 +111,8 @@ pub mod vars {
         UPSTREAM_DIALECT,
         PREFETCH_WINDOW_SECS,
         KV_STORE,
+        RATE_LIMIT_RPM,
+        MAX_STREAMS_PER_KEY,
     ];
 }
 
@@ -222,6 +229,12 @@ pub struct Config {
     /// The KV namespace binding (Workers) or store label (Spin); `None`
     /// for the runtime's default (`KV` / `default`).
     pub kv_store: Option<String>,
+    /// Requests per minute per API key (0: no limit). One bucket per key
+    /// (all keyless callers share one when `AUTH=off`).
+    pub rate_limit_rpm: u32,
+    /// Generations (streamed or not) one key may have running at once (0:
+    /// no limit).
+    pub max_streams_per_key: u32,
     /// Why this configuration cannot serve (an unusable `UPSTREAM_URL`
     /// item), answered as 503 `misconfigured` to every request.
     pub problem: Option<String>,
@@ -249,6 +262,8 @@ impl Default for Config {
             dialect: Dialect::OpenAi,
             prefetch_window_secs: DEFAULT_PREFETCH_WINDOW_SECS,
             kv_store: None,
+            rate_limit_rpm: 0,
+            max_streams_per_key: 0,
             problem: None,
         }
     }
@@ -349,6 +364,9 @@ impl Config {
             prefetch_window_secs: number(vars::PREFETCH_WINDOW_SECS, DEFAULT_PREFETCH_WINDOW_SECS)
                 .min(MAX_PREFETCH_WINDOW_SECS),
             kv_store: get(vars::KV_STORE),
+            rate_limit_rpm: u32::try_from(number(vars::RATE_LIMIT_RPM, 0)).unwrap_or(u32::MAX),
+            max_streams_per_key: u32::try_from(number(vars::MAX_STREAMS_PER_KEY, 0))
+                .unwrap_or(u32::MAX),
             problem,
         }
     }

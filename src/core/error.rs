@@ -65,6 +65,17 @@ pub(crate) enum ErrorKind {
     /// 503: no API keys are configured and the deployment did not say
     /// `AUTH=off`, so the gateway stays closed.
     AuthNotConfigured,
+    /// 429 with `Retry-After`: the key is over one of its limits.
+    RateLimited { limit: Limit, retry_after_secs: u64 },
+}
+
+/// Which per-key limit a request ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// `RATE_LIMIT_RPM`, requests per minute.
+    Rate(u32),
+    /// `MAX_STREAMS_PER_KEY`, generations at once.
+    Streams(u32),
 }
 
 /// An error with its source and retryability.
@@ -96,7 +107,8 @@ impl Error {
             | MethodNotAllowed { .. }
             | PayloadTooLarge { .. }
             | BodyUnreadable { .. }
-            | UnsupportedMediaType { .. } => Source::Downstream,
+            | UnsupportedMediaType { .. }
+            | RateLimited { .. } => Source::Downstream,
             UpstreamStatus { .. }
             | UpstreamUnreachable { .. }
             | UpstreamAuthFailed
@@ -112,7 +124,8 @@ impl Error {
             ErrorKind::UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
             ErrorKind::UpstreamUnreachable { .. }
             | ErrorKind::UpstreamTimeout { .. }
-            | ErrorKind::UpstreamStreamBroken { .. } => true,
+            | ErrorKind::UpstreamStreamBroken { .. }
+            | ErrorKind::RateLimited { .. } => true,
             _ => false,
         }
     }
@@ -133,6 +146,18 @@ impl Error {
             UpstreamTimeout { .. } => 504,
             Misconfigured { .. } => 503,
             AuthNotConfigured => 503,
+            RateLimited { .. } => 429,
+        }
+    }
+
+    /// Seconds the client should wait before trying again, when known
+    /// (sent as `Retry-After`).
+    pub(crate) fn retry_after_secs(&self) -> Option<u64> {
+        match self.kind {
+            ErrorKind::RateLimited {
+                retry_after_secs, ..
+            } => Some(retry_after_secs),
+            _ => None,
         }
     }
 
@@ -168,6 +193,20 @@ impl Error {
             AuthNotConfigured => "This gateway has no API keys configured, so it serves no one. \
                 Set API_KEYS (or AUTH=off for a local, open deployment)."
                 .into(),
+            RateLimited {
+                limit: Limit::Rate(rpm),
+                retry_after_secs,
+            } => format!(
+                "Rate limit reached for this API key: {rpm} requests per minute. \
+                 Try again in {retry_after_secs} s."
+            ),
+            RateLimited {
+                limit: Limit::Streams(n),
+                retry_after_secs,
+            } => format!(
+                "This API key already has {n} generations running, its limit. \
+                 Try again in {retry_after_secs} s, or stop one."
+            ),
         }
     }
 
@@ -191,6 +230,7 @@ impl Error {
             | UpstreamTimeout { .. }
             | UpstreamStreamBroken { .. } => "upstream_error".into(),
             Misconfigured { .. } | AuthNotConfigured => "server_error".into(),
+            RateLimited { .. } => "requests".into(),
         }
     }
 
@@ -211,6 +251,14 @@ impl Error {
             UpstreamStreamBroken { .. } => "upstream_stream_broken",
             Misconfigured { .. } => "misconfigured",
             AuthNotConfigured => "auth_not_configured",
+            RateLimited {
+                limit: Limit::Rate(_),
+                ..
+            } => "rate_limit_exceeded",
+            RateLimited {
+                limit: Limit::Streams(_),
+                ..
+            } => "too_many_streams",
         }
     }
 

@@ -17,6 +17,7 @@ pub(crate) mod openai;
 pub mod pacing;
 pub(crate) mod prefetch;
 pub(crate) mod prefix;
+pub mod quota;
 pub mod restream;
 pub mod route;
 pub mod session;

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokenedge::core::config::Config;
 use tokenedge::core::http::{RequestHead, ResponseHead, UpstreamRequest};
+use tokenedge::core::quota::{Ask, Lease, Tally, Verdict};
 use tokenedge::core::session::{Action, KvRead, Session};
 
 /// Everything the session asked for, in order.
@@ -31,6 +32,15 @@ pub struct World {
     pub probes: Vec<(u64, bool)>,
     /// The limit of a request body the session asked to read.
     pub body_wanted: Option<usize>,
+    /// The per-key limits store: records, and what was asked of it.
+    pub quotas: std::collections::HashMap<String, Tally>,
+    pub admits: Vec<(String, Ask)>,
+    pub releases: Vec<(String, Lease)>,
+    /// When set, the limits store answers `Unknown`; when `quota_silent`,
+    /// it does not answer at all (the admission waits in `pending_admit`).
+    pub quota_down: bool,
+    pub quota_silent: bool,
+    pub pending_admit: Option<(String, Ask)>,
 }
 
 impl World {
@@ -38,6 +48,17 @@ impl World {
         let mut reads = Vec::new();
         loop {
             self.pump_actions(s, now, &mut reads);
+            if !self.quota_silent {
+                if let Some((key, ask)) = self.pending_admit.take() {
+                    let verdict = if self.quota_down {
+                        Verdict::Unknown
+                    } else {
+                        self.quotas.entry(key).or_default().admit(now, ask)
+                    };
+                    s.handle_admission(now, verdict);
+                    continue;
+                }
+            }
             if reads.is_empty() {
                 return;
             }
@@ -97,6 +118,18 @@ impl World {
                 Action::ReplicaHealth { replica, up } => self.health.push((replica, up)),
                 Action::HealthProbe { ok } => self.probes.push((now, ok)),
                 Action::ReadBody { limit } => self.body_wanted = Some(limit),
+                Action::Admit { key, ask } => {
+                    assert!(self.pending_admit.is_none(), "one admission at a time");
+                    self.admits.push((key.clone(), ask));
+                    self.pending_admit = Some((key, ask));
+                }
+                Action::Release { key, lease } => {
+                    self.quotas
+                        .entry(key.clone())
+                        .or_default()
+                        .release(now, lease);
+                    self.releases.push((key, lease));
+                }
             }
         }
     }

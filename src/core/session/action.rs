@@ -8,6 +8,9 @@ use bytes::Bytes;
 use super::Session;
 use crate::core::http::{ResponseHead, UpstreamRequest};
 #[cfg(doc)]
+use crate::core::quota::Tally;
+use crate::core::quota::{Ask, Lease};
+#[cfg(doc)]
 use crate::core::route::Health;
 
 /// What the adapter must do next. Every variant must be carried out in the
@@ -29,6 +32,25 @@ pub enum Action {
     ReadBody {
         /// Most bytes to read.
         limit: usize,
+    },
+    /// Count this request against its key's limits: in the deployment's
+    /// store, read the key's [`Tally`], call [`Tally::admit`] with the
+    /// store's clock, write it back, and report the verdict with
+    /// [`Session::handle_admission`] (a store that cannot be asked reports
+    /// `Verdict::Unknown`). The session waits for it, briefly.
+    Admit {
+        /// The record's key (it names no API key: a hash of it).
+        key: String,
+        /// What the request asks.
+        ask: Ask,
+    },
+    /// Return a generation's lease to its key's record ([`Tally::release`]),
+    /// in the background. Carried out after the client left too.
+    Release {
+        /// The record's key.
+        key: String,
+        /// The lease the admission gave.
+        lease: Lease,
     },
     /// Abort the upstream request and stop reading its body: its answer is
     /// no longer needed. Touches nothing else (KV reads under way go on).

@@ -56,6 +56,7 @@
 //! the adapter keeps driving it, after the response, until it finishes.
 
 mod action;
+mod admit;
 mod caching;
 mod intake;
 mod lookup;
@@ -74,6 +75,7 @@ use crate::core::config::Config;
 use crate::core::error::{Error, ErrorKind};
 use crate::core::http::RequestHead;
 use crate::core::prefetch;
+use crate::core::quota::{Lease, Verdict};
 use crate::core::restream::Restream;
 use crate::core::route::Health;
 use crate::core::Millis;
@@ -96,6 +98,13 @@ pub const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 enum Phase {
     /// Waiting for `handle_request` (or `handle_request_head`).
     Idle,
+    /// The head passed every check; waiting (briefly) for the verdict on
+    /// the key's limits (`key` is its record).
+    Admitting {
+        intake: Box<Intake>,
+        route: Route,
+        key: String,
+    },
     /// The head passed every check; the body is being read.
     ReadingBody { intake: Box<Intake>, route: Route },
     /// Waiting (briefly) for the caches' answer before going upstream.
@@ -126,6 +135,14 @@ pub struct Session {
     cache: Option<Box<Lookup>>,
     timers: Timers,
     actions: VecDeque<Action>,
+    /// The lease this generation holds on its key's record, and the record.
+    lease: Option<(String, Lease)>,
+    /// The record whose verdict came too late, so that a lease it still
+    /// brings goes straight back.
+    late_admission_key: Option<String>,
+    /// A body given with the head ([`Session::handle_request`]) while the
+    /// limits are asked.
+    early_body: Option<Bytes>,
     received_at: Millis,
     /// The latest `now` any input brought.
     last_now: Millis,
@@ -144,6 +161,9 @@ impl Session {
             cache: None,
             timers: Timers::default(),
             actions: VecDeque::new(),
+            lease: None,
+            late_admission_key: None,
+            early_body: None,
             received_at: 0,
             last_now: 0,
             first_content_at: None,
@@ -183,10 +203,14 @@ impl Session {
     pub fn handle_request(&mut self, now: Millis, req: RequestHead, body: Bytes) {
         self.enter(now);
         self.on_request_head(now, &req);
-        if matches!(self.phase, Phase::ReadingBody { .. }) {
-            self.actions
-                .retain(|a| !matches!(a, Action::ReadBody { .. }));
-            self.on_request_body(now, &body);
+        match self.phase {
+            Phase::ReadingBody { .. } => {
+                self.actions
+                    .retain(|a| !matches!(a, Action::ReadBody { .. }));
+                self.on_request_body(now, &body);
+            }
+            Phase::Admitting { .. } => self.early_body = Some(body),
+            _ => {}
         }
         self.leave();
     }
@@ -196,6 +220,13 @@ impl Session {
     pub fn handle_request_head(&mut self, now: Millis, req: RequestHead) {
         self.enter(now);
         self.on_request_head(now, &req);
+        self.leave();
+    }
+
+    /// The verdict on an [`Action::Admit`].
+    pub fn handle_admission(&mut self, now: Millis, verdict: Verdict) {
+        self.enter(now);
+        self.on_admission(now, verdict);
         self.leave();
     }
 
@@ -275,6 +306,7 @@ impl Session {
                         | Action::KvDelete { .. }
                         | Action::ReplicaHealth { .. }
                         | Action::HealthProbe { .. }
+                        | Action::Release { .. }
                 )
             });
             self.cancel_upstream();
@@ -370,17 +402,12 @@ impl Session {
                 if let Err(e) = intake.check_head(&self.config) {
                     return self.fail(e);
                 }
-                self.phase = Phase::ReadingBody {
-                    intake: Box::new(intake),
-                    route,
-                };
-                let limit = self.config.max_body_bytes;
-                self.actions.push_back(Action::ReadBody { limit });
+                self.admit(now, Box::new(intake), route);
             }
         }
     }
 
-    fn on_request_body(&mut self, now: Millis, body: &[u8]) {
+    pub(super) fn on_request_body(&mut self, now: Millis, body: &[u8]) {
         let Phase::ReadingBody { intake, route } = std::mem::replace(&mut self.phase, Phase::Idle)
         else {
             return;
@@ -436,6 +463,10 @@ impl Session {
     }
 
     fn on_timeout(&mut self, now: Millis) {
+        if self.timers.expired(Timer::Admit, now) {
+            self.timers.stop(Timer::Admit);
+            self.on_admission(now, Verdict::Unknown);
+        }
         if self.timers.expired(Timer::Flush, now) {
             self.response.flush(&mut self.actions, now);
         }

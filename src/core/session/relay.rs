@@ -141,6 +141,7 @@ impl Session {
                 self.response.emit(&mut self.actions, now, chunk);
             }
             Phase::Idle
+            | Phase::Admitting { .. }
             | Phase::ReadingBody { .. }
             | Phase::CacheLookup
             | Phase::PrefetchLookup { .. }
@@ -170,6 +171,7 @@ impl Session {
                 self.on_upstream_failed(now, "connection closed before a response")
             }
             Phase::Idle
+            | Phase::Admitting { .. }
             | Phase::ReadingBody { .. }
             | Phase::CacheLookup
             | Phase::PrefetchLookup { .. }
@@ -246,7 +248,11 @@ impl Session {
                 Some(t)
             }
         };
-        Meta { timing, x_cache }
+        Meta {
+            timing,
+            x_cache,
+            retry_after: None,
+        }
     }
 
     /// [`Session::meta`] for a complete JSON answer: `Server-Timing` only
@@ -325,9 +331,14 @@ impl Session {
         self.finish();
     }
 
+    /// The session is over: nothing more happens, and a generation's
+    /// lease goes back to its key.
     pub(super) fn finish(&mut self) {
         self.phase = Phase::Finished;
         self.timers.stop_all();
+        if let Some((key, lease)) = self.lease.take() {
+            self.actions.push_back(Action::Release { key, lease });
+        }
     }
 
     /// The one place an error becomes a response: JSON with the error's
@@ -339,7 +350,10 @@ impl Session {
         match self.response.sent() {
             Sent::Answered => self.finish(),
             Sent::Nothing => {
-                let meta = self.json_meta();
+                let meta = Meta {
+                    retry_after: error.retry_after_secs(),
+                    ..self.json_meta()
+                };
                 self.response
                     .json(&mut self.actions, error.status(), &error.to_json(), meta);
                 self.finish();

@@ -39,6 +39,8 @@ pub(super) enum Sent {
 pub(super) struct Meta {
     pub(super) timing: Option<String>,
     pub(super) x_cache: Option<&'static str>,
+    /// `Retry-After`, in seconds.
+    pub(super) retry_after: Option<u64>,
 }
 
 /// How the body is framed.
@@ -174,6 +176,9 @@ impl Response {
         }
         if let Some(x) = meta.x_cache {
             headers.push((crate::core::cache::X_CACHE.into(), x.into()));
+        }
+        if let Some(secs) = meta.retry_after {
+            headers.push(("retry-after".into(), secs.to_string()));
         }
         if kind != Kind::Json {
             headers.push(("vary".into(), "Accept-Encoding".into()));

@@ -7,6 +7,9 @@ use crate::core::Millis;
 /// A named deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Timer {
+    /// The per-key limits' store gives no answer in time: the request
+    /// goes on without it.
+    Admit,
     /// A KV lookup holding the request (exact cache, prefix, prefetch
     /// marker) gives up and goes on without it.
     Lookup,
@@ -20,7 +23,8 @@ pub(super) enum Timer {
 }
 
 impl Timer {
-    const VALUES: [Timer; 4] = [
+    const VALUES: [Timer; 5] = [
+        Timer::Admit,
         Timer::Lookup,
         Timer::Upstream,
         Timer::KeepAlive,
