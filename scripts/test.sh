@@ -54,11 +54,12 @@ echo "test host WIT matches $(dirname "$sdk")"
 MODEL_PORT=18081
 CUT_PORT=18082
 keys="e2e-key-1,e2e-key-2,e2e-key-link"
+limit_keys="limit-a,limit-b,limit-c"
 REPORT="$TOKENEDGE_LOGS/e2e-timing.jsonl"
 : >"$REPORT"
 e2e() { # RUNTIME URL DEAD_URL FAULTS_URL NOKV_URL NOKEYS_URL
   TOKENEDGE_RUNTIME=$1 TOKENEDGE_URL=$2 TOKENEDGE_DEAD_URL=$3 TOKENEDGE_FAULTS_URL=$4 TOKENEDGE_NOKV_URL=$5 \
-    TOKENEDGE_NOKEYS_URL=$6 \
+    TOKENEDGE_NOKEYS_URL=$6 TOKENEDGE_LIMITED_URL=$7 \
     TOKENEDGE_KEY=e2e-key-2 TOKENEDGE_KEY2=e2e-key-1 \
     TOKENEDGE_LINK_KEY=e2e-key-link MODEL_URL="http://127.0.0.1:$MODEL_PORT" TOKENEDGE_REPORT="$REPORT" \
     "$TOKENEDGE_PY" -m pytest -v -s tests/e2e
@@ -78,7 +79,11 @@ start_wrangler 18789 19231 --var "UPSTREAM_URL:$faults" --var "API_KEYS:$keys"
 start_wrangler 18790 19232 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" --var "KV_STORE:MISSING"
 # A key list with no usable key: the gateway must stay closed.
 start_wrangler 18791 19233 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:,"
-e2e workerd http://127.0.0.1:18787 http://127.0.0.1:18788 http://127.0.0.1:18789 http://127.0.0.1:18790 http://127.0.0.1:18791
+# Per-key limits: 4 requests a minute, one generation at a time.
+start_wrangler 18792 19234 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$limit_keys" \
+  --var "RATE_LIMIT_RPM:4" --var "MAX_STREAMS_PER_KEY:1"
+e2e workerd http://127.0.0.1:18787 http://127.0.0.1:18788 http://127.0.0.1:18789 http://127.0.0.1:18790 http://127.0.0.1:18791 \
+  http://127.0.0.1:18792
 
 step "end-to-end on Spin (the component in the wasmtime test host) with the local model"
 start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys"
@@ -86,7 +91,10 @@ start_spin 18798 "UPSTREAM_URL=http://127.0.0.1:9" "UPSTREAM_ORIGIN=http://127.0
 start_spin 18799 "UPSTREAM_URL=$faults" "UPSTREAM_ORIGIN=http://127.0.0.1:*" "API_KEYS=$keys"
 start_spin 18800 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" "KV_STORE=missing"
 start_spin 18801 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=,"
-e2e spin http://127.0.0.1:18797 http://127.0.0.1:18798 http://127.0.0.1:18799 http://127.0.0.1:18800 http://127.0.0.1:18801
+start_spin 18802 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$limit_keys" \
+  "RATE_LIMIT_RPM=4" "MAX_STREAMS_PER_KEY=1"
+e2e spin http://127.0.0.1:18797 http://127.0.0.1:18798 http://127.0.0.1:18799 http://127.0.0.1:18800 http://127.0.0.1:18801 \
+  http://127.0.0.1:18802
 
 step "end-to-end timings, both runtimes"
 "$TOKENEDGE_PY" tests/e2e/report.py "$REPORT"
