@@ -56,6 +56,40 @@ start_wrangler() {
   wait_http "http://127.0.0.1:$port/healthz" 600
 }
 
+# start_workerd PORT [NAME=VALUE ...]: the built worker (build/, from
+# worker-build) on bare workerd, the runtime a deployment runs on, without
+# wrangler dev's proxy and simulators: each NAME=VALUE a text binding, the
+# QUOTA Durable Object in memory, no KV binding.
+start_workerd() {
+  local port=$1 kv dir
+  shift
+  dir="$TOKENEDGE_LOGS/workerd-$port"
+  mkdir -p "$dir"
+  cp "$ROOT/build/index.js" "$ROOT/build/index_bg.wasm" "$dir/"
+  {
+    echo 'using Workerd = import "/workerd/workerd.capnp";'
+    echo 'const config :Workerd.Config = ('
+    echo '  services = [(name = "main", worker = .worker),'
+    echo '    (name = "internet", network = (allow = ["public", "private", "local"]))],'
+    echo "  sockets = [(name = \"http\", address = \"127.0.0.1:$port\", http = (), service = \"main\")],"
+    echo ');'
+    echo 'const worker :Workerd.Worker = ('
+    echo '  modules = [(name = "index.js", esModule = embed "index.js"),'
+    echo '    (name = "index_bg.wasm", wasm = embed "index_bg.wasm")],'
+    echo "  compatibilityDate = \"$(sed -n 's/^compatibility_date = "\(.*\)"$/\1/p' "$ROOT/wrangler.toml")\","
+    echo '  bindings = ['
+    for kv in "$@"; do echo "    (name = \"${kv%%=*}\", text = \"${kv#*=}\"),"; done
+    echo '    (name = "QUOTA", durableObjectNamespace = "Quota")],'
+    echo '  durableObjectNamespaces = [(className = "Quota", uniqueKey = "tokenedge-quota", enableSql = true)],'
+    echo '  durableObjectStorage = (inMemory = void),'
+    echo '  globalOutbound = "internet",'
+    echo ');'
+  } >"$dir/config.capnp"
+  (cd "$dir" && exec workerd serve config.capnp --experimental </dev/null >"$TOKENEDGE_LOGS/workerd-$port.log" 2>&1) &
+  _pids+=($!)
+  wait_http "http://127.0.0.1:$port/healthz" 60
+}
+
 # build_spin: builds the Spin component with the build command in spin.toml
 # (what `spin build` runs) and sets SPIN_WASM to it.
 build_spin() {
