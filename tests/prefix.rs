@@ -205,3 +205,77 @@ fn upstream_failure_after_the_prefix_is_an_error_event() {
     assert!(body.contains("\"error\""), "{body}");
     assert!(!body.contains("[DONE]"), "never a clean end: {body}");
 }
+
+/// `SAMPLED` with `extra` fields added.
+fn sampled_with(extra: &str) -> String {
+    format!("{},{extra}}}", SAMPLED.trim_end_matches('}'))
+}
+
+/// The prefix keys one request read and wrote.
+fn prefix_keys(body: &str) -> (Vec<String>, Vec<String>) {
+    let (mut s, mut w) = cached_request(speculating(), &Default::default(), "k1", body, &[]);
+    s.handle_upstream_head(1, 200, &sse_head());
+    w.pump(&mut s, 1);
+    feed(&mut s, &mut w, LLAMA_CHAT, 10);
+    assert!(w.ended);
+    let is_prefix = |k: &String| k.starts_with("prefix:");
+    let read = w
+        .kv_reads
+        .iter()
+        .filter(|k| is_prefix(k))
+        .cloned()
+        .collect();
+    let written = w
+        .kv_writes
+        .iter()
+        .map(|(k, _, _)| k)
+        .filter(|k| is_prefix(k))
+        .cloned()
+        .collect();
+    (read, written)
+}
+
+#[test]
+fn a_poisoned_opening_is_never_served() {
+    // Issue 13, item 1: a key holder forcing the opening with a constrained
+    // generation must neither record an opening others get nor receive one.
+    for constraint in [
+        r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"const":"Account locked"}}}"#,
+        r#""grammar":"root ::= \"Account locked\"""#,
+        r#""logit_bias":{"1234":100}"#,
+        r#""stop":["."]"#,
+        r#""guided_regex":"Account.*""#,
+        r#""tool_choice":"required""#,
+    ] {
+        let (read, written) = prefix_keys(&sampled_with(constraint));
+        assert!(
+            read.is_empty() && written.is_empty(),
+            "{constraint}: {read:?} {written:?}"
+        );
+    }
+    // A plain text response format is no constraint.
+    let (read, _) = prefix_keys(&sampled_with(r#""response_format":{"type":"text"}"#));
+    assert_eq!(read.len(), 1);
+}
+
+#[test]
+fn the_prefix_key_covers_all_but_sampling_fields() {
+    let (plain, _) = prefix_keys(SAMPLED);
+    let (warmer, _) = prefix_keys(&SAMPLED.replace("0.8", "1.2"));
+    let (seeded, _) = prefix_keys(&sampled_with(r#""top_k":40,"top_p":0.9"#));
+    assert_eq!(plain.len(), 1);
+    assert_eq!(
+        plain, warmer,
+        "temperature only changes how tokens are drawn"
+    );
+    assert_eq!(plain, seeded);
+    let (templated, _) = prefix_keys(&sampled_with(
+        r#""chat_template_kwargs":{"enable_thinking":true}"#,
+    ));
+    let (logprobs, _) = prefix_keys(&sampled_with(r#""logprobs":true"#));
+    assert_ne!(
+        plain, templated,
+        "a field outside the allowlist changes the key"
+    );
+    assert_ne!(plain, logprobs);
+}

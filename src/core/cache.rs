@@ -146,7 +146,7 @@ pub(crate) fn scoped_hash(scope: Option<&str>) -> Sha256 {
 }
 
 /// JSON with object keys sorted at every depth.
-fn write_canonical(out: &mut String, v: &Value) {
+pub(crate) fn write_canonical(out: &mut String, v: &Value) {
     match v {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();

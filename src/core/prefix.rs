@@ -5,8 +5,8 @@
 //! A sampled (non-deterministic) answer to a prompt seen before usually
 //! opens the way the earlier one did. When a stored prefix exists — the
 //! first [`Config::prefix_tokens`] streamed pieces of an earlier answer to
-//! the same canonical prompt (model and messages, or model and prompt;
-//! sampling parameters ignored) in the same scope — the client gets those
+//! the same canonical request (every field but the sampling ones, such as
+//! temperature and seed) in the same scope — the client gets those
 //! pieces before the upstream has produced anything, and the upstream
 //! generates only the rest:
 //!
@@ -25,7 +25,9 @@
 //! had generated everything. One streamed piece counts as one token (what
 //! llama.cpp and vLLM stream); a re-tokenised prefix may differ by a token.
 //!
-//! What is eligible: streamed requests with one choice and no tools, whose
+//! What is eligible: streamed requests with one choice and nothing that
+//! constrains the output (no grammar, schema, `response_format` other than
+//! text, `logit_bias`, `stop`, tools or `guided_*` field), whose
 //! chat conversation ends with a user message, that are not
 //! deterministic (those use the exact cache, [`crate::core::cache`]) and do
 //! not say `Cache-Control: no-store`; when the deployment turns the feature
@@ -42,8 +44,45 @@ use crate::core::cache::{self, Directives};
 use crate::core::config::{Config, Dialect, Speculate};
 use crate::core::openai::{CompletionRequest, Endpoint};
 
-/// Prefix of every stored prefix's key.
-pub(crate) const KEY_PREFIX: &str = "prefix:v1:";
+/// Prefix of every stored prefix's key (v2: the key covers the whole
+/// request but its sampling fields; v1 keys covered only the prompt).
+pub(crate) const KEY_PREFIX: &str = "prefix:v2:";
+/// Fields that only change how tokens are drawn, not what may be written:
+/// requests differing only in these share a prefix. Every other field is
+/// part of the key.
+const SAMPLING_FIELDS: &[&str] = &[
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_penalty",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "stream",
+    "stream_options",
+    "user",
+];
+/// Fields that constrain what may be written (a grammar, a schema, banned
+/// or forced tokens, stop strings, tools). A request with any of them
+/// neither records an opening nor receives one: its opening could be
+/// forced text, and another request's opening could break its constraint.
+const CONSTRAINING_FIELDS: &[&str] = &[
+    "grammar",
+    "json_schema",
+    "regex",
+    "logit_bias",
+    "stop",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "structured_outputs",
+];
 /// Per-request switch: `on` or `off`.
 pub(crate) const HEADER: &str = "x-tokenedge-prefix";
 
@@ -65,41 +104,59 @@ pub(crate) fn plan(
         return None;
     }
     let body = &request.body;
-    let tools = body
-        .get("tools")
-        .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()));
-    if !cache::one_choice(body) || tools {
+    if !cache::one_choice(body) || constrained(body) {
         return None;
     }
-    let prompt = match request.endpoint {
+    let eligible = match request.endpoint {
+        // The plain OpenAI API cannot continue an assistant message; a
+        // conversation is continued only after the user's turn.
         Endpoint::Chat => {
-            if config.dialect == Dialect::OpenAi {
-                return None;
-            }
-            let messages = body.get("messages")?.as_array()?;
-            let last = messages.last()?;
-            if last.get("role").and_then(Value::as_str) != Some("user") {
-                return None;
-            }
-            body.get("messages")?
+            config.dialect != Dialect::OpenAi
+                && body
+                    .get("messages")
+                    .and_then(Value::as_array)
+                    .and_then(|m| m.last())
+                    .and_then(|last| last.get("role"))
+                    .and_then(Value::as_str)
+                    == Some("user")
         }
-        Endpoint::Completions => body.get("prompt").filter(|p| p.is_string())?,
+        Endpoint::Completions => body.get("prompt").is_some_and(Value::is_string),
     };
+    if !eligible {
+        return None;
+    }
+    let kept: Map<String, Value> = body
+        .iter()
+        .filter(|(k, _)| !SAMPLING_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut canonical = String::new();
+    cache::write_canonical(&mut canonical, &Value::Object(kept));
     let mut hash = cache::scoped_hash(scope);
     hash.update(request.endpoint.path().as_bytes());
     hash.update([0]);
-    hash.update(
-        body.get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .as_bytes(),
-    );
-    hash.update([0]);
-    hash.update(prompt.to_string().as_bytes());
+    hash.update(canonical.as_bytes());
     Some(format!(
         "{KEY_PREFIX}{}",
         crate::core::hex(&hash.finalize())
     ))
+}
+
+/// Whether the request constrains what may be written: one of
+/// [`CONSTRAINING_FIELDS`] (an empty list or `null` is none), any
+/// `guided_*` field, or a `response_format` other than plain text.
+fn constrained(body: &Map<String, Value>) -> bool {
+    let present = |v: &Value| match v {
+        Value::Null => false,
+        Value::Array(a) => !a.is_empty(),
+        Value::String(s) => !s.is_empty(),
+        _ => true,
+    };
+    body.iter().any(|(k, v)| {
+        (CONSTRAINING_FIELDS.contains(&k.as_str()) || k.starts_with("guided_")) && present(v)
+    }) || body
+        .get("response_format")
+        .is_some_and(|f| present(f) && f.get("type").and_then(Value::as_str) != Some("text"))
 }
 
 /// What the request's [`HEADER`] asks for: `Some(true)` for `on`,
@@ -350,5 +407,17 @@ mod tests {
         assert_eq!(v["usage"]["completion_tokens"], 8);
         assert_eq!(v["usage"]["total_tokens"], 45);
         assert!(splice.shift_event(r#"{"choices":[]}"#).is_none());
+    }
+
+    #[test]
+    fn usage_shift_saturates_on_huge_upstream_counts() {
+        // Found by fuzzing (issue 13, item 5): the sum used to wrap.
+        let max = u64::MAX;
+        let data = format!(
+            r#"{{"choices":[],"usage":{{"prompt_tokens":9,"completion_tokens":{max},"total_tokens":1}}}}"#
+        );
+        let v: Value = serde_json::from_str(&Splice::new(5).shift_event(&data).unwrap()).unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], max);
+        assert_eq!(v["usage"]["prompt_tokens"], 4);
     }
 }
