@@ -38,23 +38,22 @@ impl Session {
 
     /// The store's verdict (or [`Verdict::Unknown`] when it took too long).
     pub(super) fn on_admission(&mut self, now: Millis, verdict: Verdict) {
-        let Phase::Admitting { .. } = self.phase else {
-            // Too late: the request went on without it (or is over), so a
-            // lease it was given goes straight back.
-            if let (Verdict::Admitted { lease: Some(lease) }, Some(key)) =
-                (verdict, self.late_admission_key.take())
-            {
-                self.actions.push_back(Action::Release { key, lease });
+        let (intake, route, key) = match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Admitting { intake, route, key } => (intake, route, key),
+            other => {
+                self.phase = other;
+                // Too late: the request went on without it (or is over), so
+                // a lease it was given goes straight back.
+                if let (Verdict::Admitted { lease: Some(lease) }, Some(key)) =
+                    (verdict, self.late_admission_key.take())
+                {
+                    self.actions.push_back(Action::Release { key, lease });
+                }
+                return;
             }
-            return;
-        };
-        let Phase::Admitting { intake, route, key } =
-            std::mem::replace(&mut self.phase, Phase::Idle)
-        else {
-            return;
         };
         self.timers.stop(Timer::Admit);
-        let limit = match verdict {
+        let (limit, retry_after_secs) = match verdict {
             Verdict::Admitted { lease } => {
                 self.lease = lease.map(|l| (key, l));
                 return self.read_body(now, intake, route);
@@ -72,8 +71,8 @@ impl Session {
             ),
         };
         self.fail(Error::new(ErrorKind::RateLimited {
-            limit: limit.0,
-            retry_after_secs: limit.1,
+            limit,
+            retry_after_secs,
         }));
     }
 
