@@ -102,7 +102,13 @@ pub(crate) enum Out {
     Chunk(Bytes),
     /// The end of the response (or of the work after an early answer).
     End,
+    /// The streamed response is broken: end it so the client sees that.
+    Abort,
 }
+
+/// Why a streamed body stops without its clean end (the client sees an
+/// error; see `Action::RespondAbort`).
+pub(crate) const ABORTED: &str = "tokenedge: the upstream body was cut";
 
 /// What woke the pump up.
 enum Wake {
@@ -158,7 +164,7 @@ impl<P: Platform + 'static> Pump<P> {
                 Reply::Full(head, body, rest)
             }
             Out::Head(head) => Reply::Stream(head, pump),
-            Out::Chunk(_) | Out::End => {
+            Out::Chunk(_) | Out::End | Out::Abort => {
                 // The session answers every request before anything else.
                 let head = ResponseHead {
                     status: 500,
@@ -173,11 +179,14 @@ impl<P: Platform + 'static> Pump<P> {
         }
     }
 
-    /// The streamed body: each chunk as the session writes it.
-    pub(crate) fn into_chunks(self) -> impl Stream<Item = Bytes> {
-        stream::unfold(self, |mut pump| async move {
+    /// The streamed body: each chunk as the session writes it, and an
+    /// error item ([`ABORTED`]) when the session cuts it.
+    pub(crate) fn into_chunks(self) -> impl Stream<Item = Result<Bytes, &'static str>> {
+        stream::unfold(Some(self), |pump| async move {
+            let mut pump = pump?;
             match pump.next().await {
-                Out::Chunk(bytes) => Some((bytes, pump)),
+                Out::Chunk(bytes) => Some((Ok(bytes), Some(pump))),
+                Out::Abort => Some((Err(ABORTED), None)),
                 Out::Full(..) | Out::Head(_) | Out::End => None,
             }
         })
@@ -185,7 +194,7 @@ impl<P: Platform + 'static> Pump<P> {
 
     /// Drives a session answered early until it has finished.
     pub(crate) async fn run_to_end(mut self) {
-        while !matches!(self.next().await, Out::End) {}
+        while !matches!(self.next().await, Out::End | Out::Abort) {}
     }
 
     /// Runs the session until it has something for the client.
@@ -206,6 +215,10 @@ impl<P: Platform + 'static> Pump<P> {
                     Action::RespondEnd => {
                         self.platform.settle().await;
                         return Out::End;
+                    }
+                    Action::RespondAbort => {
+                        self.platform.settle().await;
+                        return Out::Abort;
                     }
                     Action::ReadBody { limit } => self.read_body(limit).await,
                     Action::SendUpstream(req) => self.send(req),
@@ -395,7 +408,8 @@ impl<P: Platform> Pump<P> {
             | Action::Respond(..)
             | Action::RespondHead(_)
             | Action::RespondChunk(_)
-            | Action::RespondEnd => {}
+            | Action::RespondEnd
+            | Action::RespondAbort => {}
         }
     }
 }

@@ -14,7 +14,6 @@
 //! body ends, because a Spin host may stop the instance once the response
 //! is complete; writes left when the client leaves are spawned.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -224,20 +223,23 @@ async fn config() -> Config {
 
 /// The response body: chunks as the pump yields them (one, for a complete
 /// answer).
-struct Body(Pin<Box<dyn Stream<Item = Bytes>>>);
+struct Body(Pin<Box<dyn Stream<Item = Result<Bytes, &'static str>>>>);
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = Infallible;
+    /// An error cuts the response: the host ends it without its clean end.
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .as_mut()
-            .poll_next(cx)
-            .map(|c| c.map(|b| Ok(Frame::data(b))))
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.as_mut().poll_next(cx).map(|c| {
+            c.map(|item| {
+                item.map(Frame::data)
+                    .map_err(|why| std::io::Error::other(why))
+            })
+        })
     }
 }
 
@@ -314,7 +316,7 @@ async fn handle(req: Request) -> http::Response<Body> {
                 spin_sdk::wasip3::spawn(rest.run_to_end());
             }
             let body = Some(body).filter(|b| !b.is_empty());
-            response(head, Body(Box::pin(futures_util::stream::iter(body))))
+            response(head, Body(Box::pin(futures_util::stream::iter(body.map(Ok)))))
         }
         Reply::Stream(head, pump) => response(head, Body(Box::pin(pump.into_chunks()))),
     }

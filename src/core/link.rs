@@ -18,6 +18,8 @@ use crate::core::http::RequestHead;
 
 /// App-measured downlink in kbit/s.
 pub(crate) const BANDWIDTH_HEADER: &str = "x-tokenedge-bandwidth";
+/// The longest round trip a request or a record may claim.
+const MAX_RTT_MS: u32 = 60_000;
 /// How long a remembered estimate lives in KV.
 pub(crate) const REMEMBER_TTL_SECS: u64 = 7 * 24 * 3600;
 
@@ -55,6 +57,18 @@ pub(crate) struct Remembered {
     pub rtt_ms: Option<u32>,
 }
 
+impl Remembered {
+    /// A record from its stored bytes, clamped to the figures a request
+    /// could give; `None` for anything else.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let r: Self = serde_json::from_slice(bytes).ok()?;
+        Some(Self {
+            kbps: clamp_kbps(f64::from(r.kbps)),
+            rtt_ms: r.rtt_ms.map(|r| r.min(MAX_RTT_MS)),
+        })
+    }
+}
+
 impl LinkEstimate {
     /// Reads what the request and the platform tell.
     pub(crate) fn from_request(req: &RequestHead) -> Self {
@@ -80,7 +94,7 @@ impl LinkEstimate {
             est.source = Source::ClientHints;
         }
         est.rtt_ms = number("rtt")
-            .map(|r| r.min(60_000.0) as u32)
+            .map(|r| r.min(f64::from(MAX_RTT_MS)) as u32)
             .or(req.client.tcp_rtt_ms.filter(|r| *r > 0));
         est
     }

@@ -9,6 +9,8 @@ pub(crate) mod compress;
 pub mod config;
 pub(crate) mod deflate;
 pub(crate) mod encoding;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub(crate) mod error;
 pub mod format;
 pub mod http;

@@ -18,6 +18,8 @@ pub struct World {
     pub head: Option<ResponseHead>,
     pub body: Vec<u8>,
     pub ended: bool,
+    /// The response was cut (`RespondAbort`) rather than ended.
+    pub aborted: bool,
     /// (time, bytes) of each chunk the client received.
     pub chunks: Vec<(u64, Vec<u8>)>,
     /// An in-memory KV store, the keys read and the writes made.
@@ -82,6 +84,7 @@ impl World {
                     | Action::RespondHead(_)
                     | Action::RespondChunk(_)
                     | Action::RespondEnd
+                    | Action::RespondAbort
             );
             assert!(!(self.ended && to_client), "response after the end: {a:?}");
             match a {
@@ -103,6 +106,10 @@ impl World {
                     self.chunks.push((now, b.to_vec()));
                 }
                 Action::RespondEnd => self.ended = true,
+                Action::RespondAbort => {
+                    self.ended = true;
+                    self.aborted = true;
+                }
                 Action::KvGet { key, read } => reads.push((key, read)),
                 Action::KvPut {
                     key,

@@ -63,6 +63,12 @@ pub enum Action {
     RespondChunk(Bytes),
     /// End the streamed response.
     RespondEnd,
+    /// End the streamed response as broken: stop it without its clean end
+    /// (an HTTP/1.1 chunked body without its last chunk, an HTTP/2 reset),
+    /// so the client sees an error, never a complete answer. Sent when a
+    /// body passed through as the upstream wrote it (a `stream: false`
+    /// answer, `/v1/models`) is cut: its bytes have no room for an error.
+    RespondAbort,
     /// Read this key from the KV store and report the value (or its
     /// absence, or a failure, as `None`) with [`Session::handle_kv_value`],
     /// handing back `read`. Nothing waits for it: an answer that comes late

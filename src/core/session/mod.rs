@@ -20,6 +20,7 @@
 //!             RespondHead(head)  => start a streamed response
 //!             RespondChunk(b)    => write b to the client now
 //!             RespondEnd         => finish the streamed response
+//!             RespondAbort       => cut it, so the client sees it broken
 //!             KvGet { key, read }=> read it; report handle_kv_value(read, …)
 //!             KvPut / KvDelete   => write it in the background
 //!             ReplicaHealth{..}  => update the deployment's replica health

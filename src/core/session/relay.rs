@@ -193,7 +193,9 @@ impl Session {
             (Phase::Streaming(_), _) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
                 detail: detail.into(),
             })),
-            (Phase::Passthrough, _) => self.end_stream(now),
+            (Phase::Passthrough, _) => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
+                detail: detail.into(),
+            })),
             _ => {}
         }
     }
@@ -343,7 +345,8 @@ impl Session {
 
     /// The one place an error becomes a response: JSON with the error's
     /// status before anything was sent, an error event (then the end) once
-    /// an event stream has started.
+    /// an event stream has started, an abort once a passed-through body
+    /// has.
     pub(super) fn fail(&mut self, error: Error) {
         self.cancel_upstream();
         let now = self.last_now;
@@ -365,7 +368,10 @@ impl Session {
                 self.write(now, &event, true);
                 self.end_stream(now);
             }
-            Sent::Body => self.end_stream(now),
+            Sent::Body => {
+                self.response.abort(&mut self.actions);
+                self.finish();
+            }
         }
     }
 }

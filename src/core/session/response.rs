@@ -132,7 +132,7 @@ impl Response {
         if self.link_stored.is_some() {
             return;
         }
-        let Some(r) = value.and_then(|v| serde_json::from_slice::<Remembered>(v).ok()) else {
+        let Some(r) = value.and_then(Remembered::decode) else {
             return;
         };
         self.link_stored = Some(r);
@@ -304,6 +304,12 @@ impl Response {
             out.push_back(Action::RespondChunk(trailer.into()));
         }
         out.push_back(Action::RespondEnd);
+    }
+
+    /// Ends the streamed body as broken: no trailer, no clean end.
+    pub(super) fn abort(&mut self, out: &mut VecDeque<Action>) {
+        self.encoder = None;
+        out.push_back(Action::RespondAbort);
     }
 
     /// The pacer's next deadline.

@@ -1,0 +1,47 @@
+//! The crate-private parts the fuzz targets in `fuzz/` exercise, behind one
+//! door that exists only with the `fuzzing` feature. Each function is a
+//! thin call into the real code, never a copy of it.
+
+use crate::core::compress::Encoder;
+use crate::core::encoding::Coding;
+use crate::core::link::Remembered;
+
+/// Compresses `pieces` in one response's context at `level`, flushing after
+/// each, as the session does; returns the bytes each flush produced, then
+/// the bytes that finish the stream.
+pub fn compress(gzip: bool, level: u32, pieces: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let coding = if gzip { Coding::Gzip } else { Coding::Deflate };
+    let mut encoder = Encoder::new(coding, level);
+    let flushes = pieces
+        .iter()
+        .map(|p| {
+            let mut out = Vec::new();
+            encoder.encode_and_flush(p, &mut out);
+            out
+        })
+        .collect();
+    let mut end = Vec::new();
+    encoder.finish(&mut end);
+    (flushes, end)
+}
+
+/// A link record read from arbitrary KV bytes: (kbit/s, RTT ms).
+pub fn link_record(bytes: &[u8]) -> Option<(u32, Option<u32>)> {
+    Remembered::decode(bytes).map(|r| (r.kbps, r.rtt_ms))
+}
+
+/// Re-frames upstream event-stream `pieces` in `format` as a stream does,
+/// ending it the way a complete stream ends; returns every byte written.
+/// A parse failure ends the output where it happened.
+pub fn restream(format: crate::core::format::Format, pieces: &[&[u8]]) -> Vec<u8> {
+    let mut r = crate::core::restream::Restream::new(format);
+    let mut out = bytes::BytesMut::new();
+    for p in pieces {
+        match r.push(p) {
+            Ok(o) => out.extend_from_slice(&o.bytes),
+            Err(_) => return out.to_vec(),
+        }
+    }
+    r.write_end(&mut out, crate::core::format::Stats::default());
+    out.to_vec()
+}
