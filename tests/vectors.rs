@@ -17,6 +17,11 @@ const REQUEST: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}
 /// Drives a session with the upstream body cut into `chunks`; returns the
 /// client's body and whether the response ended.
 fn drive(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+    drive_as("openai", chunks)
+}
+
+/// [`drive`] with the client asking for `format` (`X-Tokenedge-Format`).
+fn drive_as(format: &str, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
     let mut s = Session::new(Config {
         upstream_urls: vec!["http://up".into()],
         auth_off: true,
@@ -25,7 +30,10 @@ fn drive(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
     let head = RequestHead::new(
         "POST",
         "/v1/chat/completions",
-        vec![("content-type".into(), "application/json".into())],
+        vec![
+            ("content-type".into(), "application/json".into()),
+            ("x-tokenedge-format".into(), format.into()),
+        ],
     );
     s.handle_request(0, head, Bytes::from_static(REQUEST.as_bytes()));
     s.handle_upstream_head(
@@ -118,8 +126,55 @@ vectors!(
     llamacpp_completions_logprobs,
     vllm_chat,
     openai_tool_calls,
-    grammar_edge_cases
+    grammar_edge_cases,
+    llamacpp_chat_multi_line
 );
+
+/// The JSON of each event (`data:` or ndjson line) of a client body, and
+/// a check that each is one line of valid JSON (line-based SSE readers and
+/// ndjson parsers read no other way).
+fn events_as_json(format: &str, body: &[u8]) -> Vec<serde_json::Value> {
+    let text = std::str::from_utf8(body).unwrap();
+    let lines: Vec<&str> = match format {
+        "ndjson" => text.lines().collect(),
+        _ => text
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let data: Vec<&str> = e.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+                assert_eq!(data.len(), 1, "{format}: an event without exactly one data line: {e:?}");
+                data[0]
+            })
+            .filter(|d| *d != "[DONE]")
+            .collect(),
+    };
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{format}: not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+/// An upstream that spreads each event's JSON over several `data:` lines
+/// (legal SSE; the real capture, pretty-printed) reaches the client as one
+/// line of JSON per event in every format, carrying what the single-line
+/// capture carries.
+#[test]
+fn multi_line_json_becomes_single_line_events_in_every_format() {
+    let multi = include_bytes!("vectors/llamacpp_chat_multi_line.sse");
+    let single = include_bytes!("vectors/llamacpp_chat.sse");
+    for format in ["openai", "compact", "ndjson", "text"] {
+        let (got, ended) = drive_as(format, &[multi]);
+        let (want, _) = drive_as(format, &[single]);
+        assert!(ended, "{format}: did not end");
+        if format == "text" {
+            assert_eq!(got, want, "text");
+            continue;
+        }
+        let got = events_as_json(format, &got);
+        assert!(got.len() > 10, "{format}: {} events", got.len());
+        assert_eq!(got, events_as_json(format, &want), "{format}");
+    }
+}
 
 /// Every field of every upstream event reaches the client unchanged.
 #[test]

@@ -22,7 +22,10 @@
 //! It does not compress, coalesce or decide when to write: it returns the
 //! bytes for the caller to send.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::IgnoredAny;
 
 use crate::core::cache::Recorder;
 use crate::core::format::{Format, Stats};
@@ -114,26 +117,32 @@ impl Restream {
                 }
                 continue;
             }
+            let data = one_line(&event.data);
             if let Some(r) = &mut self.recorder {
-                r.event(&event.data);
+                r.event(&data);
             }
             self.events_forwarded += 1;
             let (finished, has_content) = if self.format == Format::OpenAi {
-                let facts = inspect_chunk(&event.data);
+                let facts = inspect_chunk(&data);
                 let empty =
                     !(facts.has_content || facts.finished || facts.has_usage || facts.is_error);
+                // Data that is not JSON carries nothing a client could
+                // read, and would break the official SDKs: dropped.
+                if empty && serde_json::from_str::<IgnoredAny>(&data).is_err() {
+                    continue;
+                }
                 if self.splice.is_some_and(|s| s.drops(empty)) {
                     continue;
                 }
                 let shifted = self
                     .splice
                     .filter(|_| facts.has_usage)
-                    .and_then(|s| s.shift_event(&event.data));
-                let data = shifted.as_deref().unwrap_or(&event.data);
+                    .and_then(|s| s.shift_event(&data));
+                let data = shifted.as_deref().unwrap_or(&data);
                 write_event(&mut self.out, event.event.as_deref(), data);
                 (facts.finished, facts.has_content)
             } else {
-                self.write_parts(&event.data)
+                self.write_parts(&data)
             };
             self.finished |= finished;
             if let Some(s) = &mut self.splice {
@@ -209,6 +218,19 @@ impl Restream {
     }
 }
 
+/// An event's data on one line, so that line-based SSE readers (common
+/// in mobile apps) and every format's single-line events can carry it.
+/// Data sent over several `data:` lines is joined with `\n`; in JSON that
+/// is whitespace (a JSON string cannot hold a raw newline), so a space in
+/// its place changes nothing.
+fn one_line(data: &str) -> Cow<'_, str> {
+    if data.contains('\n') {
+        Cow::Owned(data.replace('\n', " "))
+    } else {
+        Cow::Borrowed(data)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,9 +250,15 @@ mod tests {
     }
 
     #[test]
-    fn keeps_event_names_and_multi_line_data() {
-        let (out, _) = run(b"event: error\ndata: a\ndata: b\n\n");
-        assert_eq!(out, b"event: error\ndata: a\ndata: b\n\n");
+    fn keeps_event_names_and_joins_multi_line_json() {
+        let (out, _) = run(b"event: error\ndata: {\"error\":\ndata: {\"message\":\"x\"}}\n\n");
+        assert_eq!(out, b"event: error\ndata: {\"error\": {\"message\":\"x\"}}\n\n");
+    }
+
+    #[test]
+    fn drops_data_that_is_not_json() {
+        let (out, _) = run(b"data: a\ndata: b\n\ndata: ping\n\ndata: {\"id\":1}\n\n");
+        assert_eq!(out, b"data: {\"id\":1}\n\n");
     }
 
     #[test]
