@@ -17,6 +17,7 @@ WRANGLER_VERSION=4.164.0
 BINARYEN_VERSION=132.0.0
 WORKER_BUILD_VERSION=0.8.7
 SMOLLM2_VERSION=0.1.2
+CARGO_FUZZ_VERSION=0.13.2
 # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
 WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' "$ROOT/Cargo.lock")
 
@@ -80,6 +81,20 @@ setup_rust() {
   echo "export CARGO_TARGET_DIR='$CACHE/target'"
 }
 
+# cargo-fuzz, and a nightly toolchain for it (libFuzzer's instrumentation
+# needs nightly flags; stable with RUSTC_BOOTSTRAP=1 stands in when no
+# nightly is installed).
+setup_fuzz() {
+  local cf
+  cf=$(cargo_tool cargo-fuzz "$CARGO_FUZZ_VERSION" cargo-fuzz)
+  echo "export PATH='$(dirname "$cf")':\"\$PATH\""
+  if rustup toolchain list | grep -q '^nightly'; then
+    echo "export TOKENEDGE_FUZZ_CARGO='cargo +nightly'"
+  else
+    echo "export TOKENEDGE_FUZZ_CARGO='env RUSTC_BOOTSTRAP=1 cargo'"
+  fi
+}
+
 # The Spin target, and the test host that stands in for `spin up` in CI
 # (tests/spin-host: wasmtime 44, the release Spin 4.0.2 is built on), keyed
 # by the host's sources so a change rebuilds it.
@@ -102,8 +117,9 @@ case "$want" in
   node) setup_node ;;
   rust) setup_rust ;;
   spin) setup_python; setup_rust; setup_spin ;;
-  all) setup_python; setup_node; setup_rust; setup_spin ;;
-  *) echo "usage: $0 [all|python|node|rust|spin]" >&2; exit 2 ;;
+  fuzz) setup_rust; setup_fuzz ;;
+  all) setup_python; setup_node; setup_rust; setup_spin; setup_fuzz ;;
+  *) echo "usage: $0 [all|python|node|rust|spin|fuzz]" >&2; exit 2 ;;
 esac
 echo "export CLOUDFLARE_CF_FETCH_ENABLED=false"
 echo "export WRANGLER_SEND_METRICS=false NO_UPDATE_NOTIFIER=1"

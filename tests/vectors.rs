@@ -142,7 +142,11 @@ fn events_as_json(format: &str, body: &[u8]) -> Vec<serde_json::Value> {
             .filter(|e| !e.is_empty())
             .map(|e| {
                 let data: Vec<&str> = e.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
-                assert_eq!(data.len(), 1, "{format}: an event without exactly one data line: {e:?}");
+                assert_eq!(
+                    data.len(),
+                    1,
+                    "{format}: an event without exactly one data line: {e:?}"
+                );
                 data[0]
             })
             .filter(|d| *d != "[DONE]")
@@ -150,7 +154,9 @@ fn events_as_json(format: &str, body: &[u8]) -> Vec<serde_json::Value> {
     };
     lines
         .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{format}: not JSON ({e}): {l:?}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{format}: not JSON ({e}): {l:?}"))
+        })
         .collect()
 }
 

@@ -316,7 +316,10 @@ async fn handle(req: Request) -> http::Response<Body> {
                 spin_sdk::wasip3::spawn(rest.run_to_end());
             }
             let body = Some(body).filter(|b| !b.is_empty());
-            response(head, Body(Box::pin(futures_util::stream::iter(body.map(Ok)))))
+            response(
+                head,
+                Body(Box::pin(futures_util::stream::iter(body.map(Ok)))),
+            )
         }
         Reply::Stream(head, pump) => response(head, Body(Box::pin(pump.into_chunks()))),
     }

@@ -254,14 +254,12 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
                 .with_headers(headers_of(&head.headers)))
         }
         Reply::Stream(head, pump) => {
-            let chunks = pump
-                .into_chunks()
-                .map(|item| match item {
-                    Ok(bytes) => Ok(bytes.to_vec()),
-                    // An error item errors the body stream: workerd cuts
-                    // the response instead of ending it.
-                    Err(why) => Err(worker::Error::RustError(why.into())),
-                });
+            let chunks = pump.into_chunks().map(|item| match item {
+                Ok(bytes) => Ok(bytes.to_vec()),
+                // An error item errors the body stream: workerd cuts
+                // the response instead of ending it.
+                Err(why) => Err(worker::Error::RustError(why.into())),
+            });
             // A body the core already encoded must not be encoded again.
             let encode = match head.header("content-encoding") {
                 Some(_) => EncodeBody::Manual,

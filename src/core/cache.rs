@@ -106,10 +106,10 @@ impl Directives {
     }
 }
 
-/// Whether the request asks for one choice (`n` absent, null or 1).
+/// Whether the request asks for one answer (`n` absent, null or 1, and one
+/// prompt): only such an answer is stored or speculated.
 pub(crate) fn one_choice(body: &Map<String, Value>) -> bool {
-    body.get("n")
-        .is_none_or(|n| n.is_null() || n.as_u64() == Some(1))
+    crate::core::openai::choices(body) == 1
 }
 
 /// [`KEY_PREFIX`] + hex SHA-256 of the scope and the canonical request.
@@ -302,7 +302,7 @@ impl Entry {
     }
 
     /// An entry from a complete (`stream: false`) upstream answer, when it
-    /// holds exactly one finished text choice.
+    /// holds exactly one text choice that finished cleanly.
     pub(crate) fn from_json(body: &[u8], created: u64) -> Option<Self> {
         let v: Value = serde_json::from_slice(body).ok()?;
         let choices = v.get("choices")?.as_array()?;
@@ -321,7 +321,11 @@ impl Entry {
             model: v.get("model").and_then(Value::as_str).unwrap_or("").into(),
             created,
             pieces: vec![text.to_owned()],
-            finish_reason: choice.get("finish_reason")?.as_str()?.to_owned(),
+            finish_reason: choice
+                .get("finish_reason")?
+                .as_str()
+                .filter(|f| crate::core::openai::storable_finish(f))?
+                .to_owned(),
             usage: v.get("usage").filter(|u| !u.is_null()).cloned(),
         })
     }
@@ -389,9 +393,10 @@ impl Recorder {
         }
     }
 
-    /// The entry, when the answer completed and may be stored.
+    /// The entry, when the answer completed cleanly and may be stored.
     pub(crate) fn finish(self) -> Option<Entry> {
-        (!self.spoiled && !self.entry.finish_reason.is_empty()).then_some(self.entry)
+        let storable = crate::core::openai::storable_finish(&self.entry.finish_reason);
+        (!self.spoiled && storable).then_some(self.entry)
     }
 }
 

@@ -76,10 +76,15 @@ impl Format {
         if self == Self::OpenAi {
             return Ok(());
         }
-        if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        if crate::core::openai::choices(body) > 1 {
+            let param = if body.get("prompt").is_some_and(Value::is_array) {
+                "prompt"
+            } else {
+                "n"
+            };
             return Err(Error::invalid(
-                "X-Tokenedge-Format compact, ndjson and text carry one choice: use n=1 or the openai format",
-                Some("n"),
+                "X-Tokenedge-Format compact, ndjson and text carry one choice: use n=1 and one prompt, or the openai format",
+                Some(param),
             ));
         }
         if self == Self::Text && (body.contains_key("tools") || body.contains_key("functions")) {
@@ -266,6 +271,13 @@ mod tests {
         let body = |j: &str| serde_json::from_str::<Map<String, Value>>(j).unwrap();
         assert!(Format::Compact.check_request(&body(r#"{"n":2}"#)).is_err());
         assert!(Format::OpenAi.check_request(&body(r#"{"n":2}"#)).is_ok());
+        let e = Format::Ndjson
+            .check_request(&body(r#"{"prompt":["a","b"]}"#))
+            .unwrap_err();
+        assert_eq!(e.to_json()["error"]["param"], "prompt");
+        assert!(Format::Text
+            .check_request(&body(r#"{"prompt":[1,2,3]}"#))
+            .is_ok());
         assert!(Format::Compact
             .check_request(&body(r#"{"n":1,"tools":[]}"#))
             .is_ok());

@@ -9,10 +9,10 @@ pub(crate) mod compress;
 pub mod config;
 pub(crate) mod deflate;
 pub(crate) mod encoding;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 pub(crate) mod error;
 pub mod format;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod http;
 pub(crate) mod link;
 pub(crate) mod openai;

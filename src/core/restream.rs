@@ -29,7 +29,7 @@ use serde::de::IgnoredAny;
 
 use crate::core::cache::Recorder;
 use crate::core::format::{Format, Stats};
-use crate::core::openai::{chunk_parts, inspect_chunk};
+use crate::core::openai::{chunk_parts, clean_finish, inspect_chunk};
 use crate::core::prefix::Splice;
 use crate::core::sse::{write_event, Event, Parser, SseError, DONE};
 
@@ -52,6 +52,9 @@ pub(crate) enum Ending {
     FinishedWithoutDone,
     /// Neither: the stream was cut.
     Truncated,
+    /// A choice ended with a finish reason that is not a clean end
+    /// (`abort`, `error`, …): the answer is broken, whatever followed.
+    Broken,
 }
 
 /// The re-streamer of one response. See the module docs.
@@ -60,12 +63,18 @@ pub struct Restream {
     format: Format,
     parser: Parser,
     finish_reason: Option<String>,
+    /// A finish reason that is not a clean end, once one came.
+    broken_finish: Option<String>,
+    /// Choices the request asks for (`n` × prompts); the stream is
+    /// finished when each has its finish reason.
+    choices: u32,
+    /// The distinct choice indices that finished.
+    finished_choices: Vec<u32>,
     usage: Option<Box<serde_json::value::RawValue>>,
     /// Events that carried generated content so far.
     pub(crate) content_events: u64,
     events: Vec<Event>,
     out: BytesMut,
-    finished: bool,
     done: bool,
     /// Upstream events forwarded so far.
     pub(crate) events_forwarded: u64,
@@ -79,8 +88,16 @@ impl Restream {
     pub fn new(format: Format) -> Self {
         Self {
             format,
+            choices: 1,
             ..Self::default()
         }
+    }
+
+    /// The request asks for `choices` answers (`n` × prompts): the stream
+    /// is finished only when every one of them is.
+    pub(crate) fn expecting(mut self, choices: u32) -> Self {
+        self.choices = choices.max(1);
+        self
     }
 
     /// Hands every event from now on to `recorder` as well.
@@ -112,7 +129,8 @@ impl Restream {
             }
             if event.data == "[DONE]" {
                 self.done = true;
-                if self.format == Format::OpenAi {
+                // A broken answer ends with the session's error event.
+                if self.format == Format::OpenAi && self.broken_finish.is_none() {
                     self.out.put_slice(DONE);
                 }
                 continue;
@@ -122,7 +140,7 @@ impl Restream {
                 r.event(&data);
             }
             self.events_forwarded += 1;
-            let (finished, has_content) = if self.format == Format::OpenAi {
+            let has_content = if self.format == Format::OpenAi {
                 let facts = inspect_chunk(&data);
                 let empty =
                     !(facts.has_content || facts.finished || facts.has_usage || facts.is_error);
@@ -140,11 +158,16 @@ impl Restream {
                     .and_then(|s| s.shift_event(&data));
                 let data = shifted.as_deref().unwrap_or(&data);
                 write_event(&mut self.out, event.event.as_deref(), data);
-                (facts.finished, facts.has_content)
+                for index in facts.finished_choices {
+                    self.choice_finished(index);
+                }
+                if facts.broken_finish.is_some() {
+                    self.broken_finish = facts.broken_finish;
+                }
+                facts.has_content
             } else {
                 self.write_parts(&data)
             };
-            self.finished |= finished;
             if let Some(s) = &mut self.splice {
                 s.passed(has_content);
             }
@@ -158,11 +181,28 @@ impl Restream {
         })
     }
 
-    /// Writes one event in a compact format, reading it once; returns
-    /// (finished, carried content) as [`inspect_chunk`] would for choice 0.
-    fn write_parts(&mut self, data: &str) -> (bool, bool) {
+    fn choice_finished(&mut self, index: u32) {
+        if !self.finished_choices.contains(&index) && self.finished_choices.len() < 1024 {
+            self.finished_choices.push(index);
+        }
+    }
+
+    /// Whether every choice asked for has finished.
+    fn all_finished(&self) -> bool {
+        self.finished_choices.len() >= self.choices as usize
+    }
+
+    /// The finish reason that broke the answer, if one did.
+    pub(crate) fn broken_finish(&self) -> Option<&str> {
+        self.broken_finish.as_deref()
+    }
+
+    /// Writes one event in a compact format (one choice: the formats
+    /// refuse requests for more), reading it once; returns whether it
+    /// carried content.
+    fn write_parts(&mut self, data: &str) -> bool {
         let Some(parts) = chunk_parts(data) else {
-            return (false, false);
+            return false;
         };
         if let Some(error) = parts.error {
             let error = serde_json::json!({ "error": serde_json::from_str::<serde_json::Value>(error.get()).unwrap_or_default() });
@@ -175,15 +215,18 @@ impl Restream {
             self.format.write_delta(&mut self.out, delta);
         }
         let has_content = !parts.text.is_empty() || parts.other_delta.is_some();
-        let finished = parts.finish_reason.is_some();
         if let Some(f) = parts.finish_reason {
+            self.choice_finished(0);
+            if !clean_finish(&f) {
+                self.broken_finish = Some(f.clone().into_owned());
+            }
             self.finish_reason = Some(f.into_owned());
         }
         if let Some(u) = parts.usage {
             let shifted = self.splice.and_then(|s| s.shift_raw(u));
             self.usage = Some(shifted.unwrap_or_else(|| u.to_owned()));
         }
-        (finished, has_content)
+        has_content
     }
 
     /// Writes the end of a completed stream in the response's format
@@ -208,9 +251,11 @@ impl Restream {
 
     /// Classifies the end of the upstream body.
     pub(crate) fn ending(&self) -> Ending {
-        if self.done {
+        if self.broken_finish.is_some() {
+            Ending::Broken
+        } else if self.done {
             Ending::Done
-        } else if self.finished {
+        } else if self.all_finished() {
             Ending::FinishedWithoutDone
         } else {
             Ending::Truncated
@@ -252,7 +297,10 @@ mod tests {
     #[test]
     fn keeps_event_names_and_joins_multi_line_json() {
         let (out, _) = run(b"event: error\ndata: {\"error\":\ndata: {\"message\":\"x\"}}\n\n");
-        assert_eq!(out, b"event: error\ndata: {\"error\": {\"message\":\"x\"}}\n\n");
+        assert_eq!(
+            out,
+            b"event: error\ndata: {\"error\": {\"message\":\"x\"}}\n\n"
+        );
     }
 
     #[test]

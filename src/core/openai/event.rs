@@ -13,11 +13,37 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+/// The finish reasons that end an answer as the model meant it: anything
+/// else (vLLM's `abort`, `error`, an unknown value) ends it broken.
+/// `content_filter` is a deliberate, final end, but not a whole answer: it
+/// is passed on and never stored.
+const CLEAN_FINISHES: &[&str] = &[
+    "stop",
+    "length",
+    "tool_calls",
+    "function_call",
+    "content_filter",
+];
+
+/// Whether `reason` ends an answer cleanly (see [`CLEAN_FINISHES`]).
+pub(crate) fn clean_finish(reason: &str) -> bool {
+    CLEAN_FINISHES.contains(&reason)
+}
+
+/// Whether an answer that ended with `reason` may be stored.
+pub(crate) fn storable_finish(reason: &str) -> bool {
+    clean_finish(reason) && reason != "content_filter"
+}
+
 /// What the session needs to know about one upstream stream event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ChunkFacts {
     /// Some choice carried a non-empty `finish_reason`.
     pub finished: bool,
+    /// The choice indices that carried one (empty, so free, on most events).
+    pub finished_choices: Vec<u32>,
+    /// A finish reason that is not a clean end, if one came.
+    pub broken_finish: Option<String>,
     /// The event carried generated content (text, content, tool call or
     /// refusal): the point where "time to first token" is measured.
     pub has_content: bool,
@@ -41,6 +67,8 @@ struct EventView<'a> {
 
 #[derive(Deserialize)]
 struct ChoiceView<'a> {
+    #[serde(default)]
+    index: u32,
     #[serde(default, borrow)]
     finish_reason: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -76,7 +104,13 @@ pub(crate) fn inspect_chunk(data: &str) -> ChunkFacts {
     };
     let non_empty = |s: &Option<Cow<str>>| s.as_deref().is_some_and(|s| !s.is_empty());
     for choice in view.choices.iter().flatten() {
-        facts.finished |= non_empty(&choice.finish_reason);
+        if let Some(reason) = choice.finish_reason.as_deref().filter(|r| !r.is_empty()) {
+            facts.finished = true;
+            facts.finished_choices.push(choice.index);
+            if !clean_finish(reason) {
+                facts.broken_finish = Some(reason.to_owned());
+            }
+        }
         let delta_content = choice.delta.as_ref().is_some_and(|d| {
             non_empty(&d.content)
                 || non_empty(&d.refusal)

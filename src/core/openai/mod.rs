@@ -5,5 +5,7 @@
 mod event;
 mod request;
 
-pub(crate) use event::{chunk_model, chunk_parts, inspect_chunk, upstream_error_message};
-pub(crate) use request::{check_caps, parse_request, CompletionRequest, Endpoint};
+pub(crate) use event::{
+    chunk_model, chunk_parts, clean_finish, inspect_chunk, storable_finish, upstream_error_message,
+};
+pub(crate) use request::{check_caps, choices, parse_request, CompletionRequest, Endpoint};

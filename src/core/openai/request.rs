@@ -253,6 +253,21 @@ pub(crate) fn check_caps(
     Ok(())
 }
 
+/// How many answers the request asks for: `n` for each prompt. A
+/// `/v1/completions` `prompt` that is an array of strings or of token
+/// arrays is one prompt per item (an array of numbers is one tokenized
+/// prompt).
+pub(crate) fn choices(body: &Map<String, Value>) -> u64 {
+    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    let prompts = match body.get("prompt") {
+        Some(Value::Array(items)) if items.iter().any(|i| i.is_string() || i.is_array()) => {
+            items.len() as u64
+        }
+        _ => 1,
+    };
+    n.saturating_mul(prompts)
+}
+
 fn validate_messages(body: &Map<String, Value>) -> Result<(), Error> {
     let messages = match body.get("messages") {
         None => {

@@ -101,8 +101,10 @@ impl Session {
             Route::Generate { stream: true, .. } => {
                 self.start_events();
                 let opening = self.cache.as_mut().and_then(|c| c.take_opening());
-                let mut restream =
-                    opening.unwrap_or_else(|| Box::new(Restream::new(self.response.format())));
+                let mut restream = opening.unwrap_or_else(|| {
+                    let r = Restream::new(self.response.format());
+                    Box::new(r.expecting(self.response.choices()))
+                });
                 if let Some(r) = self.cache.as_mut().and_then(|c| c.take_recorder()) {
                     restream.record_into(r);
                 }
@@ -159,9 +161,10 @@ impl Session {
                     self.end_stream(now);
                 }
                 Ending::Truncated => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
-                    detail: "the upstream ended the stream without [DONE] or a finish_reason"
+                    detail: "the upstream ended the stream without [DONE] or a finish_reason for every choice"
                         .into(),
                 })),
+                Ending::Broken => self.fail_broken_finish(),
             },
             Phase::Passthrough => {
                 self.store_answer();
@@ -297,12 +300,16 @@ impl Session {
         match restream.push(chunk) {
             Ok(out) => {
                 let done = restream.done();
+                let broken = restream.ending() == Ending::Broken;
                 self.saw_content(now, out.content_events);
                 if !out.bytes.is_empty() {
                     self.write(now, &out.bytes, false);
                 }
                 if done {
                     self.cancel_upstream();
+                    if broken {
+                        return self.fail_broken_finish();
+                    }
                     self.store_answer();
                     self.end_stream(now);
                 }
@@ -311,6 +318,18 @@ impl Session {
                 detail: e.to_string(),
             })),
         }
+    }
+
+    /// A choice ended with a finish reason that is not a clean end: the
+    /// stream ends with an error event, and nothing is stored.
+    fn fail_broken_finish(&mut self) {
+        let reason = match &self.phase {
+            Phase::Streaming(r) => r.broken_finish().unwrap_or_default().to_owned(),
+            _ => String::new(),
+        };
+        self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
+            detail: format!("the upstream ended the answer with finish_reason '{reason}'"),
+        }));
     }
 
     fn end_stream(&mut self, now: Millis) {

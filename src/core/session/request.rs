@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use crate::core::cache;
 use crate::core::format::Format;
-use crate::core::openai::{CompletionRequest, Endpoint};
+use crate::core::openai::{self, CompletionRequest, Endpoint};
 use crate::core::prefetch;
 use crate::core::prefix;
 use crate::core::route;
@@ -78,6 +78,7 @@ impl Session {
                 Ok(f) => self.response.set_stream(
                     f,
                     intake.flush_rule,
+                    u32::try_from(openai::choices(&request.body)).unwrap_or(u32::MAX),
                     intake.link,
                     intake.link_key.take(),
                 ),

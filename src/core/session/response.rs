@@ -61,6 +61,8 @@ pub(super) struct Response {
     /// The body's compression context, once a streamed head is out.
     encoder: Option<Encoder>,
     format: Format,
+    /// Answers the streamed request asks for (`n` × prompts).
+    choices: u32,
     flush_rule: Rule,
     /// What the request said about the link, completed by KV.
     link: LinkEstimate,
@@ -79,6 +81,7 @@ impl Default for Response {
             coding: Coding::Identity,
             encoder: None,
             format: Format::OpenAi,
+            choices: 1,
             flush_rule: Rule::Adaptive,
             link: LinkEstimate::default(),
             link_key: None,
@@ -104,10 +107,12 @@ impl Response {
         &mut self,
         format: Format,
         flush_rule: Rule,
+        choices: u32,
         link: LinkEstimate,
         link_key: Option<String>,
     ) {
         self.format = format;
+        self.choices = choices;
         self.flush_rule = flush_rule;
         self.link = link;
         self.link_key = link_key;
@@ -115,6 +120,11 @@ impl Response {
 
     pub(super) fn format(&self) -> Format {
         self.format
+    }
+
+    /// The answers the streamed request asks for (`n` × prompts).
+    pub(super) fn choices(&self) -> u32 {
+        self.choices
     }
 
     pub(super) fn sent(&self) -> Sent {
