@@ -22,7 +22,11 @@ fuzz_target!(|input: (bool, u8, Vec<Vec<u8>>)| {
         seen.extend_from_slice(piece);
         writer.write_all(flushed).expect("a flush inflates");
         writer.flush().expect("a flush inflates");
-        assert_eq!(writer.so_far(), seen.as_slice(), "a flush left input behind");
+        assert_eq!(
+            writer.so_far(),
+            seen.as_slice(),
+            "a flush left input behind"
+        );
     }
     writer.write_all(&end).expect("the end inflates");
     assert_eq!(writer.finish_all(), seen, "the finished stream differs");

@@ -46,20 +46,32 @@ fuzz_target!(|input: Input| {
                 }
                 Action::Respond(head, body) => {
                     heads += 1;
-                    if head.status >= 400 && head.header("content-type").is_some_and(|c| c.starts_with("application/json")) {
-                        let v: serde_json::Value = serde_json::from_slice(&body).expect("an error body is JSON");
-                        assert!(v["error"]["message"].is_string(), "not an OpenAI error: {v}");
+                    if head.status >= 400
+                        && head
+                            .header("content-type")
+                            .is_some_and(|c| c.starts_with("application/json"))
+                    {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&body).expect("an error body is JSON");
+                        assert!(
+                            v["error"]["message"].is_string(),
+                            "not an OpenAI error: {v}"
+                        );
                     }
                 }
                 Action::RespondHead(_) => heads += 1,
                 Action::SendUpstream(req) => {
                     for (name, value) in &req.headers {
                         if name.eq_ignore_ascii_case("authorization") {
-                            assert_eq!(value, "Bearer up", "the client's credentials went upstream");
+                            assert_eq!(
+                                value, "Bearer up",
+                                "the client's credentials went upstream"
+                            );
                         }
                     }
                     if !req.body.is_empty() {
-                        serde_json::from_slice::<serde_json::Value>(&req.body).expect("the upstream body is JSON");
+                        serde_json::from_slice::<serde_json::Value>(&req.body)
+                            .expect("the upstream body is JSON");
                     }
                 }
                 Action::KvGet { read, .. } => s.handle_kv_value(now, read, None),
@@ -77,7 +89,10 @@ fuzz_target!(|input: Input| {
             None => break,
         }
     }
-    assert!(s.is_finished(), "the session did not finish once its timers ran out");
+    assert!(
+        s.is_finished(),
+        "the session did not finish once its timers ran out"
+    );
     assert!(heads <= 1, "{heads} response heads");
     assert_eq!(heads, 1, "no response");
 });

@@ -8,21 +8,35 @@ use tokenedge::core::format::Format;
 
 fuzz_target!(|input: (u8, Vec<Vec<u8>>)| {
     let (format, pieces) = input;
-    let format = [Format::OpenAi, Format::Compact, Format::Ndjson, Format::Text][usize::from(format % 4)];
+    let format = [
+        Format::OpenAi,
+        Format::Compact,
+        Format::Ndjson,
+        Format::Text,
+    ][usize::from(format % 4)];
     let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
     let out = tokenedge::core::fuzzing::restream(format, &pieces);
     let text = std::str::from_utf8(&out).expect("the output is UTF-8");
     match format {
         Format::OpenAi | Format::Compact => {
-            assert!(text.is_empty() || text.ends_with("\n\n"), "ends mid-event: {text:?}");
+            assert!(
+                text.is_empty() || text.ends_with("\n\n"),
+                "ends mid-event: {text:?}"
+            );
             for event in text.split("\n\n").filter(|e| !e.is_empty()) {
                 let mut data = 0;
                 for line in event.split('\n') {
                     if let Some(d) = line.strip_prefix("data: ") {
                         data += 1;
-                        assert!(d == "[DONE]" || serde_json::from_str::<serde_json::Value>(d).is_ok(), "data that is not JSON: {d:?}");
+                        assert!(
+                            d == "[DONE]" || serde_json::from_str::<serde_json::Value>(d).is_ok(),
+                            "data that is not JSON: {d:?}"
+                        );
                     } else {
-                        assert!(line.starts_with("event: "), "a line that is neither data nor an event name: {line:?}");
+                        assert!(
+                            line.starts_with("event: "),
+                            "a line that is neither data nor an event name: {line:?}"
+                        );
                     }
                 }
                 assert_eq!(data, 1, "an event without exactly one data line: {event:?}");
@@ -30,7 +44,8 @@ fuzz_target!(|input: (u8, Vec<Vec<u8>>)| {
         }
         Format::Ndjson => {
             for line in text.split_terminator('\n') {
-                serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|_| panic!("a line that is not JSON: {line:?}"));
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|_| panic!("a line that is not JSON: {line:?}"));
             }
         }
         Format::Text => {}

@@ -43,7 +43,10 @@ struct Request {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    UpstreamHead { status: u8, sse: bool },
+    UpstreamHead {
+        status: u8,
+        sse: bool,
+    },
     UpstreamEvent(Event),
     UpstreamBytes(Vec<u8>),
     UpstreamEnd,
@@ -51,7 +54,10 @@ enum Op {
     DownstreamClosed,
     DownstreamDrained,
     Advance(u16),
-    KvAnswer { stored: bool, bytes: Option<Vec<u8>> },
+    KvAnswer {
+        stored: bool,
+        bytes: Option<Vec<u8>>,
+    },
     Admission(u8),
 }
 
@@ -82,8 +88,13 @@ const HEADER_NAMES: &[&str] = &[
 ];
 
 fn request_of(r: &Request) -> (RequestHead, Bytes) {
-    let path = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/v1/prefetch"]
-        [usize::from(r.endpoint) % 5];
+    let path = [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/healthz",
+        "/v1/prefetch",
+    ][usize::from(r.endpoint) % 5];
     let mut body = serde_json::json!({
         "model": "m",
         "max_tokens": 8,
@@ -91,7 +102,11 @@ fn request_of(r: &Request) -> (RequestHead, Bytes) {
         "n": 1 + u64::from(r.n % 3),
     });
     if path == "/v1/completions" {
-        body["prompt"] = if r.prompt_array { serde_json::json!(["a", "b"]) } else { "a".into() };
+        body["prompt"] = if r.prompt_array {
+            serde_json::json!(["a", "b"])
+        } else {
+            "a".into()
+        };
     } else {
         body["messages"] = serde_json::json!([{"role": "user", "content": "hi"}]);
     }
@@ -113,7 +128,11 @@ fn request_of(r: &Request) -> (RequestHead, Bytes) {
         let name = HEADER_NAMES[usize::from(*name) % HEADER_NAMES.len()];
         headers.push((name.into(), value.clone()));
     }
-    let method = if path == "/v1/models" || path == "/healthz" { "GET" } else { "POST" };
+    let method = if path == "/v1/models" || path == "/healthz" {
+        "GET"
+    } else {
+        "POST"
+    };
     (RequestHead::new(method, path, headers), body)
 }
 
@@ -125,7 +144,8 @@ fn event_bytes(e: &Event) -> Vec<u8> {
         })
         .to_string(),
         Event::Finish { index, reason } => {
-            let reason = ["stop", "length", "abort", "error", "tool_calls"][usize::from(*reason) % 5];
+            let reason =
+                ["stop", "length", "abort", "error", "tool_calls"][usize::from(*reason) % 5];
             serde_json::json!({
                 "choices": [{"index": index % 3, "delta": {}, "finish_reason": reason}]
             })
@@ -207,10 +227,20 @@ impl World {
         while let Some(a) = s.poll_action() {
             let to_client = matches!(
                 a,
-                Action::Respond(..) | Action::RespondHead(_) | Action::RespondChunk(_) | Action::RespondEnd | Action::RespondAbort
+                Action::Respond(..)
+                    | Action::RespondHead(_)
+                    | Action::RespondChunk(_)
+                    | Action::RespondEnd
+                    | Action::RespondAbort
             );
-            assert!(!(to_client && self.ended), "written to the client after the end: {a:?}");
-            assert!(!(to_client && self.client_left), "written to a client that left: {a:?}");
+            assert!(
+                !(to_client && self.ended),
+                "written to the client after the end: {a:?}"
+            );
+            assert!(
+                !(to_client && self.client_left),
+                "written to a client that left: {a:?}"
+            );
             match a {
                 Action::Respond(head, b) => {
                     assert!(self.head.is_none(), "a second head");
@@ -221,8 +251,14 @@ impl World {
                 Action::RespondHead(head) => {
                     assert!(self.head.is_none(), "a second head");
                     self.decoder = match head.header("content-encoding") {
-                        Some("gzip") => Some(Box::new(Flate(flate2::write::GzDecoder::new(Vec::new()), 0))),
-                        Some("deflate") => Some(Box::new(Flate(flate2::write::ZlibDecoder::new(Vec::new()), 0))),
+                        Some("gzip") => Some(Box::new(Flate(
+                            flate2::write::GzDecoder::new(Vec::new()),
+                            0,
+                        ))),
+                        Some("deflate") => Some(Box::new(Flate(
+                            flate2::write::ZlibDecoder::new(Vec::new()),
+                            0,
+                        ))),
                         _ => None,
                     };
                     self.head = Some(head);
@@ -257,7 +293,10 @@ impl World {
                 Action::KvGet { key, read } => self.reads.push_back((key, read)),
                 Action::KvPut { key, value, .. } => {
                     if key.starts_with("cache:") || key.starts_with("prefix:") {
-                        assert!(Entry::decode(&value).is_some(), "a stored entry does not decode: {key}");
+                        assert!(
+                            Entry::decode(&value).is_some(),
+                            "a stored entry does not decode: {key}"
+                        );
                     }
                     self.kv.insert(key, value);
                 }
@@ -288,23 +327,38 @@ impl World {
                 let data: Vec<&str> = e.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
                 assert!(data.len() <= 1, "an event with several data lines: {e:?}");
                 for d in data {
-                    assert!(d == "[DONE]" || serde_json::from_str::<serde_json::Value>(d).is_ok(), "data that is not JSON: {d:?}");
+                    assert!(
+                        d == "[DONE]" || serde_json::from_str::<serde_json::Value>(d).is_ok(),
+                        "data that is not JSON: {d:?}"
+                    );
                 }
             }
-            let last = events.iter().rev().find(|e| !e.starts_with(':')).copied().unwrap_or("");
+            let last = events
+                .iter()
+                .rev()
+                .find(|e| !e.starts_with(':'))
+                .copied()
+                .unwrap_or("");
             assert!(
-                last == "data: [DONE]" || last.starts_with("event: done\n") || last.starts_with("event: error\n") || last.starts_with("data: {\"error\""),
+                last == "data: [DONE]"
+                    || last.starts_with("event: done\n")
+                    || last.starts_with("event: error\n")
+                    || last.starts_with("data: {\"error\""),
                 "an event stream ended without its terminator: {last:?}"
             );
             assert!(text.ends_with("\n\n"), "an event stream ended mid-event");
         } else if content_type.starts_with("application/x-ndjson") {
             let mut last = None;
             for line in text.lines() {
-                let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("an ndjson line that is not JSON: {line:?}"));
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|_| panic!("an ndjson line that is not JSON: {line:?}"));
                 last = Some(v);
             }
             let last = last.expect("an ndjson stream with no line");
-            assert!(last.get("stats").is_some() || last.get("error").is_some(), "an ndjson stream ended without its end line: {last}");
+            assert!(
+                last.get("stats").is_some() || last.get("error").is_some(),
+                "an ndjson stream ended without its end line: {last}"
+            );
         }
     }
 }
@@ -312,11 +366,16 @@ impl World {
 /// `/healthz` says `degraded` in its own shape; every other answer of 4xx
 /// or 5xx is an OpenAI error.
 fn check_error_body(head: &ResponseHead, body: &[u8]) {
-    let json = head.header("content-type").is_some_and(|c| c.starts_with("application/json"));
+    let json = head
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/json"));
     if head.status >= 400 && json && !body.starts_with(b"{\"status\"") {
         let v: serde_json::Value = serde_json::from_slice(body).expect("an error body is JSON");
         let e = &v["error"];
-        assert!(e["message"].is_string() && e.get("type").is_some(), "not an OpenAI error: {v}");
+        assert!(
+            e["message"].is_string() && e.get("type").is_some(),
+            "not an OpenAI error: {v}"
+        );
     }
 }
 
@@ -324,7 +383,11 @@ fuzz_target!(|input: Input| {
     let config = Config {
         upstream_urls: vec!["http://a:1".into(), "http://b:1".into()],
         auth_off: true,
-        speculate: if input.speculate { Speculate::On } else { Speculate::Off },
+        speculate: if input.speculate {
+            Speculate::On
+        } else {
+            Speculate::Off
+        },
         rate_limit_rpm: if input.limits { 2 } else { 0 },
         max_streams_per_key: u32::from(input.limits),
         ..Config::default()
@@ -347,7 +410,11 @@ fuzz_target!(|input: Input| {
         match op {
             Op::UpstreamHead { status, sse } => {
                 let status = [200, 200, 400, 429, 500, 503, 401][usize::from(*status) % 7];
-                let ct = if *sse { "text/event-stream" } else { "application/json" };
+                let ct = if *sse {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                };
                 s.handle_upstream_head(now, status, &[("content-type".into(), ct.into())]);
             }
             Op::UpstreamEvent(e) => s.handle_upstream_chunk(now, Bytes::from(event_bytes(e))),
@@ -365,12 +432,19 @@ fuzz_target!(|input: Input| {
                 now += u64::from(*ms);
                 if s.poll_timeout().is_some_and(|t| t <= now) {
                     s.handle_timeout(now);
-                    assert!(s.poll_timeout().is_none_or(|t| t > now), "a timer stayed due");
+                    assert!(
+                        s.poll_timeout().is_none_or(|t| t > now),
+                        "a timer stayed due"
+                    );
                 }
             }
             Op::KvAnswer { stored, bytes } => {
                 if let Some((key, read)) = w.reads.pop_front() {
-                    let value = if *stored { w.kv.get(&key).cloned() } else { bytes.clone().map(Bytes::from) };
+                    let value = if *stored {
+                        w.kv.get(&key).cloned()
+                    } else {
+                        bytes.clone().map(Bytes::from)
+                    };
                     s.handle_kv_value(now, read, value);
                 }
             }
@@ -379,7 +453,9 @@ fuzz_target!(|input: Input| {
                     let verdict = match v % 3 {
                         0 => w.tallies.entry(key).or_default().admit(now, ask),
                         1 => Verdict::Unknown,
-                        _ => Verdict::OverRate { retry_after_secs: 1 },
+                        _ => Verdict::OverRate {
+                            retry_after_secs: 1,
+                        },
                     };
                     s.handle_admission(now, verdict);
                 }
@@ -399,10 +475,16 @@ fuzz_target!(|input: Input| {
         let Some(t) = s.poll_timeout() else { break };
         now = now.max(t);
         s.handle_timeout(now);
-        assert!(s.poll_timeout().is_none_or(|t| t > now), "a timer stayed due");
+        assert!(
+            s.poll_timeout().is_none_or(|t| t > now),
+            "a timer stayed due"
+        );
         w.pump(&mut s, now, &body);
     }
-    assert!(s.is_finished(), "the session did not finish once its timers ran out");
+    assert!(
+        s.is_finished(),
+        "the session did not finish once its timers ran out"
+    );
     if w.head.is_some() && !w.client_left {
         assert!(w.ended, "the session finished without ending the response");
     }

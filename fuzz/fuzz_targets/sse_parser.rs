@@ -20,7 +20,10 @@ fn parse(pieces: &[&[u8]]) -> (Vec<Event>, Option<SseError>) {
 fuzz_target!(|input: (Vec<u8>, Vec<u16>)| {
     let (data, cuts) = input;
     let whole = parse(&[&data]);
-    let mut points: Vec<usize> = cuts.iter().map(|c| usize::from(*c) % (data.len() + 1)).collect();
+    let mut points: Vec<usize> = cuts
+        .iter()
+        .map(|c| usize::from(*c) % (data.len() + 1))
+        .collect();
     points.sort_unstable();
     let mut pieces = Vec::new();
     let mut at = 0;
