@@ -63,7 +63,7 @@ REPORT="$TOKENEDGE_LOGS/e2e-timing.jsonl"
 : >"$REPORT"
 e2e() { # RUNTIME URL DEAD_URL FAULTS_URL NOKV_URL NOKEYS_URL
   TOKENEDGE_RUNTIME=$1 TOKENEDGE_URL=$2 TOKENEDGE_DEAD_URL=$3 TOKENEDGE_FAULTS_URL=$4 TOKENEDGE_NOKV_URL=$5 \
-    TOKENEDGE_NOKEYS_URL=$6 TOKENEDGE_LIMITED_URL=$7 \
+    TOKENEDGE_NOKEYS_URL=$6 TOKENEDGE_LIMITED_URL=$7 TOKENEDGE_KV_DUMP=${KV_DUMP:-} \
     TOKENEDGE_KEY=e2e-key-2 TOKENEDGE_KEY2=e2e-key-1 \
     TOKENEDGE_LINK_KEY=e2e-key-link MODEL_URL="http://127.0.0.1:$MODEL_PORT" TOKENEDGE_REPORT="$REPORT" \
     "$TOKENEDGE_PY" -m pytest -v -s tests/e2e
@@ -91,13 +91,18 @@ e2e workerd http://127.0.0.1:18787 http://127.0.0.1:18788 http://127.0.0.1:18789
 
 step "end-to-end on Spin (the component in the wasmtime test host) with the local model"
 start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys"
-start_spin 18798 "UPSTREAM_URL=http://127.0.0.1:9" "UPSTREAM_ORIGIN=http://127.0.0.1:9" "API_KEYS=$keys"
+# Its store's keys are listed in a file after every change, and its
+# prefetch markers live 2 s, so a test can see the store shrink.
+export SPIN_HOST_KV_DUMP="$TOKENEDGE_LOGS/spin-18798-keys.txt"
+start_spin 18798 "UPSTREAM_URL=http://127.0.0.1:9" "UPSTREAM_ORIGIN=http://127.0.0.1:9" "API_KEYS=$keys" \
+  "PREFETCH_WINDOW_SECS=2"
+unset SPIN_HOST_KV_DUMP
 start_spin 18799 "UPSTREAM_URL=$faults" "UPSTREAM_ORIGIN=http://127.0.0.1:*" "API_KEYS=$keys"
 start_spin 18800 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" "KV_STORE=missing"
 start_spin 18801 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=,"
 start_spin 18802 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$limit_keys" \
   "RATE_LIMIT_RPM=4" "MAX_STREAMS_PER_KEY=1"
-e2e spin http://127.0.0.1:18797 http://127.0.0.1:18798 http://127.0.0.1:18799 http://127.0.0.1:18800 http://127.0.0.1:18801 \
+KV_DUMP="$TOKENEDGE_LOGS/spin-18798-keys.txt" e2e spin http://127.0.0.1:18797 http://127.0.0.1:18798 http://127.0.0.1:18799 http://127.0.0.1:18800 http://127.0.0.1:18801 \
   http://127.0.0.1:18802
 
 step "end-to-end timings, both runtimes"

@@ -59,8 +59,9 @@ pub(crate) trait Platform {
     fn abort(&mut self) {}
     /// Reads a key; a failure or a missing store reads as `None`.
     fn kv_get(&self, key: String) -> Boxed<Option<Vec<u8>>>;
-    /// Writes in the background; a failure is ignored.
-    fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64);
+    /// Writes in the background; a failure is ignored. `scope` is whose
+    /// write it is, for a store that must bound each scope's keys itself.
+    fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64, scope: String);
     /// Deletes in the background; a failure is ignored.
     fn kv_delete(&mut self, key: String);
     /// Counts a request against its key's record in the deployment's
@@ -388,7 +389,8 @@ impl<P: Platform> Pump<P> {
                 key,
                 value,
                 ttl_secs,
-            } => self.platform.kv_put(key, value, ttl_secs),
+                scope,
+            } => self.platform.kv_put(key, value, ttl_secs, scope),
             Action::KvDelete { key } => self.platform.kv_delete(key),
             Action::Release { key, lease } => self.platform.release(key, lease),
             Action::ReplicaHealth { replica, up } => {

@@ -9,8 +9,10 @@
 //! outbound request's futures, which closes the upstream connection.
 //!
 //! KV: Spin's default store, which has no expiry, so each value carries its
-//! expiry time in front (8 bytes, milliseconds since the epoch, big-endian)
-//! and an expired value reads as absent. Writes are finished before the
+//! expiry time in front (8 bytes, milliseconds since the epoch, big-endian);
+//! an expired value reads as absent and is deleted, and every write goes
+//! through its scope's `Keyspace` (at most `MAX_KEYS_PER_SCOPE` values per
+//! API key; expired ones swept). Writes are finished before the
 //! body ends, because a Spin host may stop the instance once the response
 //! is complete; writes left when the client leaves are spawned.
 
@@ -34,6 +36,7 @@ use spin_sdk::wasip3::clocks::monotonic_clock;
 use super::pump::{self, Boxed, Platform, Pump, Reply, UpstreamResponse};
 use crate::core::config::{vars, Config};
 use crate::core::http::{ClientInfo, RequestHead, ResponseHead, UpstreamRequest};
+use crate::core::keyspace::{self, Keyspace};
 use crate::core::quota::{self, Ask, Lease, Tally, Verdict};
 use crate::core::session::Session;
 use crate::core::Millis;
@@ -107,20 +110,46 @@ impl Platform for Spin {
         }))
     }
 
+    /// An expired (or damaged) value reads as absent and is deleted.
     fn kv_get(&self, key: String) -> Boxed<Option<Vec<u8>>> {
         let store = self.store.clone();
         Box::pin(async move {
-            let value = Store::open(&store).await.ok()?.get(&key).await.ok()??;
-            unexpired(&value).map(<[u8]>::to_vec)
+            let store = Store::open(&store).await.ok()?;
+            let value = store.get(&key).await.ok()??;
+            match unexpired(&value) {
+                Some(v) => Some(v.to_vec()),
+                None => {
+                    let _ = store.delete(&key).await;
+                    None
+                }
+            }
         })
     }
 
-    fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64) {
+    /// The value, and its scope's [`Keyspace`]: the keys it sweeps or
+    /// evicts are deleted first.
+    fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64, scope: String) {
         let store = self.store.clone();
         self.kv_writes.push(Box::pin(async move {
-            if let Ok(store) = Store::open(&store).await {
-                let _ = store.set(&key, &expiring(&value, ttl_secs)).await;
+            let Ok(store) = Store::open(&store).await else {
+                return;
+            };
+            let now = now();
+            let expiry = now.saturating_add(ttl_secs.saturating_mul(1000));
+            let index_key = keyspace::index_key(&scope);
+            let stored = store.get(&index_key).await.ok().flatten();
+            let mut index = stored
+                .as_deref()
+                .and_then(unexpired)
+                .map(Keyspace::decode)
+                .unwrap_or_default();
+            for gone in index.record(&key, expiry, now) {
+                let _ = store.delete(&gone).await;
             }
+            let _ = store
+                .set(&index_key, &expiring_at(&index.encode(), Millis::MAX))
+                .await;
+            let _ = store.set(&key, &expiring_at(&value, expiry)).await;
         }));
     }
 
@@ -177,7 +206,11 @@ fn unexpired(stored: &[u8]) -> Option<&[u8]> {
 
 /// `value` as stored: its expiry time in front.
 fn expiring(value: &[u8], ttl_secs: u64) -> Vec<u8> {
-    let expiry = now().saturating_add(ttl_secs.saturating_mul(1000));
+    expiring_at(value, now().saturating_add(ttl_secs.saturating_mul(1000)))
+}
+
+/// `value` as stored to expire at `expiry` (ms since the epoch).
+fn expiring_at(value: &[u8], expiry: Millis) -> Vec<u8> {
     let mut stored = Vec::with_capacity(EXPIRY_LEN + value.len());
     stored.extend_from_slice(&expiry.to_be_bytes());
     stored.extend_from_slice(value);
@@ -234,12 +267,10 @@ impl http_body::Body for Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0.as_mut().poll_next(cx).map(|c| {
-            c.map(|item| {
-                item.map(Frame::data)
-                    .map_err(|why| std::io::Error::other(why))
-            })
-        })
+        self.0
+            .as_mut()
+            .poll_next(cx)
+            .map(|c| c.map(|item| item.map(Frame::data).map_err(std::io::Error::other)))
     }
 }
 

@@ -97,7 +97,8 @@ impl Platform for Workers {
         Box::pin(async move { kv?.get(&key).bytes().await.ok().flatten() })
     }
 
-    fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64) {
+    /// Workers KV expires values itself: no scope bookkeeping.
+    fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64, _scope: String) {
         let Some(kv) = self.kv.clone() else { return };
         self.ctx.wait_until(async move {
             if let Ok(put) = kv.put_bytes(&key, &value) {

@@ -14,6 +14,7 @@ pub mod format;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod http;
+pub mod keyspace;
 pub(crate) mod link;
 pub(crate) mod openai;
 pub mod pacing;

@@ -115,6 +115,7 @@ impl World {
                     key,
                     value,
                     ttl_secs,
+                    ..
                 } => {
                     self.kv.insert(key.clone(), value.clone());
                     self.kv_writes.push((key, value, ttl_secs));

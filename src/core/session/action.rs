@@ -8,6 +8,8 @@ use bytes::Bytes;
 use super::Session;
 use crate::core::http::{ResponseHead, UpstreamRequest};
 #[cfg(doc)]
+use crate::core::keyspace::Keyspace;
+#[cfg(doc)]
 use crate::core::quota::Tally;
 use crate::core::quota::{Ask, Lease};
 #[cfg(doc)]
@@ -80,7 +82,8 @@ pub enum Action {
         read: KvRead,
     },
     /// Write this value with this time-to-live, in the background. A
-    /// failure is ignored.
+    /// failure is ignored. A store without expiry of its own also records
+    /// the key in `scope`'s [`Keyspace`] and deletes what that returns.
     KvPut {
         /// The key to write.
         key: String,
@@ -88,6 +91,9 @@ pub enum Action {
         value: Bytes,
         /// Seconds until the store may forget it.
         ttl_secs: u64,
+        /// Whose write this is ([`keyspace`](crate::core::keyspace)): a
+        /// hash of the caller's API key.
+        scope: String,
     },
     /// Delete this key, in the background. A failure is ignored.
     KvDelete {

@@ -101,6 +101,7 @@ impl Session {
                 key: c.key().to_owned(),
                 value: entry.encode().into(),
                 ttl_secs: self.config.cache_ttl_secs,
+                scope: self.kv_scope.clone(),
             });
         }
     }
@@ -119,6 +120,7 @@ impl Session {
                 key,
                 value: Bytes::from_static(b"1"),
                 ttl_secs: self.config.prefetch_window_secs,
+                scope: self.kv_scope.clone(),
             });
         }
         self.send_upstream(now, Call::post(endpoint.path(), body, false));

@@ -75,6 +75,7 @@ use crate::core::cache::Entry;
 use crate::core::config::Config;
 use crate::core::error::{Error, ErrorKind};
 use crate::core::http::RequestHead;
+use crate::core::keyspace;
 use crate::core::prefetch;
 use crate::core::quota::{Lease, Verdict};
 use crate::core::restream::Restream;
@@ -144,6 +145,8 @@ pub struct Session {
     /// A body given with the head ([`Session::handle_request`]) while the
     /// limits are asked.
     early_body: Option<Bytes>,
+    /// Whose KV writes this request's are (see `keyspace`).
+    kv_scope: String,
     received_at: Millis,
     /// The latest `now` any input brought.
     last_now: Millis,
@@ -165,6 +168,7 @@ impl Session {
             lease: None,
             late_admission_key: None,
             early_body: None,
+            kv_scope: String::new(),
             received_at: 0,
             last_now: 0,
             first_content_at: None,
@@ -369,6 +373,7 @@ impl Session {
         }
         self.received_at = now;
         let (route, mut intake) = Intake::read(&self.config, req);
+        self.kv_scope = keyspace::scope_of(intake.key.as_deref());
         self.response = Response::new(std::mem::take(&mut intake.cors), intake.coding);
         let route = match route {
             Ok(route) => route,

@@ -347,7 +347,8 @@ impl Session {
             self.response.write_last(&mut self.actions, now, &end);
         }
         self.response.flush(&mut self.actions, now);
-        self.response.remember_link(&mut self.actions);
+        self.response
+            .remember_link(&mut self.actions, &self.kv_scope);
         self.response.close(&mut self.actions);
         self.finish();
     }

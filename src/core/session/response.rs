@@ -153,7 +153,7 @@ impl Response {
 
     /// Stores this client's link estimate for its next stream, when it is
     /// first-hand and new.
-    pub(super) fn remember_link(&self, out: &mut VecDeque<Action>) {
+    pub(super) fn remember_link(&self, out: &mut VecDeque<Action>, scope: &str) {
         let (Some(key), Some(p)) = (&self.link_key, &self.pacer) else {
             return;
         };
@@ -163,6 +163,7 @@ impl Response {
                 key: key.clone(),
                 value: value.into(),
                 ttl_secs: link::REMEMBER_TTL_SECS,
+                scope: scope.to_owned(),
             });
         }
     }

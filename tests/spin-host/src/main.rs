@@ -15,7 +15,9 @@
 //! requests elsewhere are denied) and `key_value_stores`.
 //!
 //! It implements `spin:key-value/key-value@3.0.0` (in memory, shared by all
-//! instances, `get-keys` not implemented) and `spin:variables/variables@3.0.0`,
+//! instances, `get-keys` not implemented; with `SPIN_HOST_KV_DUMP=FILE` it
+//! writes the store's keys to FILE after every change, for tests) and
+//! `spin:variables/variables@3.0.0`,
 //! plus WASI 0.2 and 0.3 (`wasmtime-wasi`) and outbound `wasi:http@0.3`
 //! (`wasmtime-wasi-http`). Real Spin adds on top: routing between several
 //! components, SQLite-backed and runtime-configured key-value stores, the
@@ -83,6 +85,20 @@ struct App {
     allowed_hosts: Vec<AllowedHost>,
     /// The one in-memory store behind every allowed label.
     kv: Mutex<HashMap<String, Vec<u8>>>,
+    /// `SPIN_HOST_KV_DUMP`: a file that lists the store's keys after every
+    /// change (what tests read to see the store grow and shrink).
+    kv_dump: Option<PathBuf>,
+}
+
+impl App {
+    /// Writes the store's keys, one per line, to `kv_dump` if set.
+    fn dump_keys(&self, kv: &HashMap<String, Vec<u8>>) {
+        if let Some(path) = &self.kv_dump {
+            let mut keys: Vec<&str> = kv.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            let _ = std::fs::write(path, keys.join("\n"));
+        }
+    }
 }
 
 /// One `allowed_outbound_hosts` entry: `scheme://host[:port]`, each part
@@ -229,6 +245,7 @@ fn load_manifest(path: &Path) -> Result<(App, PathBuf)> {
             key_value_stores: strings("key_value_stores"),
             allowed_hosts,
             kv: Mutex::new(HashMap::new()),
+            kv_dump: std::env::var_os("SPIN_HOST_KV_DUMP").map(PathBuf::from),
         },
         dir.join(source),
     ))
@@ -355,7 +372,10 @@ impl kv::HostStoreWithStore for SpinData {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), kv::Error> {
-        app(accessor).kv.lock().unwrap().insert(key, value);
+        let app = app(accessor);
+        let mut kv = app.kv.lock().unwrap();
+        kv.insert(key, value);
+        app.dump_keys(&kv);
         Ok(())
     }
 
@@ -364,7 +384,10 @@ impl kv::HostStoreWithStore for SpinData {
         _store: Resource<kv::Store>,
         key: String,
     ) -> Result<(), kv::Error> {
-        app(accessor).kv.lock().unwrap().remove(&key);
+        let app = app(accessor);
+        let mut kv = app.kv.lock().unwrap();
+        kv.remove(&key);
+        app.dump_keys(&kv);
         Ok(())
     }
 
