@@ -753,6 +753,12 @@ fn client_request(ip: &str, extra: &[(&str, &str)]) -> RequestHead {
 /// Runs one streamed request from `ip` against the world's KV; returns the
 /// number of chunks the client got.
 fn stream_from(w: &mut World, ip: &str, extra: &[(&str, &str)]) -> usize {
+    stream_over(w, ip, extra, 1)
+}
+
+/// [`stream_from`] over a link that takes what was written only every
+/// `drain_every` events (10 ms apart): a slow link, timed by the session.
+fn stream_over(w: &mut World, ip: &str, extra: &[(&str, &str)], drain_every: usize) -> usize {
     let mut s = Session::new(config());
     w.head = None;
     w.ended = false;
@@ -762,34 +768,80 @@ fn stream_from(w: &mut World, ip: &str, extra: &[(&str, &str)]) -> usize {
     w.pump(&mut s, 0);
     s.handle_upstream_head(1, 200, &sse_head());
     w.pump(&mut s, 1);
-    feed(&mut s, w, LLAMA_CHAT, 10);
+    let mut t = 2;
+    for (i, event) in LLAMA_CHAT.split_inclusive("\n\n").enumerate() {
+        fire_timers(&mut s, w, t);
+        s.handle_upstream_chunk(t, Bytes::copy_from_slice(event.as_bytes()));
+        w.pump(&mut s, t);
+        if (i + 1) % drain_every == 0 {
+            s.handle_downstream_drained(t);
+            w.pump(&mut s, t);
+        }
+        t += 10;
+    }
+    fire_timers(&mut s, w, t + 10_000);
+    s.handle_downstream_drained(t + 10_000);
+    w.pump(&mut s, t + 10_000);
+    fire_timers(&mut s, w, t + 20_000);
     assert!(w.ended);
     assert_eq!(w.text(), LLAMA_CHAT);
     w.chunks.len()
+}
+
+fn link_records(w: &World) -> Vec<u64> {
+    w.kv_writes
+        .iter()
+        .filter(|(k, _, _)| k.starts_with("link:"))
+        .map(|(_, v, _)| serde_json::from_slice::<Value>(v).unwrap()["kbps"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn one_clients_hint_does_not_change_a_neighbours_pacing() {
+    let mut w = World::default();
+    let events = LLAMA_CHAT.matches("\n\n").count();
+    // A client behind a carrier NAT claims 1 kbit/s: its own stream is
+    // batched hard...
+    let own = stream_from(&mut w, "203.0.113.7", &[("x-tokenedge-bandwidth", "1")]);
+    assert!(own * 10 < events, "{own} flushes");
+    // ...but nothing is stored, and a neighbour without the header gets
+    // every event at once.
+    assert_eq!(link_records(&w), Vec::<u64>::new());
+    assert_eq!(stream_from(&mut w, "203.0.113.99", &[]), events);
 }
 
 #[test]
 fn the_link_is_remembered_per_client_network() {
     let mut w = World::default();
     let events = LLAMA_CHAT.matches("\n\n").count();
-    // First stream: the app says 64 kbit/s; the estimate is stored.
-    let first = stream_from(&mut w, "203.0.113.7", &[("x-tokenedge-bandwidth", "64")]);
-    assert!(first * 3 < events);
-    assert_eq!(w.kv_writes.len(), 1);
-    let (key, value, ttl) = &w.kv_writes[0];
+    // First stream: the link takes data only every 20 events; the session
+    // times that and stores what it measured.
+    stream_over(&mut w, "203.0.113.7", &[], 20);
+    let measured = link_records(&w);
+    assert_eq!(measured.len(), 1);
+    assert!(measured[0] < 1_000, "{measured:?}");
+    let (key, _, ttl) = &w.kv_writes[0];
     assert!(key.starts_with("link:v1:") && !key.contains("203"));
-    assert_eq!(serde_json::from_slice::<Value>(value).unwrap()["kbps"], 64);
     assert!(*ttl >= 24 * 3600);
-    // Same network, no header: paced by the remembered figure, no rewrite.
-    let second = stream_from(&mut w, "203.0.113.99", &[]);
+    // Same network, no header, a link as slow: paced by the remembered
+    // figure, no rewrite.
+    let second = stream_over(&mut w, "203.0.113.99", &[], 20);
     assert!(second * 3 < events, "{second}");
-    assert_eq!(w.kv_writes.len(), 1);
+    assert_eq!(link_records(&w).len(), 1);
+    // A neighbour whose link takes everything at once outruns the record,
+    // which is rewritten from that measurement: the next stream is fast.
+    stream_from(&mut w, "203.0.113.50", &[]);
+    let records = link_records(&w);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records[1] > records[0] * 4, "{records:?}");
+    assert_eq!(stream_from(&mut w, "203.0.113.51", &[]), events);
+    w.kv_writes.clear();
     // Another network: nothing known, every event at once.
     assert_eq!(stream_from(&mut w, "198.51.100.1", &[]), events);
     // KV failing: served the same, just without the memory.
     w.kv_down = true;
     assert_eq!(stream_from(&mut w, "203.0.113.7", &[]), events);
-    assert_eq!(w.kv_reads.len(), 4);
+    assert_eq!(w.kv_reads.len(), 6);
 }
 
 // ---- exact cache --------------------------------------------------------

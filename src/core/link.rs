@@ -111,17 +111,29 @@ impl LinkEstimate {
         self
     }
 
-    /// The record to remember after a stream, if it is worth a KV write:
-    /// only first-hand figures, and only when they differ by more than a
-    /// quarter from what is stored (KV takes about one write per second per
-    /// key; most streams write nothing).
-    pub(crate) fn to_remember(self, stored: Option<Remembered>) -> Option<Remembered> {
-        if matches!(self.source, Source::Unknown | Source::Remembered) {
-            return None;
-        }
+    /// The record to remember after a stream, if it is worth a KV write.
+    /// The record is shared by every client of the key on the network, so
+    /// only what this gateway measured goes in, never what a request
+    /// claimed (`X-Tokenedge-Bandwidth`, client hints: they pace their own
+    /// stream only): a slow drain it timed, or — when the stream was paced
+    /// by the record — the fastest rate the link was seen to take
+    /// (`fastest_kbps`), which rewrites a record that is too low. Written
+    /// only when it differs by more than a quarter from what is stored (KV
+    /// takes about one write per second per key; most streams write
+    /// nothing).
+    pub(crate) fn to_remember(
+        self,
+        fastest_kbps: Option<u32>,
+        stored: Option<Remembered>,
+    ) -> Option<Remembered> {
+        let kbps = match (self.source, stored) {
+            (Source::Measured, _) => self.kbps?,
+            (Source::Remembered, Some(old)) => fastest_kbps.filter(|f| *f > old.kbps)?,
+            _ => return None,
+        };
         let new = Remembered {
-            kbps: self.kbps?,
-            rtt_ms: self.rtt_ms,
+            kbps: clamp_kbps(f64::from(kbps)),
+            rtt_ms: None,
         };
         match stored {
             Some(old) if differs_by_less_than_a_quarter(old.kbps, new.kbps) => None,
@@ -260,8 +272,8 @@ mod tests {
         }
         .with_remembered(r);
         assert_eq!((app.kbps, app.source), (Some(5000), Source::App));
-        // A remembered estimate is not written back.
-        assert_eq!(none.to_remember(None), None);
+        // A remembered estimate is not written back as it is.
+        assert_eq!(none.to_remember(None, None), None);
     }
 
     #[test]
@@ -277,10 +289,31 @@ mod tests {
                 rtt_ms: None,
             })
         };
-        assert!(e.to_remember(stored(1100)).is_none());
-        assert!(e.to_remember(stored(2000)).is_some());
-        assert!(e.to_remember(None).is_some());
-        assert!(LinkEstimate::default().to_remember(None).is_none());
+        assert!(e.to_remember(None, stored(1100)).is_none());
+        assert!(e.to_remember(None, stored(2000)).is_some());
+        assert!(e.to_remember(None, None).is_some());
+        assert!(LinkEstimate::default().to_remember(None, None).is_none());
+    }
+
+    #[test]
+    fn only_first_hand_figures_are_written() {
+        let claimed = |source| LinkEstimate {
+            kbps: Some(1),
+            source,
+            ..LinkEstimate::default()
+        };
+        // What a request claims paces its own stream and nobody else's.
+        assert_eq!(claimed(Source::App).to_remember(Some(9_000), None), None);
+        assert_eq!(claimed(Source::ClientHints).to_remember(None, None), None);
+        // A record the link was seen to outrun is rewritten upwards.
+        let old = Some(Remembered {
+            kbps: 8,
+            rtt_ms: None,
+        });
+        let paced = claimed(Source::Remembered);
+        assert_eq!(paced.to_remember(Some(9), old), None);
+        assert_eq!(paced.to_remember(Some(5_000), old).map(|r| r.kbps), Some(5_000));
+        assert_eq!(paced.to_remember(Some(5_000), None), None);
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub const THOROUGH_LEVEL: u32 = 9;
 pub const MIN_IN_FLIGHT: usize = 16 * 1024;
 /// Undrained bytes sampled over at least this long give a drain-rate figure.
 const DRAIN_SAMPLE_MIN_BYTES: usize = 4 * 1024;
+/// The least a drain must carry to say how fast the link took data (a
+/// lower bound on its bandwidth, whatever the drain's length).
+const RATE_SAMPLE_MIN_BYTES: usize = 1024;
 const DRAIN_SAMPLE_MIN_MS: Millis = 20;
 
 /// The request header that overrides the policy (for benchmarks and
@@ -93,6 +96,9 @@ pub(crate) struct Pacer {
     backlogged: bool,
     in_flight: usize,
     in_flight_since: Option<Millis>,
+    /// The fastest rate a drain of at least `RATE_SAMPLE_MIN_BYTES` showed
+    /// (kbit/s).
+    fastest_kbps: Option<u32>,
     /// Stream totals, for the stats and the benchmark.
     pub(crate) flushes: u64,
     pub(crate) wire_bytes: u64,
@@ -111,6 +117,7 @@ impl Pacer {
             backlogged: false,
             in_flight: 0,
             in_flight_since: None,
+            fastest_kbps: None,
             flushes: 0,
             wire_bytes: 0,
         }
@@ -118,6 +125,11 @@ impl Pacer {
 
     pub(crate) fn estimate(&self) -> &LinkEstimate {
         &self.estimate
+    }
+
+    /// The fastest rate the link was seen to take data, if a drain showed.
+    pub(crate) fn fastest_kbps(&self) -> Option<u32> {
+        self.fastest_kbps
     }
 
     /// Queues one event's bytes. True when they (and anything queued
@@ -206,6 +218,10 @@ impl Pacer {
     pub(crate) fn drained(&mut self, now: Millis) -> bool {
         if let Some(since) = self.in_flight_since.take() {
             let ms = now.saturating_sub(since);
+            if self.in_flight >= RATE_SAMPLE_MIN_BYTES {
+                let kbps = (self.in_flight as u64 * 8 / ms.max(1)).min(u64::from(u32::MAX)) as u32;
+                self.fastest_kbps = self.fastest_kbps.max(Some(kbps));
+            }
             if self.in_flight >= DRAIN_SAMPLE_MIN_BYTES && ms >= DRAIN_SAMPLE_MIN_MS {
                 let kbps = (self.in_flight as u64 * 8 / ms).max(1) as u32;
                 if self.estimate.kbps.is_none_or(|k| kbps < k) {
