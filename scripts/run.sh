@@ -22,23 +22,24 @@ echo "starting the model server on 127.0.0.1:$MODEL_PORT (logs: $TOKENEDGE_LOGS)
 start_model "$MODEL_PORT"
 if [ "$RUNTIME" = workers ]; then
   echo "building and starting the worker under wrangler dev on 127.0.0.1:$PORT"
-  start_wrangler "$PORT" 9229 --var "UPSTREAM_URL:$MODEL" --var "AUTH:off"
+  start_wrangler "$PORT" 9229 --var "UPSTREAM_URL:$MODEL" --var "AUTH:off" --var "DEBUG_HEADERS:on"
 elif command -v spin >/dev/null; then
   echo "spin build && spin up on 127.0.0.1:$PORT"
   # spin.toml names the component under ./target.
-  (cd "$ROOT" && env -u CARGO_TARGET_DIR spin build >&2 && SPIN_VARIABLE_UPSTREAM_URL=$MODEL SPIN_VARIABLE_UPSTREAM_ORIGIN=$MODEL SPIN_VARIABLE_AUTH=off \
+  (cd "$ROOT" && env -u CARGO_TARGET_DIR spin build >&2 && SPIN_VARIABLE_UPSTREAM_URL=$MODEL SPIN_VARIABLE_UPSTREAM_ORIGIN=$MODEL SPIN_VARIABLE_AUTH=off SPIN_VARIABLE_DEBUG_HEADERS=on \
     exec spin up --listen "127.0.0.1:$PORT" </dev/null >"$TOKENEDGE_LOGS/spin-$PORT.log" 2>&1) &
   _pids+=($!)
   wait_http "http://127.0.0.1:$PORT/healthz" 600
 else
   echo "no Spin CLI on PATH: building the component and serving it in the test host on 127.0.0.1:$PORT"
   build_spin
-  start_spin "$PORT" "UPSTREAM_URL=$MODEL" "UPSTREAM_ORIGIN=$MODEL" "AUTH=off"
+  start_spin "$PORT" "UPSTREAM_URL=$MODEL" "UPSTREAM_ORIGIN=$MODEL" "AUTH=off" "DEBUG_HEADERS=on"
 fi
 cat <<TXT
 
 tokenedge ($RUNTIME) is running on http://127.0.0.1:$PORT (Ctrl-C to stop).
-It is OPEN: no API keys, AUTH=off (a deployment without API_KEYS answers 503). Try:
+It is OPEN: no API keys, AUTH=off (a deployment without API_KEYS answers 503),
+and its answers say how they were served (DEBUG_HEADERS=on: X-Cache, Server-Timing). Try:
 
   curl -N http://127.0.0.1:$PORT/v1/chat/completions \\
     -H 'Content-Type: application/json' \\

@@ -76,11 +76,13 @@ _pids+=($!)
 faults="http://127.0.0.1:9, http://127.0.0.1:$CUT_PORT"
 
 step "end-to-end on workerd (wrangler dev) with the local model"
-start_wrangler 18787 19229 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys"
+# The instances whose tests read X-Cache and Server-Timing show them.
+debug=(--var DEBUG_HEADERS:on)
+start_wrangler 18787 19229 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" "${debug[@]}"
 # The same worker with its upstream on a port nothing listens on.
 start_wrangler 18788 19230 --var "UPSTREAM_URL:http://127.0.0.1:9" --var "API_KEYS:$keys"
-start_wrangler 18789 19231 --var "UPSTREAM_URL:$faults" --var "API_KEYS:$keys"
-start_wrangler 18790 19232 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" --var "KV_STORE:MISSING"
+start_wrangler 18789 19231 --var "UPSTREAM_URL:$faults" --var "API_KEYS:$keys" "${debug[@]}"
+start_wrangler 18790 19232 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" --var "KV_STORE:MISSING" "${debug[@]}"
 # A key list with no usable key: the gateway must stay closed.
 start_wrangler 18791 19233 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:,"
 # Per-key limits: 4 requests a minute, one generation at a time.
@@ -90,15 +92,15 @@ e2e workerd http://127.0.0.1:18787 http://127.0.0.1:18788 http://127.0.0.1:18789
   http://127.0.0.1:18792
 
 step "end-to-end on Spin (the component in the wasmtime test host) with the local model"
-start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys"
+start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" DEBUG_HEADERS=on
 # Its store's keys are listed in a file after every change, and its
 # prefetch markers live 2 s, so a test can see the store shrink.
 export SPIN_HOST_KV_DUMP="$TOKENEDGE_LOGS/spin-18798-keys.txt"
 start_spin 18798 "UPSTREAM_URL=http://127.0.0.1:9" "UPSTREAM_ORIGIN=http://127.0.0.1:9" "API_KEYS=$keys" \
   "PREFETCH_WINDOW_SECS=2"
 unset SPIN_HOST_KV_DUMP
-start_spin 18799 "UPSTREAM_URL=$faults" "UPSTREAM_ORIGIN=http://127.0.0.1:*" "API_KEYS=$keys"
-start_spin 18800 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" "KV_STORE=missing"
+start_spin 18799 "UPSTREAM_URL=$faults" "UPSTREAM_ORIGIN=http://127.0.0.1:*" "API_KEYS=$keys" DEBUG_HEADERS=on
+start_spin 18800 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" "KV_STORE=missing" DEBUG_HEADERS=on
 start_spin 18801 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=,"
 start_spin 18802 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$limit_keys" \
   "RATE_LIMIT_RPM=4" "MAX_STREAMS_PER_KEY=1"

@@ -792,7 +792,11 @@ fn link_records(w: &World) -> Vec<u64> {
     w.kv_writes
         .iter()
         .filter(|(k, _, _)| k.starts_with("link:"))
-        .map(|(_, v, _)| serde_json::from_slice::<Value>(v).unwrap()["kbps"].as_u64().unwrap())
+        .map(|(_, v, _)| {
+            serde_json::from_slice::<Value>(v).unwrap()["kbps"]
+                .as_u64()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -913,6 +917,43 @@ fn exact_cache_miss_stores_and_hit_replays_identical_text() {
     );
     assert_eq!(w.upstream.len(), 1);
     assert!(w.header("x-cache").is_none() && w.kv_reads.iter().all(|k| !k.starts_with("cache:")));
+}
+
+#[test]
+fn how_an_answer_was_served_is_shown_only_when_the_deployment_asks() {
+    let quiet = Config {
+        debug_headers: false,
+        ..config()
+    };
+    let (mut s, mut w) = cached_request(
+        quiet.clone(),
+        &Default::default(),
+        "k1",
+        CHAT_DETERMINISTIC,
+        &[],
+    );
+    fire_timers(&mut s, &mut w, 1_000);
+    s.handle_upstream_head(1_001, 200, &sse_head());
+    w.pump(&mut s, 1_001);
+    feed(&mut s, &mut w, LLAMA_CHAT, 1);
+    assert!(w.ended);
+    let kv = w.kv.clone();
+    assert!(kv.keys().any(|k| k.starts_with("cache:")));
+    // A hit: served from the cache, but nothing says so.
+    let (_s, w) = cached_request(quiet, &kv, "k1", CHAT_DETERMINISTIC, &[]);
+    assert!(w.upstream.is_empty(), "a hit");
+    let names: Vec<&str> = w
+        .head
+        .as_ref()
+        .unwrap()
+        .headers
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert!(
+        !names.contains(&"x-cache") && !names.contains(&"server-timing"),
+        "{names:?}"
+    );
 }
 
 #[test]

@@ -90,6 +90,9 @@ pub mod vars {
     /// Generations one API key may have running at once (0 or unset: no
     /// limit).
     pub const MAX_STREAMS_PER_KEY: &str = "MAX_STREAMS_PER_KEY";
+    /// `on`: answers carry `X-Cache` and `Server-Timing` (off by default:
+    /// they let a key holder probe what others asked).
+    pub const DEBUG_HEADERS: &str = "DEBUG_HEADERS";
     /// Every name, for adapters that read them all at once.
     pub const ALL: &[&str] = &[
         UPSTREAM_URL,
@@ -113,6 +116,7 @@ pub mod vars {
         KV_STORE,
         RATE_LIMIT_RPM,
         MAX_STREAMS_PER_KEY,
+        DEBUG_HEADERS,
     ];
 }
 
@@ -218,6 +222,10 @@ pub struct Config {
     pub cache_ttl_secs: u64,
     /// One cache for every API key instead of one per key.
     pub cache_shared: bool,
+    /// Answers say how they were served (`X-Cache`, `Server-Timing`).
+    /// Off by default: whether a request was a cache hit, and how fast,
+    /// tells a key holder whether someone asked exactly that before.
+    pub debug_headers: bool,
     /// When a request may be answered with a speculative prefix.
     pub speculate: Speculate,
     /// Tokens (streamed pieces) in a stored speculative prefix.
@@ -257,6 +265,7 @@ impl Default for Config {
             keepalive_interval_ms: DEFAULT_KEEPALIVE_INTERVAL_MS,
             cache_ttl_secs: DEFAULT_CACHE_TTL_SECS,
             cache_shared: false,
+            debug_headers: false,
             speculate: Speculate::Off,
             prefix_tokens: DEFAULT_PREFIX_TOKENS,
             dialect: Dialect::OpenAi,
@@ -349,6 +358,9 @@ impl Config {
                 .min(MAX_CACHE_TTL_SECS),
             cache_shared: get(vars::CACHE_SHARED)
                 .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes")),
+            debug_headers: get(vars::DEBUG_HEADERS).is_some_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "on" | "1" | "true" | "yes")
+            }),
             speculate: match get(vars::SPECULATIVE_PREFIX)
                 .map(|v| v.to_ascii_lowercase())
                 .as_deref()

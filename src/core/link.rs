@@ -312,7 +312,10 @@ mod tests {
         });
         let paced = claimed(Source::Remembered);
         assert_eq!(paced.to_remember(Some(9), old), None);
-        assert_eq!(paced.to_remember(Some(5_000), old).map(|r| r.kbps), Some(5_000));
+        assert_eq!(
+            paced.to_remember(Some(5_000), old).map(|r| r.kbps),
+            Some(5_000)
+        );
         assert_eq!(paced.to_remember(Some(5_000), None), None);
     }
 

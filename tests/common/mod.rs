@@ -163,6 +163,8 @@ pub fn config() -> Config {
     Config {
         upstream_urls: vec!["http://upstream:8081".into()],
         auth_off: true,
+        // The tests read how each answer was served.
+        debug_headers: true,
         ..Config::default()
     }
 }

@@ -235,8 +235,12 @@ impl Session {
         self.finish();
     }
 
-    /// `X-Cache` and `Server-Timing` for this request as it stands.
+    /// `X-Cache` and `Server-Timing` for this request as it stands, when
+    /// the deployment shows them (`DEBUG_HEADERS`).
     fn meta(&self) -> Meta {
+        if !self.config.debug_headers {
+            return Meta::default();
+        }
         let x_cache = match (&self.cache, self.route) {
             (Some(c), _) => Some(c.x_cache()),
             (None, Some(Route::Generate { .. })) => Some("bypass"),

@@ -157,10 +157,7 @@ impl Response {
         let (Some(key), Some(p)) = (&self.link_key, &self.pacer) else {
             return;
         };
-        if let Some(r) = p
-            .estimate()
-            .to_remember(p.fastest_kbps(), self.link_stored)
-        {
+        if let Some(r) = p.estimate().to_remember(p.fastest_kbps(), self.link_stored) {
             let value = serde_json::to_vec(&r).unwrap_or_default();
             out.push_back(Action::KvPut {
                 key: key.clone(),
