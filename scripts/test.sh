@@ -63,7 +63,7 @@ REPORT="$TOKENEDGE_LOGS/e2e-timing.jsonl"
 : >"$REPORT"
 e2e() { # RUNTIME URL DEAD_URL FAULTS_URL NOKV_URL NOKEYS_URL
   TOKENEDGE_RUNTIME=$1 TOKENEDGE_URL=$2 TOKENEDGE_DEAD_URL=$3 TOKENEDGE_FAULTS_URL=$4 TOKENEDGE_NOKV_URL=$5 \
-    TOKENEDGE_NOKEYS_URL=$6 TOKENEDGE_LIMITED_URL=$7 TOKENEDGE_KV_DUMP=${KV_DUMP:-} \
+    TOKENEDGE_NOKEYS_URL=$6 TOKENEDGE_LIMITED_URL=$7 TOKENEDGE_KV_DUMP=${KV_DUMP:-} TOKENEDGE_KV_WRITES=${KV_WRITES:-} \
     TOKENEDGE_KEY=e2e-key-2 TOKENEDGE_KEY2=e2e-key-1 \
     TOKENEDGE_LINK_KEY=e2e-key-link MODEL_URL="http://127.0.0.1:$MODEL_PORT" TOKENEDGE_REPORT="$REPORT" \
     "$TOKENEDGE_PY" -m pytest -v -s tests/e2e
@@ -92,7 +92,10 @@ e2e workerd http://127.0.0.1:18787 http://127.0.0.1:18788 http://127.0.0.1:18789
   http://127.0.0.1:18792
 
 step "end-to-end on Spin (the component in the wasmtime test host) with the local model"
+# Its store's writes are logged (test_store.py: identical requests write once).
+export SPIN_HOST_KV_DUMP="$TOKENEDGE_LOGS/spin-18797-keys.txt"
 start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" DEBUG_HEADERS=on
+unset SPIN_HOST_KV_DUMP
 # Its store's keys are listed in a file after every change, and its
 # prefetch markers live 2 s, so a test can see the store shrink.
 export SPIN_HOST_KV_DUMP="$TOKENEDGE_LOGS/spin-18798-keys.txt"
@@ -104,7 +107,7 @@ start_spin 18800 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=ht
 start_spin 18801 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=,"
 start_spin 18802 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$limit_keys" \
   "RATE_LIMIT_RPM=4" "MAX_STREAMS_PER_KEY=1"
-KV_DUMP="$TOKENEDGE_LOGS/spin-18798-keys.txt" e2e spin http://127.0.0.1:18797 http://127.0.0.1:18798 http://127.0.0.1:18799 http://127.0.0.1:18800 http://127.0.0.1:18801 \
+KV_DUMP="$TOKENEDGE_LOGS/spin-18798-keys.txt" KV_WRITES="$TOKENEDGE_LOGS/spin-18797-keys.txt.writes" e2e spin http://127.0.0.1:18797 http://127.0.0.1:18798 http://127.0.0.1:18799 http://127.0.0.1:18800 http://127.0.0.1:18801 \
   http://127.0.0.1:18802
 
 step "end-to-end timings, both runtimes"

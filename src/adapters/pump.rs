@@ -28,6 +28,7 @@ use crate::core::http::{RequestHead, ResponseHead, UpstreamRequest};
 use crate::core::quota::{Ask, Lease, Verdict};
 use crate::core::route::Health;
 use crate::core::session::{Action, KvRead, Session};
+use crate::core::write_once::WriteOnce;
 use crate::core::Millis;
 
 /// A future the pump owns (wasm runtimes are single-threaded: not `Send`).
@@ -86,6 +87,8 @@ pub(crate) trait Platform {
 thread_local! {
     /// Replica health, kept for the life of the isolate or instance.
     static HEALTH: RefCell<Health> = RefCell::default();
+    /// The stored answers written lately, each written once.
+    static WRITTEN: RefCell<WriteOnce> = RefCell::default();
 }
 
 /// The deployment's replica health as this isolate or instance knows it.
@@ -390,7 +393,13 @@ impl<P: Platform> Pump<P> {
                 value,
                 ttl_secs,
                 scope,
-            } => self.platform.kv_put(key, value, ttl_secs, scope),
+                once,
+            } => {
+                let now = self.platform.now();
+                if !once || WRITTEN.with(|w| w.borrow_mut().first(&key, now)) {
+                    self.platform.kv_put(key, value, ttl_secs, scope);
+                }
+            }
             Action::KvDelete { key } => self.platform.kv_delete(key),
             Action::Release { key, lease } => self.platform.release(key, lease),
             Action::ReplicaHealth { replica, up } => {

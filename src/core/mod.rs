@@ -25,6 +25,7 @@ pub mod restream;
 pub mod route;
 pub mod session;
 pub mod sse;
+pub mod write_once;
 
 /// Milliseconds on the adapter's clock (e.g. `Date.now()` on Workers). Only
 /// differences matter; the core never reads a clock itself.

@@ -50,3 +50,42 @@ def test_spin_store_shrinks_after_expiry():
     # The next write of the same key holder sweeps every expired marker.
     prefetch(f"{run} last")
     wait_for(lambda: len(prefetch_markers()) == 1, f"the store did not shrink: {len(prefetch_markers())} markers (was {grown})")
+
+
+WRITES = os.environ.get("TOKENEDGE_KV_WRITES", "")
+URL = os.environ.get("TOKENEDGE_URL", "")
+
+
+@pytest.mark.skipif(not WRITES, reason="the runtime does not log its store's writes")
+def test_identical_requests_at_the_same_time_write_their_answer_once():
+    import concurrent.futures
+
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": f"Name a colour. ({uuid.uuid4().hex})"}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": True,
+    }
+
+    def ask():
+        with httpx.stream("POST", f"{URL}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as r:
+            assert r.status_code == 200
+            text = b"".join(r.iter_bytes())
+            assert text.endswith(b"data: [DONE]\n\n")
+            return r.headers.get("x-cache")
+
+    def cache_writes():
+        if not os.path.exists(WRITES):
+            return []
+        with open(WRITES) as f:
+            return [k for k in f.read().split("\n") if k.startswith("cache:")]
+
+    before = len(cache_writes())
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        caches = list(pool.map(lambda _: ask(), range(2)))
+    # Both missed (they ran together) and both generated...
+    assert caches == ["miss", "miss"], caches
+    time.sleep(0.5)
+    # ...but the answer was written once.
+    assert len(cache_writes()) - before == 1, cache_writes()[before:]

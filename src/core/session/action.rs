@@ -14,6 +14,8 @@ use crate::core::quota::Tally;
 use crate::core::quota::{Ask, Lease};
 #[cfg(doc)]
 use crate::core::route::Health;
+#[cfg(doc)]
+use crate::core::write_once::WriteOnce;
 
 /// What the adapter must do next. Every variant must be carried out in the
 /// order returned, including after the client left: none may be dropped.
@@ -94,6 +96,10 @@ pub enum Action {
         /// Whose write this is ([`keyspace`](crate::core::keyspace)): a
         /// hash of the caller's API key.
         scope: String,
+        /// A stored answer: written only if the deployment's
+        /// [`WriteOnce`] says it is the first write of `key` lately
+        /// (identical requests that ran together write it once).
+        once: bool,
     },
     /// Delete this key, in the background. A failure is ignored.
     KvDelete {

@@ -102,6 +102,7 @@ impl Session {
                 value: entry.encode().into(),
                 ttl_secs: self.config.cache_ttl_secs,
                 scope: self.kv_scope.clone(),
+                once: true,
             });
         }
     }
@@ -121,6 +122,7 @@ impl Session {
                 value: Bytes::from_static(b"1"),
                 ttl_secs: self.config.prefetch_window_secs,
                 scope: self.kv_scope.clone(),
+                once: false,
             });
         }
         self.send_upstream(now, Call::post(endpoint.path(), body, false));

@@ -164,6 +164,7 @@ impl Response {
                 value: value.into(),
                 ttl_secs: link::REMEMBER_TTL_SECS,
                 scope: scope.to_owned(),
+                once: false,
             });
         }
     }

@@ -16,7 +16,8 @@
 //!
 //! It implements `spin:key-value/key-value@3.0.0` (in memory, shared by all
 //! instances, `get-keys` not implemented; with `SPIN_HOST_KV_DUMP=FILE` it
-//! writes the store's keys to FILE after every change, for tests) and
+//! writes the store's keys to FILE after every change and appends each
+//! written key to FILE.writes, for tests) and
 //! `spin:variables/variables@3.0.0`,
 //! plus WASI 0.2 and 0.3 (`wasmtime-wasi`) and outbound `wasi:http@0.3`
 //! (`wasmtime-wasi-http`). Real Spin adds on top: routing between several
@@ -86,7 +87,8 @@ struct App {
     /// The one in-memory store behind every allowed label.
     kv: Mutex<HashMap<String, Vec<u8>>>,
     /// `SPIN_HOST_KV_DUMP`: a file that lists the store's keys after every
-    /// change (what tests read to see the store grow and shrink).
+    /// change (what tests read to see the store grow and shrink); every
+    /// write's key is appended to the same path + `.writes`.
     kv_dump: Option<PathBuf>,
 }
 
@@ -97,6 +99,18 @@ impl App {
             let mut keys: Vec<&str> = kv.keys().map(String::as_str).collect();
             keys.sort_unstable();
             let _ = std::fs::write(path, keys.join("\n"));
+        }
+    }
+
+    /// Appends a written key to `kv_dump` + `.writes` if set.
+    fn log_write(&self, key: &str) {
+        if let Some(path) = &self.kv_dump {
+            let mut log = path.clone().into_os_string();
+            log.push(".writes");
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(log);
+            if let Ok(mut f) = file {
+                let _ = std::io::Write::write_all(&mut f, format!("{key}\n").as_bytes());
+            }
         }
     }
 }
@@ -374,6 +388,7 @@ impl kv::HostStoreWithStore for SpinData {
     ) -> Result<(), kv::Error> {
         let app = app(accessor);
         let mut kv = app.kv.lock().unwrap();
+        app.log_write(&key);
         kv.insert(key, value);
         app.dump_keys(&kv);
         Ok(())
