@@ -107,7 +107,10 @@ impl App {
         if let Some(path) = &self.kv_dump {
             let mut log = path.clone().into_os_string();
             log.push(".writes");
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(log);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log);
             if let Ok(mut f) = file {
                 let _ = std::io::Write::write_all(&mut f, format!("{key}\n").as_bytes());
             }
@@ -192,7 +195,9 @@ fn resolve(template: &str, vars: &HashMap<String, String>) -> Result<String> {
 /// Reads `spin.toml`; returns the app and the component's `source` path.
 fn load_manifest(path: &Path) -> Result<(App, PathBuf)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {path:?}"))?;
-    let doc = text.parse::<toml::Table>().with_context(|| format!("parsing {path:?}"))?;
+    let doc = text
+        .parse::<toml::Table>()
+        .with_context(|| format!("parsing {path:?}"))?;
     if doc
         .get("spin_manifest_version")
         .and_then(|v| v.as_integer())
