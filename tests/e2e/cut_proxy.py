@@ -1,8 +1,9 @@
 """A fault-injecting, strict HTTP/1.1 proxy in front of the real model
 server, for the end-to-end tests: requests whose body contains CUT_MARKER
 get the first CUT_AFTER bytes of the upstream's response body and then a
-closed connection (an upstream failing mid-stream); every other request is
-passed through untouched. Like servers that do not read chunked request
+closed connection (an upstream failing mid-stream), those whose body
+contains CUT_EARLY_MARKER the first CUT_EARLY_AFTER bytes (a short complete
+answer cut part-way); every other request is passed through untouched. Like servers that do not read chunked request
 bodies (Python's http.server, some embedded servers and gateways), it
 answers 411 Length Required to a request body without Content-Length. One
 request per connection (it answers with `Connection: close`).
@@ -14,6 +15,8 @@ import asyncio
 
 CUT_MARKER = b"cut-me"
 CUT_AFTER = 1200
+CUT_EARLY_MARKER = b"cut-early"
+CUT_EARLY_AFTER = 100
 
 
 async def read_head(reader):
@@ -47,7 +50,7 @@ async def handle(client_r, client_w, upstream):
         status, rheaders = await read_head(up_r)
         rkept = [(k, v) for k, v in rheaders if k.lower() not in ("connection", "keep-alive")]
         client_w.write((status + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in rkept) + "Connection: close\r\n\r\n").encode("latin-1"))
-        budget = CUT_AFTER if CUT_MARKER in body else None
+        budget = CUT_AFTER if CUT_MARKER in body else CUT_EARLY_AFTER if CUT_EARLY_MARKER in body else None
         while True:
             chunk = await up_r.read(65536)
             if not chunk:

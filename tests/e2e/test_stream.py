@@ -7,6 +7,7 @@ sets them after starting the services):
   TOKENEDGE_URL       the function, with API_KEYS containing TOKENEDGE_KEY
   TOKENEDGE_KEY       a valid client key
   TOKENEDGE_DEAD_URL  the same function with its upstream pointing at a closed port
+  TOKENEDGE_FAULTS_URL  the same function with a dead replica, then cut_proxy.py
   TOKENEDGE_NOKEYS_URL  the same function with API_KEYS="," (no usable key)
   MODEL_URL           the llama.cpp server itself (for its /slots view)
   TOKENEDGE_RUNTIME   a label for the report (e.g. "workerd")
@@ -25,6 +26,8 @@ import pytest
 URL = os.environ["TOKENEDGE_URL"]
 KEY = os.environ["TOKENEDGE_KEY"]
 DEAD_URL = os.environ["TOKENEDGE_DEAD_URL"]
+# Its second replica is tests/e2e/cut_proxy.py in front of the model.
+FAULTS_URL = os.environ["TOKENEDGE_FAULTS_URL"]
 NOKEYS_URL = os.environ["TOKENEDGE_NOKEYS_URL"]
 MODEL_URL = os.environ["MODEL_URL"]
 RUNTIME = os.environ.get("TOKENEDGE_RUNTIME", "runtime")
@@ -225,6 +228,17 @@ def test_upstream_down_is_502():
         assert "x-cache" not in r.headers and "server-timing" not in r.headers, dict(r.headers)
     r = httpx.get(f"{DEAD_URL}/healthz")
     assert r.status_code == 503 and r.json()["upstream"]["reachable"] is False
+
+
+def test_a_cut_complete_answer_is_aborted_not_ended():
+    """A `stream: false` answer whose upstream body breaks part-way reaches
+    the client as a broken response, never as a complete-looking 200 with
+    truncated JSON."""
+    body = {**CHAT, "messages": [{"role": "user", "content": "cut-early: describe the sea."}]}
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        r = httpx.post(f"{FAULTS_URL}/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+        print(f"[{RUNTIME}] got {r.status_code} with {len(r.content)} bytes: {r.content[:120]!r}")
+        json.loads(r.content)
 
 
 def test_no_usable_api_keys_fails_closed():
