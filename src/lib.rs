@@ -31,12 +31,15 @@
 //! with fallback before the first byte, compression and coalescing adapted
 //! to the client's link, keep-alives during long prefills.
 //!
-//! What it does not do (yet): resume a dropped stream, fail over to
+//! It also limits each API key's requests per minute and generations at
+//! once, when the deployment asks.
+//!
+//! What it does not do (yet): resume a dropped stream, or fail over to
 //! another replica once the answer has started (a broken stream ends with
-//! an explicit error event instead), or rate-limit callers. It never reads
-//! a clock in the core, never forwards the client's `Authorization`
-//! upstream, never stores a partial answer, and never ends a broken stream
-//! as if it had completed.
+//! an explicit error event instead, a broken passed-through body is cut).
+//! It never reads a clock in the core, never forwards the client's
+//! `Authorization` upstream, never stores a partial answer, and never ends
+//! a broken stream as if it had completed.
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub, missing_docs)]
