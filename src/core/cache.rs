@@ -421,6 +421,18 @@ mod tests {
         )
     }
 
+    /// Found by fuzzing (`fuzz/regressions/kv_records/`): a number in the
+    /// stored usage must come back as the same number.
+    #[test]
+    fn a_stored_float_survives_its_round_trip() {
+        let json = format!(
+            r#"{{"model":"m","created":3,"pieces":["a"],"finish_reason":"stop","usage":{{"x":{}}}}}"#,
+            "4".repeat(86)
+        );
+        let entry: Entry = serde_json::from_str(&json).unwrap();
+        assert_eq!(Entry::decode(&entry.encode()), Some(entry));
+    }
+
     fn plan_of(body: &str, headers: &[(&str, &str)], scope: Option<&str>) -> Option<Plan> {
         let (h, r) = req(body, headers);
         plan(Directives::parse(h.header("cache-control")), &r, scope)
