@@ -104,14 +104,15 @@ def reads_per_token(headers, key):
     return len([1 for _, d in reads if d]) / tokens, tokens
 
 
-def test_slow_link_coalesces_and_the_estimate_is_remembered():
+def test_a_slow_link_hint_coalesces_its_own_stream_only():
     # 8 kbit/s: one compressed flush with framing is ~100 ms of link, while
     # the model makes a token every ~20-25 ms: several tokens per flush.
     slow, tokens = reads_per_token({"X-Tokenedge-Bandwidth": "8"}, LINK_KEY)
     assert slow <= 0.5, f"{slow:.2f} reads per token over {tokens} tokens"
-    # Same client and network, no header: the remembered estimate paces it.
-    remembered, tokens = reads_per_token({}, LINK_KEY)
-    assert remembered <= 0.5, f"{remembered:.2f} reads per token over {tokens} tokens"
-    # A fast link is remembered over it again: every token at once.
+    # Same key and network, no header: a neighbour behind the same NAT is
+    # not paced by another client's claim (only measured figures are
+    # remembered): every token at once.
+    neighbour, tokens = reads_per_token({}, LINK_KEY)
+    assert neighbour >= 0.8, f"{neighbour:.2f} reads per token over {tokens} tokens"
     fast, tokens = reads_per_token({"X-Tokenedge-Bandwidth": "100000"}, LINK_KEY)
     assert fast >= 0.8, f"{fast:.2f} reads per token over {tokens} tokens"
