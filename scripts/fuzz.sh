@@ -35,17 +35,17 @@ for t in "${TARGETS[@]}"; do
     "$BIN/$t" -runs=0 "${known[@]}" >/dev/null 2>"$artifacts/replay.log" || {
       tail -30 "$artifacts/replay.log"; echo "fuzz $t: a committed input fails" >&2; exit 1; }
   fi
-  log="$artifacts/run.log"
+  log=$(mktemp "$artifacts/run.XXXXXX.log")
   if ! "$BIN/$t" -max_total_time="$SECONDS_EACH" -print_final_stats=1 \
       -artifact_prefix="$artifacts/" "$corpus" "${known[@]}" >"$log" 2>&1; then
-    grep -E "panicked|^thread" -A3 "$log" | head -20
-    crash=$(grep -o "Test unit written to .*" "$log" | sed 's/Test unit written to //' | tail -1)
+    grep -aE "panicked|^thread" -A3 "$log" | head -20
+    crash=$(grep -ao "Test unit written to .*" "$log" | sed 's/Test unit written to //' | tail -1)
     echo "fuzz $t: CRASH, input $crash" >&2
     [ -n "$crash" ] && xxd -p "$crash" | tr -d '\n' >&2 && echo >&2
     exit 1
   fi
-  runs=$(grep -o "stat::number_of_executed_units: *[0-9]*" "$log" | grep -o "[0-9]*$" || true)
-  last=$(grep -E "^#[0-9]+[[:space:]].*cov: " "$log" | tail -1 || true)
+  runs=$(grep -ao "stat::number_of_executed_units: *[0-9]*" "$log" | grep -o "[0-9]*$" || true)
+  last=$(grep -aE "^#[0-9]+[[:space:]].*cov: " "$log" | tail -1 || true)
   cov=$(grep -o "cov: [0-9]*" <<<"$last" || true)
   ft=$(grep -o "ft: [0-9]*" <<<"$last" || true)
   echo "fuzz $t: ${SECONDS_EACH}s, $runs executions, $cov, $ft, corpus $(ls "$corpus" | wc -l) inputs, no crash"

@@ -31,8 +31,11 @@ bash scripts/fuzz.sh "${FUZZ_SMOKE_SECONDS:-30}"
 step "benches compile"
 cargo bench --no-run
 step "wasm CPU bench (bench/wasm-cpu) builds and runs once"
-(cd bench/wasm-cpu && cargo build --release --target wasm32-unknown-unknown --quiet)
-node bench/wasm-cpu/run.mjs "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/tokenedge_wasm_cpu.wasm" 1
+# Its own target directory: the crate is a cdylib, so its rlib has no hash
+# in its name, and the worker build (feature `workers`) would overwrite the
+# one this bench links.
+(cd bench/wasm-cpu && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-cpu" cargo build --release --target wasm32-unknown-unknown --quiet)
+node bench/wasm-cpu/run.mjs "$CARGO_TARGET_DIR/wasm-cpu/wasm32-unknown-unknown/release/tokenedge_wasm_cpu.wasm" 1
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 step "worker build"

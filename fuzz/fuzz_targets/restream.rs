@@ -6,6 +6,12 @@
 use libfuzzer_sys::fuzz_target;
 use tokenedge::core::format::Format;
 
+/// Valid JSON by the grammar (a number past f64's range, such as
+/// `1e999`, is valid JSON: browsers and Python read it as infinity).
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
 fuzz_target!(|input: (u8, Vec<Vec<u8>>)| {
     let (format, pieces) = input;
     let format = [
@@ -28,10 +34,7 @@ fuzz_target!(|input: (u8, Vec<Vec<u8>>)| {
                 for line in event.split('\n') {
                     if let Some(d) = line.strip_prefix("data: ") {
                         data += 1;
-                        assert!(
-                            d == "[DONE]" || serde_json::from_str::<serde_json::Value>(d).is_ok(),
-                            "data that is not JSON: {d:?}"
-                        );
+                        assert!(d == "[DONE]" || is_json(d), "data that is not JSON: {d:?}");
                     } else {
                         assert!(
                             line.starts_with("event: "),
@@ -44,8 +47,7 @@ fuzz_target!(|input: (u8, Vec<Vec<u8>>)| {
         }
         Format::Ndjson => {
             for line in text.split_terminator('\n') {
-                serde_json::from_str::<serde_json::Value>(line)
-                    .unwrap_or_else(|_| panic!("a line that is not JSON: {line:?}"));
+                assert!(is_json(line), "a line that is not JSON: {line:?}");
             }
         }
         Format::Text => {}
