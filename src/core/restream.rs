@@ -43,6 +43,10 @@ pub struct Output {
     pub content_events: u32,
 }
 
+/// Most distinct finished choices tracked per stream (a request may ask
+/// for `n` × any number of prompts; the memory stays bounded).
+const MAX_TRACKED_CHOICES: usize = 1024;
+
 /// How the upstream stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ending {
@@ -182,14 +186,17 @@ impl Restream {
     }
 
     fn choice_finished(&mut self, index: u32) {
-        if !self.finished_choices.contains(&index) && self.finished_choices.len() < 1024 {
+        let room = self.finished_choices.len() < MAX_TRACKED_CHOICES;
+        if room && !self.finished_choices.contains(&index) {
             self.finished_choices.push(index);
         }
     }
 
-    /// Whether every choice asked for has finished.
+    /// Whether every choice asked for has finished (past
+    /// [`MAX_TRACKED_CHOICES`], whether that many have).
     fn all_finished(&self) -> bool {
-        self.finished_choices.len() >= self.choices as usize
+        let wanted = (self.choices as usize).min(MAX_TRACKED_CHOICES);
+        self.finished_choices.len() >= wanted
     }
 
     /// The finish reason that broke the answer, if one did.
