@@ -186,8 +186,6 @@ struct World {
     body: Vec<u8>,
     decoder: Option<inflate::Inflater>,
     ended: bool,
-    /// The response was cut rather than ended.
-    aborted: bool,
     client_left: bool,
     /// A streamed generation, answered in the format it asked for.
     event_stream: bool,
@@ -196,7 +194,6 @@ struct World {
     admit: Option<(String, tokenedge::core::quota::Ask)>,
     tallies: std::collections::HashMap<String, Tally>,
     body_asked: bool,
-    upstream_open: bool,
 }
 
 impl World {
@@ -260,15 +257,13 @@ impl World {
                 Action::RespondAbort => {
                     assert!(self.head.is_some(), "an abort before the head");
                     self.ended = true;
-                    self.aborted = true;
                 }
                 Action::ReadBody { .. } => {
                     assert!(!self.body_asked, "the body asked for twice");
                     self.body_asked = true;
                     s.handle_request_body(now, body.clone());
                 }
-                Action::SendUpstream(_) => self.upstream_open = true,
-                Action::CancelUpstream => self.upstream_open = false,
+                Action::SendUpstream(_) | Action::CancelUpstream => {}
                 Action::KvGet { key, read } => self.reads.push_back((key, read)),
                 Action::KvPut { key, value, .. } => {
                     if key.starts_with("cache:") || key.starts_with("prefix:") {

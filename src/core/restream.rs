@@ -147,7 +147,7 @@ impl Restream {
             let has_content = if self.format == Format::OpenAi {
                 let facts = inspect_chunk(&data);
                 let empty =
-                    !(facts.has_content || facts.finished || facts.has_usage || facts.is_error);
+                    !(facts.has_content || facts.finished() || facts.has_usage || facts.is_error);
                 // Data that is not JSON carries nothing a client could
                 // read, and would break the official SDKs: dropped.
                 if empty && serde_json::from_str::<IgnoredAny>(&data).is_err() {

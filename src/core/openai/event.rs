@@ -38,9 +38,8 @@ pub(crate) fn storable_finish(reason: &str) -> bool {
 /// What the session needs to know about one upstream stream event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ChunkFacts {
-    /// Some choice carried a non-empty `finish_reason`.
-    pub finished: bool,
-    /// The choice indices that carried one (empty, so free, on most events).
+    /// The choice indices that carried a non-empty `finish_reason` (empty,
+    /// so free, on most events).
     pub finished_choices: Vec<u32>,
     /// A finish reason that is not a clean end, if one came.
     pub broken_finish: Option<String>,
@@ -51,6 +50,13 @@ pub(crate) struct ChunkFacts {
     pub has_usage: bool,
     /// The event is an in-stream error object (`{"error": ...}`).
     pub is_error: bool,
+}
+
+impl ChunkFacts {
+    /// Some choice carried a non-empty `finish_reason`.
+    pub(crate) fn finished(&self) -> bool {
+        !self.finished_choices.is_empty()
+    }
 }
 
 /// The parts of a stream event [`inspect_chunk`] looks at; everything else
@@ -105,7 +111,6 @@ pub(crate) fn inspect_chunk(data: &str) -> ChunkFacts {
     let non_empty = |s: &Option<Cow<str>>| s.as_deref().is_some_and(|s| !s.is_empty());
     for choice in view.choices.iter().flatten() {
         if let Some(reason) = choice.finish_reason.as_deref().filter(|r| !r.is_empty()) {
-            facts.finished = true;
             facts.finished_choices.push(choice.index);
             if !clean_finish(reason) {
                 facts.broken_finish = Some(reason.to_owned());
@@ -248,13 +253,13 @@ mod tests {
         );
         assert_eq!(f, ChunkFacts::default());
         let f = inspect_chunk(r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#);
-        assert!(f.has_content && !f.finished);
+        assert!(f.has_content && !f.finished());
         let f = inspect_chunk(r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#);
         assert!(f.has_content);
         let f = inspect_chunk(r#"{"choices":[{"text":" Paris","finish_reason":"length"}]}"#);
-        assert!(f.has_content && f.finished);
+        assert!(f.has_content && f.finished());
         let f = inspect_chunk(r#"{"choices":[],"usage":{"total_tokens":3}}"#);
-        assert!(f.has_usage && !f.finished);
+        assert!(f.has_usage && !f.finished());
         let f = inspect_chunk(
             r#"{"choices":[{"delta":{"content":"a\\n\\u00e9"}}],"usage":null,"error":null}"#,
         );
