@@ -138,7 +138,7 @@ fn broken_answers_keys_and_kv_failures() {
     s.handle_upstream_failed(3, "reset");
     w.pump(&mut s, 3);
     assert!(w.text().contains("\"error\""));
-    assert!(w.kv_writes.is_empty(), "{:?}", w.kv_writes);
+    assert!(w.stored().is_empty(), "{:?}", w.stored());
 
     // Another API key does not see the first key's opening.
     let first = answered(&Default::default(), "k1", LLAMA_CHAT);
@@ -188,7 +188,7 @@ fn the_opening_never_exceeds_the_length_limit() {
     s.handle_upstream_head(1, 200, &sse_head());
     feed(&mut s, &mut w, LLAMA_CHAT, 10);
     assert!(
-        w.kv_writes.is_empty(),
+        w.stored().is_empty(),
         "and it does not replace the stored opening"
     );
 }

@@ -1096,7 +1096,7 @@ fn huge_configured_timeouts_still_time_out() {
     let max = u64::MAX.to_string();
     let cfg = Config::from_lookup(|name| match name {
         "UPSTREAM_URL" => Some("http://upstream:8081".into()),
-        "AUTH" => Some("off".into()),
+        "AUTH" | "RESUME" => Some("off".into()),
         "FIRST_BYTE_TIMEOUT_MS" | "IDLE_TIMEOUT_MS" | "KEEPALIVE_INTERVAL_MS" => Some(max.clone()),
         _ => None,
     });

@@ -10,7 +10,7 @@ use crate::core::http::{Headers, RequestHead};
 const DEFAULT_ALLOW_HEADERS: &str = "authorization, content-type, cache-control, last-event-id, \
      x-tokenedge-format, x-tokenedge-bandwidth, x-tokenedge-flush, x-tokenedge-prefix";
 /// Response headers a browser script may read.
-const EXPOSE_HEADERS: &str = "server-timing, x-cache";
+const EXPOSE_HEADERS: &str = "server-timing, x-cache, x-tokenedge-stream";
 /// How long a browser may cache a preflight answer (one day).
 const PREFLIGHT_MAX_AGE_SECS: &str = "86400";
 

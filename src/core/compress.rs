@@ -107,6 +107,24 @@ impl Encoder {
     }
 }
 
+impl Encoder {
+    /// The end a stream flushed with [`Encoder::encode_and_flush`] would
+    /// have if it finished now (an empty final block and the trailer),
+    /// without finishing it: appended to what was written so far, it makes
+    /// a complete stream, and writing can go on after it.
+    pub(crate) fn end_now(&self, out: &mut Vec<u8>) {
+        if let Inner::Deflate { check, .. } = &self.inner {
+            // After a sync flush the stream is byte-aligned: BFINAL=1,
+            // BTYPE=01 (fixed codes), then the end-of-block code.
+            out.extend_from_slice(&[0x03, 0x00]);
+            match check {
+                Check::Gzip(c) => out.extend_from_slice(&c.trailer()),
+                Check::Zlib(a) => out.extend_from_slice(&a.trailer()),
+            }
+        }
+    }
+}
+
 fn write_header(check: &Check, written: &mut bool, out: &mut Vec<u8>) {
     if !*written {
         out.extend_from_slice(match check {

@@ -29,6 +29,16 @@ pub const DEFAULT_MAX_N: u64 = 8;
 /// Default cap on `max_tokens` / `max_completion_tokens`: above what chat
 /// models write in one answer, far below what a runaway request costs.
 pub const DEFAULT_MAX_TOKENS_CAP: u64 = 16_384;
+/// How long a stream can be resumed (replayed) after it started.
+pub const DEFAULT_RESUME_TTL_SECS: u64 = 600;
+/// How long a generation whose client left goes on, waiting for a reader
+/// to reattach.
+pub const DEFAULT_RESUME_GRACE_SECS: u64 = 30;
+/// Longest resume lifetime accepted: a day.
+pub const MAX_RESUME_TTL_SECS: u64 = 86_400;
+/// Longest grace period accepted: ten minutes (it bills tokens nobody may
+/// read).
+pub const MAX_RESUME_GRACE_SECS: u64 = 600;
 /// Largest `MAX_BODY_BYTES` accepted: a Workers isolate has 128 MB for
 /// every request it serves.
 pub const MAX_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -93,6 +103,13 @@ pub mod vars {
     /// `on`: answers carry `X-Cache` and `Server-Timing` (off by default:
     /// they let a key holder probe what others asked).
     pub const DEBUG_HEADERS: &str = "DEBUG_HEADERS";
+    /// `off`: streams are not resumable, and a client that leaves cancels
+    /// its generation at once.
+    pub const RESUME: &str = "RESUME";
+    /// How long a stream can be resumed after it started.
+    pub const RESUME_TTL_SECS: &str = "RESUME_TTL_SECS";
+    /// How long a generation goes on after its client left.
+    pub const RESUME_GRACE_SECS: &str = "RESUME_GRACE_SECS";
     /// Every name, for adapters that read them all at once.
     pub const ALL: &[&str] = &[
         UPSTREAM_URL,
@@ -117,6 +134,9 @@ pub mod vars {
         RATE_LIMIT_RPM,
         MAX_STREAMS_PER_KEY,
         DEBUG_HEADERS,
+        RESUME,
+        RESUME_TTL_SECS,
+        RESUME_GRACE_SECS,
     ];
 }
 
@@ -243,6 +263,12 @@ pub struct Config {
     /// Generations (streamed or not) one key may have running at once (0:
     /// no limit).
     pub max_streams_per_key: u32,
+    /// Whether streams are resumable (`RESUME`, on by default).
+    pub resume: bool,
+    /// How long a stream can be resumed after it started.
+    pub resume_ttl_secs: u64,
+    /// How long a generation goes on after its client left.
+    pub resume_grace_secs: u64,
     /// Why this configuration cannot serve (an unusable `UPSTREAM_URL`
     /// item), answered as 503 `misconfigured` to every request.
     pub problem: Option<String>,
@@ -273,6 +299,9 @@ impl Default for Config {
             kv_store: None,
             rate_limit_rpm: 0,
             max_streams_per_key: 0,
+            resume: true,
+            resume_ttl_secs: DEFAULT_RESUME_TTL_SECS,
+            resume_grace_secs: DEFAULT_RESUME_GRACE_SECS,
             problem: None,
         }
     }
@@ -379,6 +408,13 @@ impl Config {
             rate_limit_rpm: u32::try_from(number(vars::RATE_LIMIT_RPM, 0)).unwrap_or(u32::MAX),
             max_streams_per_key: u32::try_from(number(vars::MAX_STREAMS_PER_KEY, 0))
                 .unwrap_or(u32::MAX),
+            resume: !get(vars::RESUME).is_some_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "off" | "0" | "false" | "no")
+            }),
+            resume_ttl_secs: number(vars::RESUME_TTL_SECS, DEFAULT_RESUME_TTL_SECS)
+                .clamp(1, MAX_RESUME_TTL_SECS),
+            resume_grace_secs: number(vars::RESUME_GRACE_SECS, DEFAULT_RESUME_GRACE_SECS)
+                .min(MAX_RESUME_GRACE_SECS),
             problem,
         }
     }

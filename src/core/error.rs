@@ -67,6 +67,11 @@ pub(crate) enum ErrorKind {
     AuthNotConfigured,
     /// 429 with `Retry-After`: the key is over one of its limits.
     RateLimited { limit: Limit, retry_after_secs: u64 },
+    /// 404: no stream by that id for this key (unknown, expired, or
+    /// another key's).
+    StreamNotFound { id: String },
+    /// 503: the store that keeps streams did not answer in time.
+    StreamStoreUnavailable,
 }
 
 /// Which per-key limit a request ran into.
@@ -108,13 +113,16 @@ impl Error {
             | PayloadTooLarge { .. }
             | BodyUnreadable { .. }
             | UnsupportedMediaType { .. }
-            | RateLimited { .. } => Source::Downstream,
+            | RateLimited { .. }
+            | StreamNotFound { .. } => Source::Downstream,
             UpstreamStatus { .. }
             | UpstreamUnreachable { .. }
             | UpstreamAuthFailed
             | UpstreamTimeout { .. }
             | UpstreamStreamBroken { .. } => Source::Upstream,
-            Misconfigured { .. } | AuthNotConfigured => Source::Internal,
+            Misconfigured { .. } | AuthNotConfigured | StreamStoreUnavailable => {
+                Source::Internal
+            }
         }
     }
 
@@ -125,7 +133,8 @@ impl Error {
             ErrorKind::UpstreamUnreachable { .. }
             | ErrorKind::UpstreamTimeout { .. }
             | ErrorKind::UpstreamStreamBroken { .. }
-            | ErrorKind::RateLimited { .. } => true,
+            | ErrorKind::RateLimited { .. }
+            | ErrorKind::StreamStoreUnavailable => true,
             _ => false,
         }
     }
@@ -147,6 +156,8 @@ impl Error {
             Misconfigured { .. } => 503,
             AuthNotConfigured => 503,
             RateLimited { .. } => 429,
+            StreamNotFound { .. } => 404,
+            StreamStoreUnavailable => 503,
         }
     }
 
@@ -207,6 +218,12 @@ impl Error {
                 "This API key already has {n} generations running, its limit. \
                  Try again in {retry_after_secs} s, or stop one."
             ),
+            StreamNotFound { id } => format!(
+                "No stream '{id}' for this API key: unknown, expired, or another key's"
+            ),
+            StreamStoreUnavailable => {
+                "The store that keeps streams did not answer in time. Try again.".into()
+            }
         }
     }
 
@@ -218,7 +235,8 @@ impl Error {
             | MethodNotAllowed { .. }
             | PayloadTooLarge { .. }
             | BodyUnreadable { .. }
-            | UnsupportedMediaType { .. } => "invalid_request_error".into(),
+            | UnsupportedMediaType { .. }
+            | StreamNotFound { .. } => "invalid_request_error".into(),
             InvalidApiKey => "authentication_error".into(),
             UpstreamStatus {
                 error_type: Some(t),
@@ -229,7 +247,9 @@ impl Error {
             | UpstreamAuthFailed
             | UpstreamTimeout { .. }
             | UpstreamStreamBroken { .. } => "upstream_error".into(),
-            Misconfigured { .. } | AuthNotConfigured => "server_error".into(),
+            Misconfigured { .. } | AuthNotConfigured | StreamStoreUnavailable => {
+                "server_error".into()
+            }
             RateLimited { .. } => "requests".into(),
         }
     }
@@ -259,6 +279,8 @@ impl Error {
                 limit: Limit::Streams(_),
                 ..
             } => "too_many_streams",
+            StreamNotFound { .. } => "stream_not_found",
+            StreamStoreUnavailable => "stream_store_unavailable",
         }
     }
 

@@ -104,6 +104,11 @@ impl Format {
         }
     }
 
+    /// Whether the format is the upstream's own.
+    pub(crate) fn is_openai(self) -> bool {
+        self == Self::OpenAi
+    }
+
     /// Whether the format is SSE (so comments can keep the connection up).
     pub(crate) fn is_event_stream(self) -> bool {
         matches!(self, Self::OpenAi | Self::Compact)
@@ -170,6 +175,53 @@ impl Format {
                 out.put_u8(b'\n');
             }
             Self::OpenAi | Self::Text => {}
+        }
+    }
+
+    /// Gives the event (or line) just written, the last thing in `out`, the
+    /// sequence number `seq`: an SSE `id:` field, an `"id"` member in
+    /// `ndjson`; `text` has no place for one.
+    pub(crate) fn write_id(self, out: &mut BytesMut, seq: u64) {
+        match self {
+            Self::OpenAi | Self::Compact if out.ends_with(b"\n\n") => {
+                out.truncate(out.len() - 1);
+                out.put_slice(b"id: ");
+                out.put_slice(seq.to_string().as_bytes());
+                out.put_slice(b"\n\n");
+            }
+            Self::Ndjson if out.ends_with(b"}\n") => {
+                out.truncate(out.len() - 2);
+                out.put_slice(b",\"id\":");
+                out.put_slice(seq.to_string().as_bytes());
+                out.put_slice(b"}\n");
+            }
+            Self::OpenAi | Self::Compact | Self::Ndjson | Self::Text => {}
+        }
+    }
+
+    /// Writes the end of a stream stopped by a cancel: `object` names the
+    /// chunks of its endpoint (`openai` ends with a chunk whose
+    /// `finish_reason` is `cancelled`, then `[DONE]`).
+    pub(crate) fn write_cancelled(
+        self,
+        out: &mut BytesMut,
+        object: &str,
+        usage: Option<&RawValue>,
+        stats: Stats,
+    ) {
+        match self {
+            Self::OpenAi => {
+                let delta = if object == "text_completion" {
+                    serde_json::json!({"index": 0, "text": "", "finish_reason": "cancelled"})
+                } else {
+                    serde_json::json!({"index": 0, "delta": {}, "finish_reason": "cancelled"})
+                };
+                let chunk = serde_json::json!({"object": object, "choices": [delta]});
+                write_event(out, None, &chunk.to_string());
+                out.put_slice(crate::core::sse::DONE);
+            }
+            Self::Text => out.put_slice(b"\n\n[cancelled]\n"),
+            Self::Compact | Self::Ndjson => self.write_end(out, Some("cancelled"), usage, stats),
         }
     }
 

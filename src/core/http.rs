@@ -25,8 +25,13 @@ pub struct RequestHead {
     pub path: String,
     /// The headers, names in lower case.
     pub headers: Headers,
+    /// The query string without its `?` (empty when there is none).
+    pub query: String,
     /// What the platform knows about the client connection.
     pub client: ClientInfo,
+    /// Random bytes from the platform's secure source, fresh for each
+    /// request: what the core draws unguessable ids from.
+    pub nonce: [u8; 16],
 }
 
 /// Connection facts only the platform can see. Never stored raw.
@@ -44,7 +49,10 @@ impl RequestHead {
     /// A head from the platform's method, path (a query is dropped) and
     /// headers (names lower-cased).
     pub fn new(method: &str, path_and_query: &str, headers: Headers) -> Self {
-        let path = path_and_query.split(['?', '#']).next().unwrap_or("/");
+        let without_fragment = path_and_query.split('#').next().unwrap_or("");
+        let (path, query) = without_fragment
+            .split_once('?')
+            .unwrap_or((without_fragment, ""));
         Self {
             method: method.to_ascii_uppercase(),
             path: if path.is_empty() {
@@ -56,8 +64,19 @@ impl RequestHead {
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect(),
+            query: query.into(),
             client: ClientInfo::default(),
+            nonce: [0; 16],
         }
+    }
+
+    /// The first value of query parameter `name`, as sent (not decoded).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
     }
 
     /// First value of header `name` (lower-case).

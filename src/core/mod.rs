@@ -22,6 +22,7 @@ pub(crate) mod prefetch;
 pub(crate) mod prefix;
 pub mod quota;
 pub mod restream;
+pub(crate) mod resume;
 pub mod route;
 pub mod session;
 pub mod sse;

@@ -85,6 +85,16 @@ pub struct Restream {
     recorder: Option<Box<Recorder>>,
     /// How a continuation of a speculative prefix is spliced on.
     splice: Option<Splice>,
+    /// Upstream events numbered so far (see `crate::core::resume`).
+    seq: u64,
+    /// Write each event's number as its `id`.
+    numbered: bool,
+    /// Events up to this number update the state but write nothing (a
+    /// reader that has them).
+    skip_through: u64,
+    /// Keep each numbered event's SSE block for [`Restream::take_logged`].
+    logging: bool,
+    logged: Vec<String>,
 }
 
 impl Restream {
@@ -102,6 +112,27 @@ impl Restream {
     pub(crate) fn expecting(mut self, choices: u32) -> Self {
         self.choices = choices.max(1);
         self
+    }
+
+    /// Writes each event's sequence number as its `id` (in the formats
+    /// that have a place for one), and keeps each event for
+    /// [`Restream::take_logged`] when `log`.
+    pub(crate) fn numbered(mut self, log: bool) -> Self {
+        self.numbered = true;
+        self.logging = log;
+        self
+    }
+
+    /// Events up to number `seq` are read but not written (a reader that
+    /// already has them).
+    pub(crate) fn skipping_through(mut self, seq: u64) -> Self {
+        self.skip_through = seq;
+        self
+    }
+
+    /// The events numbered since the last call, as SSE blocks.
+    pub(crate) fn take_logged(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.logged)
     }
 
     /// Hands every event from now on to `recorder` as well.
@@ -144,34 +175,16 @@ impl Restream {
                 r.event(&data);
             }
             self.events_forwarded += 1;
-            let has_content = if self.format == Format::OpenAi {
-                let facts = inspect_chunk(&data);
-                let empty =
-                    !(facts.has_content || facts.finished() || facts.has_usage || facts.is_error);
-                // Data that is not JSON carries nothing a client could
-                // read, and would break the official SDKs: dropped.
-                if empty && serde_json::from_str::<IgnoredAny>(&data).is_err() {
-                    continue;
-                }
-                if self.splice.is_some_and(|s| s.drops(empty)) {
-                    continue;
-                }
-                let shifted = self
-                    .splice
-                    .filter(|_| facts.has_usage)
-                    .and_then(|s| s.shift_event(&data));
-                let data = shifted.as_deref().unwrap_or(&data);
-                write_event(&mut self.out, event.event.as_deref(), data);
-                for index in facts.finished_choices {
-                    self.choice_finished(index);
-                }
-                if facts.broken_finish.is_some() {
-                    self.broken_finish = facts.broken_finish;
-                }
-                facts.has_content
-            } else {
-                self.write_parts(&data)
+            let start = self.out.len();
+            let Some(has_content) = self.write_one(event.event.as_deref(), &data) else {
+                continue;
             };
+            self.seq += 1;
+            if self.seq <= self.skip_through {
+                self.out.truncate(start);
+            } else if self.numbered && self.out.len() > start {
+                self.format.write_id(&mut self.out, self.seq);
+            }
             if let Some(s) = &mut self.splice {
                 s.passed(has_content);
             }
@@ -183,6 +196,69 @@ impl Restream {
             bytes: self.out.split().freeze(),
             content_events,
         })
+    }
+
+    /// Writes one upstream event; returns whether it carried content, or
+    /// `None` when it is dropped (not numbered, not logged).
+    fn write_one(&mut self, name: Option<&str>, data: &str) -> Option<bool> {
+        let has_content = if self.format == Format::OpenAi {
+                let facts = inspect_chunk(&data);
+                let empty =
+                    !(facts.has_content || facts.finished() || facts.has_usage || facts.is_error);
+                // Data that is not JSON carries nothing a client could
+                // read, and would break the official SDKs: dropped.
+                if empty && serde_json::from_str::<IgnoredAny>(data).is_err() {
+                    return None;
+                }
+                if self.splice.is_some_and(|s| s.drops(empty)) {
+                    return None;
+                }
+                let shifted = self
+                    .splice
+                    .filter(|_| facts.has_usage)
+                    .and_then(|s| s.shift_event(data));
+                let data = shifted.as_deref().unwrap_or(data);
+                write_event(&mut self.out, name, data);
+                self.log(name, data);
+                for index in facts.finished_choices {
+                    self.choice_finished(index);
+                }
+                if facts.broken_finish.is_some() {
+                    self.broken_finish = facts.broken_finish;
+                }
+                facts.has_content
+            } else {
+                let Some((has_content, carries)) = self.write_parts(data) else {
+                    // Not an object: nothing written; logged as the openai
+                    // format would keep it (JSON), so every format numbers
+                    // the same events.
+                    if serde_json::from_str::<IgnoredAny>(data).is_err() {
+                        return None;
+                    }
+                    self.log(name, data);
+                    return Some(false);
+                };
+                if self.splice.is_some_and(|s| s.drops(!carries)) {
+                    return None;
+                }
+                if self.logging {
+                    let shifted = self.splice.and_then(|s| s.shift_event(data));
+                    self.log(name, shifted.as_deref().unwrap_or(data));
+                }
+                has_content
+            };
+        Some(has_content)
+    }
+
+    /// Keeps the event as it would be replayed: an SSE block of its data
+    /// as written (a continuation's usage already shifted).
+    fn log(&mut self, name: Option<&str>, data: &str) {
+        if self.logging {
+            let mut block = BytesMut::with_capacity(data.len() + 16);
+            write_event(&mut block, name, data);
+            self.logged
+                .push(String::from_utf8_lossy(&block).into_owned());
+        }
     }
 
     fn choice_finished(&mut self, index: u32) {
@@ -206,11 +282,15 @@ impl Restream {
 
     /// Writes one event in a compact format (one choice: the formats
     /// refuse requests for more), reading it once; returns whether it
-    /// carried content.
-    fn write_parts(&mut self, data: &str) -> bool {
-        let Some(parts) = chunk_parts(data) else {
-            return false;
-        };
+    /// carried content, and whether it carried anything at all (`None`
+    /// when it is not a JSON object).
+    fn write_parts(&mut self, data: &str) -> Option<(bool, bool)> {
+        let parts = chunk_parts(data)?;
+        let carries = parts.error.is_some()
+            || !parts.text.is_empty()
+            || parts.other_delta.is_some()
+            || parts.finish_reason.is_some()
+            || parts.usage.is_some();
         if let Some(error) = parts.error {
             let error = serde_json::json!({ "error": serde_json::from_str::<serde_json::Value>(error.get()).unwrap_or_default() });
             self.format.write_error(&mut self.out, &error);
@@ -233,7 +313,7 @@ impl Restream {
             let shifted = self.splice.and_then(|s| s.shift_raw(u));
             self.usage = Some(shifted.unwrap_or_else(|| u.to_owned()));
         }
-        has_content
+        Some((has_content, carries))
     }
 
     /// Writes the end of a completed stream in the response's format
@@ -249,6 +329,13 @@ impl Restream {
                 stats,
             ),
         }
+    }
+
+    /// Writes the end of a stream stopped by a cancel (see
+    /// `Format::write_cancelled`).
+    pub(crate) fn write_cancelled(&self, out: &mut BytesMut, object: &str, stats: Stats) {
+        self.format
+            .write_cancelled(out, object, self.usage.as_deref(), stats);
     }
 
     /// Whether `[DONE]` was seen.

@@ -142,6 +142,14 @@ impl World {
         }
     }
 
+    /// The KV writes other than resumable streams' records and marks.
+    pub fn stored(&self) -> Vec<&(String, Bytes, u64)> {
+        self.kv_writes
+            .iter()
+            .filter(|(k, ..)| !k.starts_with("stream:"))
+            .collect()
+    }
+
     pub fn status(&self) -> u16 {
         self.head.as_ref().expect("no response head").status
     }
@@ -165,6 +173,9 @@ pub fn config() -> Config {
         auth_off: true,
         // The tests read how each answer was served.
         debug_headers: true,
+        // Resumable streams add ids, records and timers; tests/resume.rs
+        // turns them on.
+        resume: false,
         ..Config::default()
     }
 }

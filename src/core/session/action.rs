@@ -137,4 +137,10 @@ pub(super) enum Purpose {
     Cache,
     /// A prefetch's debounce marker.
     PrefetchMarker,
+    /// A stream's record, for a reader or a cancel.
+    Stream,
+    /// A generating request's cancel mark.
+    CancelMark,
+    /// Whether a reader came back to a generation whose client left.
+    ReaderMark,
 }

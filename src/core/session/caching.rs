@@ -7,7 +7,6 @@ use bytes::Bytes;
 
 use crate::core::cache::Entry;
 use crate::core::prefix;
-use crate::core::restream::Restream;
 use crate::core::Millis;
 
 use super::action::Action;
@@ -43,7 +42,7 @@ impl Session {
             return self.finish();
         }
         self.start_events();
-        self.phase = Phase::Streaming(Box::new(Restream::new(self.response.format())));
+        self.phase = Phase::Streaming(self.new_restream());
         self.feed_stream(now, &entry.to_sse(endpoint));
     }
 
@@ -72,13 +71,16 @@ impl Session {
             tokens,
         );
         self.start_events();
-        let mut restream = Box::new(Restream::new(self.response.format()));
+        self.phase = Phase::Streaming(self.new_restream());
         // Events this code wrote itself: they parse.
-        if let Ok(out) = restream.push(&entry.to_sse_opening(endpoint)) {
-            self.saw_content(now, out.content_events);
-            self.write(now, &out.bytes, true);
-        }
-        restream.continuing(tokens);
+        self.feed_stream(now, &entry.to_sse_opening(endpoint));
+        let restream = match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Streaming(mut r) => {
+                r.continuing(tokens);
+                r
+            }
+            _ => return,
+        };
         if let Some(c) = self.cache.as_deref_mut() {
             c.keep_opening(restream);
         }

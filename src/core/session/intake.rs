@@ -18,6 +18,7 @@ use crate::core::openai::{self, CompletionRequest, Endpoint};
 use crate::core::pacing::{self, Rule};
 use crate::core::prefetch;
 use crate::core::prefix;
+use crate::core::resume;
 
 /// What the request asks the function to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,11 @@ pub(super) enum Route {
     /// `POST /v1/prefetch`, with a body shaped for `endpoint` (chat until
     /// the body is read).
     Prefetch { endpoint: Endpoint },
+    /// `GET /v1/streams/{id}`: resume a stream (the id is
+    /// [`Intake::stream`]).
+    ReadStream,
+    /// `POST /v1/streams/{id}/cancel`.
+    CancelStream,
 }
 
 /// The facts of one request head.
@@ -57,6 +63,12 @@ pub(super) struct Intake {
     pub(super) directives: Directives,
     /// The speculative-prefix switch the request sent, if any.
     pub(super) prefix_asked: Option<bool>,
+    /// The stream a stream route names.
+    pub(super) stream: Option<String>,
+    /// The reader's cursor on a stream route (`?after=`, `Last-Event-ID`).
+    pub(super) cursor: Result<u64, Error>,
+    /// The request's random bytes (for a new stream's id).
+    pub(super) nonce: [u8; 16],
     content_length: Option<usize>,
     content_type: Option<String>,
 }
@@ -84,6 +96,9 @@ impl Intake {
             link: LinkEstimate::from_request(req),
             directives: Directives::parse(req.header("cache-control")),
             prefix_asked: prefix::asked(req.header(prefix::HEADER)),
+            stream: resume::parse_path(&req.path).map(|(id, _)| id),
+            cursor: resume::cursor(req.query_param("after"), req.header("last-event-id")),
+            nonce: req.nonce,
             content_length: req
                 .header("content-length")
                 .and_then(|v| v.trim().parse().ok()),
@@ -155,11 +170,15 @@ fn route(config: &Config, req: &RequestHead, key: Option<&str>) -> Result<Route,
         ),
         "/v1/chat/completions" => (generate(Endpoint::Chat), "POST"),
         "/v1/completions" => (generate(Endpoint::Completions), "POST"),
-        _ => {
-            return Err(Error::new(ErrorKind::NotFound {
-                path: req.path.clone(),
-            }))
-        }
+        path => match resume::parse_path(path) {
+            Some((_, resume::Ask::Read)) => (Route::ReadStream, "GET"),
+            Some((_, resume::Ask::Cancel)) => (Route::CancelStream, "POST"),
+            None => {
+                return Err(Error::new(ErrorKind::NotFound {
+                    path: req.path.clone(),
+                }))
+            }
+        },
     };
     if req.method != method && !(method == "GET" && req.method == "HEAD") {
         return Err(Error::new(ErrorKind::MethodNotAllowed {

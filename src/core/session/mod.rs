@@ -64,6 +64,7 @@ mod lookup;
 mod relay;
 mod request;
 mod response;
+mod resume;
 mod timers;
 mod upstream;
 
@@ -111,6 +112,8 @@ enum Phase {
     ReadingBody { intake: Box<Intake>, route: Route },
     /// Waiting (briefly) for the caches' answer before going upstream.
     CacheLookup,
+    /// Waiting (briefly) for a stream's record (a reader or a cancel).
+    StreamLookup,
     /// A prefetch, answered: waiting (briefly) for its debounce marker.
     PrefetchLookup { key: String, body: Bytes },
     /// Upstream request sent, no response head yet.
@@ -147,6 +150,8 @@ pub struct Session {
     early_body: Option<Bytes>,
     /// Whose KV writes this request's are (see `keyspace`).
     kv_scope: String,
+    /// Its part in a resumable stream (`resume`).
+    resume: Option<Box<resume::Resume>>,
     received_at: Millis,
     /// The latest `now` any input brought.
     last_now: Millis,
@@ -169,6 +174,7 @@ impl Session {
             late_admission_key: None,
             early_body: None,
             kv_scope: String::new(),
+            resume: None,
             received_at: 0,
             last_now: 0,
             first_content_at: None,
@@ -298,12 +304,26 @@ impl Session {
         self.leave();
     }
 
-    /// The client went away. Not an error: the upstream is cancelled and the
-    /// session ends without another byte to the client (KV writes and
-    /// health reports already asked for still stand).
+    /// The client went away. Not an error: the session ends without
+    /// another byte to the client (KV writes and health reports already
+    /// asked for still stand), and the upstream is cancelled — unless the
+    /// stream is resumable: then the generation goes on for the grace
+    /// period (`RESUME_GRACE_SECS`), keeping its record, and the adapter
+    /// must keep driving the session until [`Session::is_finished`].
     pub fn handle_downstream_closed(&mut self, now: Millis) {
         self.enter(now);
-        if !self.is_finished() {
+        if !self.is_finished() && self.detach(now) {
+            self.actions.retain(|a| {
+                !matches!(
+                    a,
+                    Action::Respond(..)
+                        | Action::RespondHead(_)
+                        | Action::RespondChunk(_)
+                        | Action::RespondEnd
+                        | Action::RespondAbort
+                )
+            });
+        } else if !self.is_finished() {
             self.actions.retain(|a| {
                 matches!(
                     a,
@@ -362,6 +382,8 @@ impl Session {
         } else {
             self.timers
                 .set_at(Timer::Flush, self.response.flush_deadline());
+            self.timers
+                .set_at(Timer::Checkpoint, self.checkpoint_deadline());
         }
     }
 
@@ -410,6 +432,11 @@ impl Session {
                 }
                 self.admit(now, Box::new(intake), route);
             }
+            // No body to check: it is read (within the limit) and ignored.
+            Route::ReadStream | Route::CancelStream => {
+                self.route = Some(route);
+                self.admit(now, Box::new(intake), route);
+            }
         }
     }
 
@@ -428,6 +455,8 @@ impl Session {
                 self.prefetch(now, &intake, endpoint, body);
             }
             Route::Generate { endpoint, .. } => self.generate(now, *intake, endpoint, body),
+            Route::ReadStream => self.read_stream(now, *intake),
+            Route::CancelStream => self.cancel_stream(now, *intake),
             Route::Preflight | Route::Health | Route::Models => {}
         }
     }
@@ -437,6 +466,9 @@ impl Session {
     fn on_kv_value(&mut self, now: Millis, purpose: Purpose, value: Option<Bytes>) {
         match purpose {
             Purpose::Link => self.response.link_read(value.as_deref()),
+            Purpose::Stream => self.on_record(now, value),
+            Purpose::CancelMark => self.on_cancel_mark(now, value),
+            Purpose::ReaderMark => self.on_reader_mark(now, value),
             Purpose::PrefetchMarker => {
                 if matches!(self.phase, Phase::PrefetchLookup { .. }) {
                     self.timers.stop(Timer::Lookup);
@@ -481,8 +513,13 @@ impl Session {
             match self.phase {
                 Phase::CacheLookup => self.cache_missed(now, true),
                 Phase::PrefetchLookup { .. } => self.warm(now),
+                Phase::StreamLookup => self.stream_lookup_timed_out(),
                 _ => {}
             }
+        }
+        self.on_resume_timeout(now);
+        if self.is_finished() {
+            return;
         }
         if self.timers.expired(Timer::Upstream, now) {
             self.timers.stop(Timer::Upstream);

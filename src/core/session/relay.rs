@@ -12,7 +12,8 @@ use crate::core::format::Stats;
 use crate::core::http::header;
 use crate::core::openai;
 use crate::core::prefetch;
-use crate::core::restream::{Ending, Restream};
+use crate::core::restream::Ending;
+use crate::core::resume::End;
 use crate::core::route;
 use crate::core::Millis;
 
@@ -101,16 +102,17 @@ impl Session {
             Route::Generate { stream: true, .. } => {
                 self.start_events();
                 let opening = self.cache.as_mut().and_then(|c| c.take_opening());
-                let mut restream = opening.unwrap_or_else(|| {
-                    let r = Restream::new(self.response.format());
-                    Box::new(r.expecting(self.response.choices()))
-                });
+                let mut restream = opening.unwrap_or_else(|| self.new_restream());
                 if let Some(r) = self.cache.as_mut().and_then(|c| c.take_recorder()) {
                     restream.record_into(r);
                 }
                 self.phase = Phase::Streaming(restream);
             }
-            Route::Generate { .. } | Route::Models | Route::Preflight => {
+            Route::Generate { .. }
+            | Route::Models
+            | Route::Preflight
+            | Route::ReadStream
+            | Route::CancelStream => {
                 let content_type = header(headers, "content-type").unwrap_or("application/json");
                 let meta = self.meta();
                 self.response
@@ -147,6 +149,7 @@ impl Session {
             | Phase::ReadingBody { .. }
             | Phase::CacheLookup
             | Phase::PrefetchLookup { .. }
+            | Phase::StreamLookup
             | Phase::AwaitingHead
             | Phase::Finished => {}
         }
@@ -178,6 +181,7 @@ impl Session {
             | Phase::ReadingBody { .. }
             | Phase::CacheLookup
             | Phase::PrefetchLookup { .. }
+            | Phase::StreamLookup
             | Phase::Finished => {}
         }
     }
@@ -238,8 +242,12 @@ impl Session {
     /// `X-Cache` and `Server-Timing` for this request as it stands, when
     /// the deployment shows them (`DEBUG_HEADERS`).
     fn meta(&self) -> Meta {
+        let stream = self.stream_id().map(str::to_owned);
         if !self.config.debug_headers {
-            return Meta::default();
+            return Meta {
+                stream,
+                ..Meta::default()
+            };
         }
         let x_cache = match (&self.cache, self.route) {
             (Some(c), _) => Some(c.x_cache()),
@@ -261,6 +269,7 @@ impl Session {
             timing,
             x_cache,
             retry_after: None,
+            stream,
         }
     }
 
@@ -309,6 +318,7 @@ impl Session {
                 if !out.bytes.is_empty() {
                     self.write(now, &out.bytes, false);
                 }
+                self.log_events(now);
                 if done {
                     self.cancel_upstream();
                     if broken {
@@ -336,7 +346,8 @@ impl Session {
         }));
     }
 
-    fn end_stream(&mut self, now: Millis) {
+    pub(super) fn end_stream(&mut self, now: Millis) {
+        self.end_log(now, End::Done);
         if let Phase::Streaming(restream) = &self.phase {
             let mut end = BytesMut::new();
             let ttft_ms = self.time_to_first_content().unwrap_or(0);
@@ -374,6 +385,12 @@ impl Session {
     pub(super) fn fail(&mut self, error: Error) {
         self.cancel_upstream();
         let now = self.last_now;
+        self.end_log(
+            now,
+            End::Failed {
+                error: error.to_json(),
+            },
+        );
         match self.response.sent() {
             Sent::Answered => self.finish(),
             Sent::Nothing => {

@@ -84,6 +84,7 @@ impl Session {
                 ),
                 Err(e) => return self.fail(e),
             }
+            self.start_log(now, &intake, endpoint);
         }
         self.route = Some(Route::Generate { endpoint, stream });
         self.upstream

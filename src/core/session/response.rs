@@ -41,6 +41,8 @@ pub(super) struct Meta {
     pub(super) x_cache: Option<&'static str>,
     /// `Retry-After`, in seconds.
     pub(super) retry_after: Option<u64>,
+    /// `X-Tokenedge-Stream`: the id to resume the stream with.
+    pub(super) stream: Option<String>,
 }
 
 /// How the body is framed.
@@ -72,6 +74,8 @@ pub(super) struct Response {
     /// The flush policy of the streamed body, once its head is out.
     pacer: Option<Pacer>,
     sent: Sent,
+    /// The client left (see [`Response::detach`]).
+    gone: bool,
 }
 
 impl Default for Response {
@@ -88,6 +92,7 @@ impl Default for Response {
             link_stored: None,
             pacer: None,
             sent: Sent::Nothing,
+            gone: false,
         }
     }
 }
@@ -116,6 +121,19 @@ impl Response {
         self.flush_rule = flush_rule;
         self.link = link;
         self.link_key = link_key;
+    }
+
+    /// A reader learns how many choices the stream it reads carries.
+    pub(super) fn set_choices(&mut self, choices: u32) {
+        self.choices = choices;
+    }
+
+    /// The client left, and the session goes on without it: nothing more
+    /// is written (or held) for it.
+    pub(super) fn detach(&mut self) {
+        self.gone = true;
+        self.pacer = None;
+        self.encoder = None;
     }
 
     pub(super) fn format(&self) -> Format {
@@ -192,6 +210,9 @@ impl Response {
         if let Some(secs) = meta.retry_after {
             headers.push(("retry-after".into(), secs.to_string()));
         }
+        if let Some(id) = meta.stream.filter(|_| kind == Kind::Events) {
+            headers.push((crate::core::resume::HEADER.into(), id));
+        }
         if kind != Kind::Json {
             headers.push(("vary".into(), "Accept-Encoding".into()));
             if let Some(token) = self.coding.header_value() {
@@ -253,6 +274,9 @@ impl Response {
     /// Sends body bytes through the encoder, flushed so the client can
     /// decode them at once.
     pub(super) fn emit(&mut self, out: &mut VecDeque<Action>, now: Millis, bytes: &[u8]) {
+        if self.gone {
+            return;
+        }
         let mut wire = Vec::with_capacity(bytes.len() / 2 + 32);
         match &mut self.encoder {
             Some(encoder) => {
@@ -310,6 +334,9 @@ impl Response {
 
     /// Ends the streamed body: the coding's trailer, then the end.
     pub(super) fn close(&mut self, out: &mut VecDeque<Action>) {
+        if self.gone {
+            return;
+        }
         if let Some(mut encoder) = self.encoder.take() {
             let mut trailer = Vec::new();
             encoder.finish(&mut trailer);
@@ -320,6 +347,9 @@ impl Response {
 
     /// Ends the streamed body as broken: no trailer, no clean end.
     pub(super) fn abort(&mut self, out: &mut VecDeque<Action>) {
+        if self.gone {
+            return;
+        }
         self.encoder = None;
         out.push_back(Action::RespondAbort);
     }

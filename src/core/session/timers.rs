@@ -20,15 +20,28 @@ pub(super) enum Timer {
     KeepAlive,
     /// The pacer releases the events it holds.
     Flush,
+    /// A generating request writes its stream's record (see
+    /// `crate::core::resume`).
+    Checkpoint,
+    /// A generating request looks for its stream's cancel mark.
+    CancelPoll,
+    /// A generation whose client left has waited long enough for a reader.
+    Grace,
+    /// A reader of a live stream reads its record again.
+    Tail,
 }
 
 impl Timer {
-    const VALUES: [Timer; 5] = [
+    const VALUES: [Timer; 9] = [
         Timer::Admit,
         Timer::Lookup,
         Timer::Upstream,
         Timer::KeepAlive,
         Timer::Flush,
+        Timer::Checkpoint,
+        Timer::CancelPoll,
+        Timer::Grace,
+        Timer::Tail,
     ];
 
     fn index(self) -> usize {
