@@ -82,6 +82,13 @@ pub(crate) trait Platform {
     /// The pump is going away: hand the background work left to the
     /// runtime.
     fn detach(&mut self) {}
+    /// The same I/O for a session that goes on after its client left (the
+    /// background work under way moves with it).
+    fn without_client(&mut self) -> Self
+    where
+        Self: Sized;
+    /// Runs `work` in the background, past the response.
+    fn spawn(&mut self, work: Boxed<()>);
 }
 
 thread_local! {
@@ -124,7 +131,7 @@ enum Wake {
 }
 
 /// Owns the session and its I/O for the life of one request.
-pub(crate) struct Pump<P: Platform> {
+pub(crate) struct Pump<P: Platform + 'static> {
     session: Session,
     platform: P,
     head: Option<Boxed<Result<UpstreamResponse, String>>>,
@@ -138,7 +145,7 @@ pub(crate) struct Pump<P: Platform> {
 }
 
 /// How the platform answers the client.
-pub(crate) enum Reply<P: Platform> {
+pub(crate) enum Reply<P: Platform + 'static> {
     /// A complete response. When the pump comes with it, the session goes
     /// on after the response (a prefetch): run [`Pump::run_to_end`] in the
     /// background.
@@ -378,7 +385,7 @@ impl<P: Platform + 'static> Pump<P> {
     }
 }
 
-impl<P: Platform> Pump<P> {
+impl<P: Platform + 'static> Pump<P> {
     /// Carries out an action that does not wait for anything.
     fn background(&mut self, action: Action) {
         match action {
@@ -425,12 +432,28 @@ impl<P: Platform> Pump<P> {
     }
 }
 
-impl<P: Platform> Drop for Pump<P> {
+impl<P: Platform + 'static> Drop for Pump<P> {
     fn drop(&mut self) {
         // The platform dropped the body: the client is gone (or the
         // response finished, in which case the session ignores this).
         let now = self.platform.now();
         self.session.handle_downstream_closed(now);
+        if !self.session.is_finished() {
+            // A resumable generation goes on without its client: the rest
+            // of the session moves to a pump of its own, in the background.
+            let placeholder = Session::new(Default::default());
+            let rest = Pump {
+                session: std::mem::replace(&mut self.session, placeholder),
+                platform: self.platform.without_client(),
+                head: self.head.take(),
+                body: self.body.take(),
+                kv_reads: std::mem::take(&mut self.kv_reads),
+                admission: self.admission.take(),
+                chunk_out: false,
+            };
+            self.platform.spawn(Box::pin(rest.run_to_end()));
+            return;
+        }
         while let Some(action) = self.session.poll_action() {
             self.background(action);
         }

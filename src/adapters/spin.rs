@@ -12,10 +12,20 @@
 //! expiry time in front (8 bytes, milliseconds since the epoch, big-endian);
 //! an expired value reads as absent and is deleted, and every write goes
 //! through its scope's `Keyspace` (at most `MAX_KEYS_PER_SCOPE` values per
-//! API key; expired ones swept). Writes are finished before the
-//! body ends, because a Spin host may stop the instance once the response
-//! is complete; writes left when the client leaves are spawned.
+//! API key; expired ones swept). Writes start at once, one after another
+//! in a spawned task (a stream's record is rewritten while it streams, in
+//! order), and are finished before the body ends, because a Spin host may
+//! stop the instance once the response is complete.
+//!
+//! A resumable generation whose client left goes on in a spawned task
+//! (see `pump`), as a prefetch's warming does after its answer. The test
+//! host serves the component with wasmtime's `ProxyHandler`, the one Spin
+//! 4.0.2's HTTP trigger uses, and runs such tasks after the response is
+//! gone (the e2e resume tests show it); a reader that finds the record
+//! stale gets an error event, never a silent end.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -57,6 +67,44 @@ fn now() -> Millis {
         .unwrap_or(0)
 }
 
+/// KV writes, carried out one after another in the background as they
+/// are asked for (a stream's record is written again and again: a later
+/// write must never land before an earlier one).
+#[derive(Default)]
+struct Writes {
+    queue: RefCell<VecDeque<Boxed<()>>>,
+    running: Cell<bool>,
+}
+
+impl Writes {
+    fn push(self: &Rc<Self>, write: Boxed<()>) {
+        self.queue.borrow_mut().push_back(write);
+        if !self.running.replace(true) {
+            let writes = self.clone();
+            spin_sdk::wasip3::spawn(async move {
+                loop {
+                    let next = writes.queue.borrow_mut().pop_front();
+                    match next {
+                        Some(write) => write.await,
+                        None => break,
+                    }
+                }
+                writes.running.set(false);
+            });
+        }
+    }
+
+    /// Waits until every write asked for so far is done.
+    async fn settle(&self) {
+        while self.running.get() {
+            monotonic_clock::wait_for(SETTLE_POLL_NS).await;
+        }
+    }
+}
+
+/// How often the end of a response looks whether the writes are done.
+const SETTLE_POLL_NS: u64 = 1_000_000;
+
 /// The Spin side of the pump.
 struct Spin {
     /// The client's request body, until the session asks for it.
@@ -64,7 +112,7 @@ struct Spin {
     /// The key-value store's label.
     store: Rc<str>,
     /// Writes under way, finished before the response ends.
-    kv_writes: Vec<Boxed<()>>,
+    kv_writes: Rc<Writes>,
 }
 
 impl Platform for Spin {
@@ -183,17 +231,20 @@ impl Platform for Spin {
     }
 
     fn settle(&mut self) -> Boxed<()> {
-        let writes = std::mem::take(&mut self.kv_writes);
-        Box::pin(async move {
-            join_all(writes).await;
-        })
+        let writes = self.kv_writes.clone();
+        Box::pin(async move { writes.settle().await })
     }
 
-    fn detach(&mut self) {
-        // Best effort: the instance may outlive this request.
-        for write in self.kv_writes.drain(..) {
-            spin_sdk::wasip3::spawn(write);
+    fn without_client(&mut self) -> Self {
+        Self {
+            request_body: None,
+            store: self.store.clone(),
+            kv_writes: self.kv_writes.clone(),
         }
+    }
+
+    fn spawn(&mut self, work: Boxed<()>) {
+        spin_sdk::wasip3::spawn(work);
     }
 }
 
@@ -321,6 +372,10 @@ async fn handle(req: Request) -> http::Response<Body> {
     headers.retain(|(k, _)| !k.starts_with(SPIN_HEADER_PREFIX));
     let mut head = RequestHead::new(&method, &path, headers);
     head.client = client_info(&req);
+    let random = spin_sdk::wasip3::random::random::get_random_bytes(16);
+    for (slot, byte) in head.nonce.iter_mut().zip(random) {
+        *slot = byte;
+    }
     let config = config().await;
     // Read only if the session asks for it, after the head passed.
     let request_body = match method.as_str() {
@@ -336,7 +391,7 @@ async fn handle(req: Request) -> http::Response<Body> {
     let platform = Spin {
         request_body,
         store: config.kv_store.as_deref().unwrap_or(DEFAULT_STORE).into(),
-        kv_writes: Vec::new(),
+        kv_writes: Rc::default(),
     };
     let session = Session::new(config).with_health(pump::health());
     match Pump::start(platform, session, head).await {

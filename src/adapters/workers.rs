@@ -20,6 +20,8 @@ use worker::{
     ObjectNamespace, Request, RequestInit, Response, Result,
 };
 
+use worker::wasm_bindgen::prelude::wasm_bindgen;
+
 use super::pump::{self, Boxed, Platform, Pump, Reply, UpstreamResponse};
 use super::quota_object::{ask_line, release_line, verdict_of};
 use crate::core::config::{vars, Config};
@@ -136,6 +138,29 @@ impl Platform for Workers {
     fn sleep(&self, ms: Millis) -> Boxed<()> {
         Box::pin(worker::Delay::from(Duration::from_millis(ms)))
     }
+
+    fn without_client(&mut self) -> Self {
+        Self {
+            ctx: self.ctx.clone(),
+            request_body: None,
+            kv: self.kv.clone(),
+            quota: self.quota.clone(),
+            abort: self.abort.take(),
+        }
+    }
+
+    /// Under `ctx.wait_until`: the platform caps how long it runs after the
+    /// response.
+    fn spawn(&mut self, work: Boxed<()>) {
+        self.ctx.wait_until(work);
+    }
+}
+
+#[wasm_bindgen(wasm_bindgen = worker::wasm_bindgen)]
+extern "C" {
+    /// The platform's secure random source.
+    #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
+    fn get_random_values(buf: &mut [u8]);
 }
 
 /// Sends one line to a key's limits record and returns its answer.
@@ -214,8 +239,13 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
             headers.push(("accept-encoding".into(), original));
         }
     }
-    let mut head = RequestHead::new(&method, url.path(), headers);
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let mut head = RequestHead::new(&method, &path, headers);
     head.client = client_info(&req);
+    get_random_values(&mut head.nonce);
     let config = config(&env);
     // Read only if the session asks for it, after the head passed.
     let request_body = match method.as_str() {

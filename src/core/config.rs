@@ -409,7 +409,10 @@ impl Config {
             max_streams_per_key: u32::try_from(number(vars::MAX_STREAMS_PER_KEY, 0))
                 .unwrap_or(u32::MAX),
             resume: !get(vars::RESUME).is_some_and(|v| {
-                matches!(v.to_ascii_lowercase().as_str(), "off" | "0" | "false" | "no")
+                matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "off" | "0" | "false" | "no"
+                )
             }),
             resume_ttl_secs: number(vars::RESUME_TTL_SECS, DEFAULT_RESUME_TTL_SECS)
                 .clamp(1, MAX_RESUME_TTL_SECS),

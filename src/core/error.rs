@@ -120,9 +120,7 @@ impl Error {
             | UpstreamAuthFailed
             | UpstreamTimeout { .. }
             | UpstreamStreamBroken { .. } => Source::Upstream,
-            Misconfigured { .. } | AuthNotConfigured | StreamStoreUnavailable => {
-                Source::Internal
-            }
+            Misconfigured { .. } | AuthNotConfigured | StreamStoreUnavailable => Source::Internal,
         }
     }
 
@@ -218,9 +216,9 @@ impl Error {
                 "This API key already has {n} generations running, its limit. \
                  Try again in {retry_after_secs} s, or stop one."
             ),
-            StreamNotFound { id } => format!(
-                "No stream '{id}' for this API key: unknown, expired, or another key's"
-            ),
+            StreamNotFound { id } => {
+                format!("No stream '{id}' for this API key: unknown, expired, or another key's")
+            }
             StreamStoreUnavailable => {
                 "The store that keeps streams did not answer in time. Try again.".into()
             }

@@ -202,51 +202,51 @@ impl Restream {
     /// `None` when it is dropped (not numbered, not logged).
     fn write_one(&mut self, name: Option<&str>, data: &str) -> Option<bool> {
         let has_content = if self.format == Format::OpenAi {
-                let facts = inspect_chunk(&data);
-                let empty =
-                    !(facts.has_content || facts.finished() || facts.has_usage || facts.is_error);
-                // Data that is not JSON carries nothing a client could
-                // read, and would break the official SDKs: dropped.
-                if empty && serde_json::from_str::<IgnoredAny>(data).is_err() {
+            let facts = inspect_chunk(&data);
+            let empty =
+                !(facts.has_content || facts.finished() || facts.has_usage || facts.is_error);
+            // Data that is not JSON carries nothing a client could
+            // read, and would break the official SDKs: dropped.
+            if empty && serde_json::from_str::<IgnoredAny>(data).is_err() {
+                return None;
+            }
+            if self.splice.is_some_and(|s| s.drops(empty)) {
+                return None;
+            }
+            let shifted = self
+                .splice
+                .filter(|_| facts.has_usage)
+                .and_then(|s| s.shift_event(data));
+            let data = shifted.as_deref().unwrap_or(data);
+            write_event(&mut self.out, name, data);
+            self.log(name, data);
+            for index in facts.finished_choices {
+                self.choice_finished(index);
+            }
+            if facts.broken_finish.is_some() {
+                self.broken_finish = facts.broken_finish;
+            }
+            facts.has_content
+        } else {
+            let Some((has_content, carries)) = self.write_parts(data) else {
+                // Not an object: nothing written; logged as the openai
+                // format would keep it (JSON), so every format numbers
+                // the same events.
+                if serde_json::from_str::<IgnoredAny>(data).is_err() {
                     return None;
                 }
-                if self.splice.is_some_and(|s| s.drops(empty)) {
-                    return None;
-                }
-                let shifted = self
-                    .splice
-                    .filter(|_| facts.has_usage)
-                    .and_then(|s| s.shift_event(data));
-                let data = shifted.as_deref().unwrap_or(data);
-                write_event(&mut self.out, name, data);
                 self.log(name, data);
-                for index in facts.finished_choices {
-                    self.choice_finished(index);
-                }
-                if facts.broken_finish.is_some() {
-                    self.broken_finish = facts.broken_finish;
-                }
-                facts.has_content
-            } else {
-                let Some((has_content, carries)) = self.write_parts(data) else {
-                    // Not an object: nothing written; logged as the openai
-                    // format would keep it (JSON), so every format numbers
-                    // the same events.
-                    if serde_json::from_str::<IgnoredAny>(data).is_err() {
-                        return None;
-                    }
-                    self.log(name, data);
-                    return Some(false);
-                };
-                if self.splice.is_some_and(|s| s.drops(!carries)) {
-                    return None;
-                }
-                if self.logging {
-                    let shifted = self.splice.and_then(|s| s.shift_event(data));
-                    self.log(name, shifted.as_deref().unwrap_or(data));
-                }
-                has_content
+                return Some(false);
             };
+            if self.splice.is_some_and(|s| s.drops(!carries)) {
+                return None;
+            }
+            if self.logging {
+                let shifted = self.splice.and_then(|s| s.shift_event(data));
+                self.log(name, shifted.as_deref().unwrap_or(data));
+            }
+            has_content
+        };
         Some(has_content)
     }
 

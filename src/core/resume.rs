@@ -253,7 +253,8 @@ impl Log {
                 continue;
             }
             self.bytes += event.len();
-            self.encoder.encode_and_flush(event.as_bytes(), &mut self.body);
+            self.encoder
+                .encode_and_flush(event.as_bytes(), &mut self.body);
             self.head.events += 1;
             self.dirty = true;
         }
@@ -301,7 +302,11 @@ impl Log {
             return None;
         }
         let last = self.written_at?;
-        let wait = if self.dirty { CHECKPOINT_MS } else { HEARTBEAT_MS };
+        let wait = if self.dirty {
+            CHECKPOINT_MS
+        } else {
+            HEARTBEAT_MS
+        };
         Some(last.saturating_add(wait))
     }
 }
@@ -318,8 +323,9 @@ pub(crate) fn past_the_end(cursor: u64, last: u64) -> Error {
 /// without an end.
 pub(crate) fn lost() -> Error {
     Error::new(ErrorKind::UpstreamStreamBroken {
-        detail: "the generation stopped before the end of the stream (its gateway instance went away)"
-            .into(),
+        detail:
+            "the generation stopped before the end of the stream (its gateway instance went away)"
+                .into(),
     })
 }
 

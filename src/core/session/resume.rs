@@ -432,11 +432,9 @@ impl Session {
         let overflow = record.head.overflow;
         let lost = record.lost(now);
         match record.head.end {
-            Some(_) if overflow => {
-                self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
-                    detail: format!("the stream is too long to resume past event {last}"),
-                }))
-            }
+            Some(_) if overflow => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
+                detail: format!("the stream is too long to resume past event {last}"),
+            })),
             Some(End::Done) => self.end_stream(now),
             Some(End::Failed { error }) => {
                 let mut event = BytesMut::new();
