@@ -81,15 +81,18 @@ faults="http://127.0.0.1:9, http://127.0.0.1:$CUT_PORT"
 step "end-to-end on workerd (wrangler dev) with the local model"
 # The instances whose tests read X-Cache and Server-Timing show them.
 debug=(--var DEBUG_HEADERS:on)
-start_wrangler 18787 19229 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" "${debug[@]}"
+# A generation whose client left goes on 2 s (not 30): the disconnect and
+# limits tests see it stop soon after.
+grace=(--var RESUME_GRACE_SECS:2)
+start_wrangler 18787 19229 "${grace[@]}" --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" "${debug[@]}"
 # The same worker with its upstream on a port nothing listens on.
 start_wrangler 18788 19230 --var "UPSTREAM_URL:http://127.0.0.1:9" --var "API_KEYS:$keys"
-start_wrangler 18789 19231 --var "UPSTREAM_URL:$faults" --var "API_KEYS:$keys" "${debug[@]}"
-start_wrangler 18790 19232 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" --var "KV_STORE:MISSING" "${debug[@]}"
+start_wrangler 18789 19231 "${grace[@]}" --var "UPSTREAM_URL:$faults" --var "API_KEYS:$keys" "${debug[@]}"
+start_wrangler 18790 19232 "${grace[@]}" --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" --var "KV_STORE:MISSING" "${debug[@]}"
 # A key list with no usable key: the gateway must stay closed.
 start_wrangler 18791 19233 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:,"
 # Per-key limits: 4 requests a minute, one generation at a time.
-start_wrangler 18792 19234 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$limit_keys" \
+start_wrangler 18792 19234 "${grace[@]}" --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$limit_keys" \
   --var "RATE_LIMIT_RPM:4" --var "MAX_STREAMS_PER_KEY:1"
 e2e workerd http://127.0.0.1:18787 http://127.0.0.1:18788 http://127.0.0.1:18789 http://127.0.0.1:18790 http://127.0.0.1:18791 \
   http://127.0.0.1:18792
@@ -97,7 +100,7 @@ e2e workerd http://127.0.0.1:18787 http://127.0.0.1:18788 http://127.0.0.1:18789
 step "end-to-end on Spin (the component in the wasmtime test host) with the local model"
 # Its store's writes are logged (test_store.py: identical requests write once).
 export SPIN_HOST_KV_DUMP="$TOKENEDGE_LOGS/spin-18797-keys.txt"
-start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" DEBUG_HEADERS=on
+start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" DEBUG_HEADERS=on RESUME_GRACE_SECS=2
 unset SPIN_HOST_KV_DUMP
 # Its store's keys are listed in a file after every change, and its
 # prefetch markers live 2 s, so a test can see the store shrink.
@@ -105,11 +108,11 @@ export SPIN_HOST_KV_DUMP="$TOKENEDGE_LOGS/spin-18798-keys.txt"
 start_spin 18798 "UPSTREAM_URL=http://127.0.0.1:9" "UPSTREAM_ORIGIN=http://127.0.0.1:9" "API_KEYS=$keys" \
   "PREFETCH_WINDOW_SECS=2"
 unset SPIN_HOST_KV_DUMP
-start_spin 18799 "UPSTREAM_URL=$faults" "UPSTREAM_ORIGIN=http://127.0.0.1:*" "API_KEYS=$keys" DEBUG_HEADERS=on
-start_spin 18800 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" "KV_STORE=missing" DEBUG_HEADERS=on
+start_spin 18799 "UPSTREAM_URL=$faults" "UPSTREAM_ORIGIN=http://127.0.0.1:*" "API_KEYS=$keys" DEBUG_HEADERS=on RESUME_GRACE_SECS=2
+start_spin 18800 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" "KV_STORE=missing" DEBUG_HEADERS=on RESUME_GRACE_SECS=2
 start_spin 18801 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=,"
 start_spin 18802 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$limit_keys" \
-  "RATE_LIMIT_RPM=4" "MAX_STREAMS_PER_KEY=1"
+  "RATE_LIMIT_RPM=4" "MAX_STREAMS_PER_KEY=1" RESUME_GRACE_SECS=2
 KV_DUMP="$TOKENEDGE_LOGS/spin-18798-keys.txt" KV_WRITES="$TOKENEDGE_LOGS/spin-18797-keys.txt.writes" e2e spin http://127.0.0.1:18797 http://127.0.0.1:18798 http://127.0.0.1:18799 http://127.0.0.1:18800 http://127.0.0.1:18801 \
   http://127.0.0.1:18802
 

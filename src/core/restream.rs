@@ -202,7 +202,7 @@ impl Restream {
     /// `None` when it is dropped (not numbered, not logged).
     fn write_one(&mut self, name: Option<&str>, data: &str) -> Option<bool> {
         let has_content = if self.format == Format::OpenAi {
-            let facts = inspect_chunk(&data);
+            let facts = inspect_chunk(data);
             let empty =
                 !(facts.has_content || facts.finished() || facts.has_usage || facts.is_error);
             // Data that is not JSON carries nothing a client could

@@ -343,8 +343,10 @@ def busy_slots():
 
 
 def test_client_disconnect_stops_generation():
-    """Close the connection mid-stream; the model server must stop decoding
-    that request (seen in its /slots view) long before max_tokens."""
+    """Close the connection mid-stream and never come back; the model server
+    must stop decoding that request (seen in its /slots view) long before
+    max_tokens: at the end of the grace period a resumable stream gets
+    (RESUME_GRACE_SECS, 2 s on the test instances)."""
     deadline = time.monotonic() + 30
     while busy_slots() and time.monotonic() < deadline:
         time.sleep(0.2)

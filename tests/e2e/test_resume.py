@@ -1,0 +1,200 @@
+"""Resumable streams against the real model, on the runtime under test:
+a client cut off at random points (inside an event, inside a compressed
+chunk) reattaches with the last id it fully received, until the end, and
+gets every event exactly once; a cancel stops the generation; bad ids and
+cursors are refused. Environment as in test_stream.py."""
+
+import os
+import random
+import time
+import zlib
+
+import httpx
+import pytest
+
+URL = os.environ["TOKENEDGE_URL"]
+KEY = os.environ["TOKENEDGE_KEY"]
+OTHER_KEY = os.environ.get("TOKENEDGE_KEY2", "e2e-key-1")
+MODEL_URL = os.environ["MODEL_URL"]
+RUNTIME = os.environ.get("TOKENEDGE_RUNTIME", "runtime")
+TRIALS = int(os.environ.get("TOKENEDGE_RESUME_TRIALS", "10"))
+
+
+def headers(key=KEY, **extra):
+    h = {
+        "authorization": f"Bearer {key}",
+        "x-tokenedge-format": "compact",
+        "accept-encoding": "identity",
+    }
+    h.update(extra)
+    return h
+
+
+def body(max_tokens=48, prompt="List five fruits, one per line."):
+    return {
+        "model": "m",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "seed": 7,
+        "stream": True,
+    }
+
+
+class Reader:
+    """An SSE reader that keeps only whole events, decoding gzip itself."""
+
+    def __init__(self, coding):
+        self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if coding == "gzip" else None
+        self.buf = b""
+
+    def feed(self, chunk):
+        if self.inflate is not None:
+            chunk = self.inflate.decompress(chunk)
+        self.buf += chunk
+        events = []
+        while b"\n\n" in self.buf:
+            block, self.buf = self.buf.split(b"\n\n", 1)
+            fields = {}
+            for line in block.decode().split("\n"):
+                if line.startswith(":"):
+                    continue
+                name, _, value = line.partition(":")
+                fields.setdefault(name, value[1:] if value.startswith(" ") else value)
+            if fields:
+                events.append(fields)
+        return events
+
+
+def read(resp, coding, cut_at=None):
+    """Reads events until the end, or until `cut_at` wire bytes (then the
+    connection is dropped). Returns (events, ended)."""
+    reader = Reader(coding)
+    events, seen = [], 0
+    for chunk in resp.iter_raw():
+        if cut_at is not None and seen + len(chunk) > cut_at:
+            events += reader.feed(chunk[: cut_at - seen])
+            return events, False
+        seen += len(chunk)
+        events += reader.feed(chunk)
+        if any(e.get("event") == "done" for e in events):
+            return events, True
+    return events, False
+
+
+def text_of(events):
+    import json
+
+    return "".join(json.loads(e["data"]) for e in events if "event" not in e and "data" in e)
+
+
+def uninterrupted(client, coding):
+    h = headers(**{"accept-encoding": coding, "cache-control": "no-store"})
+    with client.stream("POST", f"{URL}/v1/chat/completions", json=body(), headers=h) as r:
+        assert r.status_code == 200
+        events, ended = read(r, coding)
+    assert ended
+    return text_of(events)
+
+
+@pytest.mark.parametrize("coding", ["identity", "gzip"])
+def test_random_disconnects_lose_and_repeat_nothing(coding):
+    rng = random.Random(f"{RUNTIME}-{coding}")
+    with httpx.Client(timeout=60) as client:
+        whole = uninterrupted(client, coding)
+        assert len(whole) > 20
+        resumes = 0
+        for trial in range(TRIALS):
+            h = headers(**{"accept-encoding": coding, "cache-control": "no-store"})
+            got, last, ended = [], 0, False
+            with client.stream("POST", f"{URL}/v1/chat/completions", json=body(), headers=h) as r:
+                assert r.status_code == 200
+                stream = r.headers["x-tokenedge-stream"]
+                events, ended = read(r, coding, cut_at=rng.randint(1, 800))
+            while True:
+                for e in events:
+                    if "id" in e:
+                        n = int(e["id"])
+                        assert n > last, f"event {n} again after {last}"
+                        last = n
+                got += events
+                if ended:
+                    break
+                resumes += 1
+                assert resumes < TRIALS * 50, "no progress"
+                h = headers(**{"accept-encoding": coding, "last-event-id": str(last)})
+                with client.stream("GET", f"{URL}/v1/streams/{stream}", headers=h) as r:
+                    assert r.status_code == 200, r.read()
+                    events, ended = read(r, coding, cut_at=rng.randint(1, 1200))
+            assert text_of(got) == whole, f"trial {trial}"
+        print(f"[{RUNTIME}] {TRIALS} trials, {coding}: {resumes} resumes, every text whole")
+
+
+def test_a_cancel_stops_the_generation_and_ends_its_readers():
+    with httpx.Client(timeout=60) as client, httpx.Client(timeout=60) as other:
+        h = headers(**{"cache-control": "no-store"})
+        long = body(max_tokens=400, prompt="Write a long story about a lighthouse keeper.")
+        with client.stream("POST", f"{URL}/v1/chat/completions", json=long, headers=h) as r:
+            stream = r.headers["x-tokenedge-stream"]
+            chunks = r.iter_raw()
+            reader = Reader("identity")
+            events = []
+            while sum(1 for e in events if "id" in e) < 5:
+                events += reader.feed(next(chunks))
+            # Another key cannot cancel it.
+            foreign = other.post(f"{URL}/v1/streams/{stream}/cancel", headers=headers(OTHER_KEY))
+            assert foreign.status_code == 404
+            assert foreign.json()["error"]["code"] == "stream_not_found"
+            cancel = other.post(f"{URL}/v1/streams/{stream}/cancel", headers=headers())
+            cancelled_at = time.monotonic()
+            assert cancel.status_code == 202, cancel.text
+            assert cancel.json()["status"] == "cancelling"
+            # The attached reader gets the cancelled end.
+            for chunk in chunks:
+                events += reader.feed(chunk)
+        ended_after = time.monotonic() - cancelled_at
+        done = [e for e in events if e.get("event") == "done"]
+        assert done and '"finish_reason":"cancelled"' in done[0]["data"], events[-3:]
+        while time.monotonic() - cancelled_at < 10:
+            slots = httpx.get(f"{MODEL_URL}/slots", timeout=10).json()
+            if not any(s["is_processing"] for s in slots):
+                break
+            time.sleep(0.05)
+        stopped_after = time.monotonic() - cancelled_at
+        assert stopped_after < 1.5, f"the model kept generating {stopped_after:.2f}s"
+        time.sleep(1)
+        # A later read replays what was produced, and the cancelled end.
+        with other.stream("GET", f"{URL}/v1/streams/{stream}", headers=headers()) as r:
+            replay, ended = read(r, "identity")
+        assert ended
+        assert text_of(replay) == text_of(events)
+        assert '"finish_reason":"cancelled"' in [e for e in replay if e.get("event") == "done"][0]["data"]
+        again = other.post(f"{URL}/v1/streams/{stream}/cancel", headers=headers())
+        assert again.status_code == 200 and again.json()["status"] == "cancelled"
+        print(f"[{RUNTIME}] cancel: the reader ended {ended_after:.2f}s and the model stopped {stopped_after:.2f}s after it")
+
+
+def test_unknown_foreign_and_bad_cursors_are_refused():
+    with httpx.Client(timeout=60) as client:
+        h = headers(**{"cache-control": "no-store"})
+        with client.stream("POST", f"{URL}/v1/chat/completions", json=body(8), headers=h) as r:
+            stream = r.headers["x-tokenedge-stream"]
+            events, ended = read(r, "identity")
+        assert ended
+        last = max(int(e["id"]) for e in events if "id" in e)
+        time.sleep(0.5)
+        cases = [
+            (f"/v1/streams/st_{'0' * 32}", headers(), 404, "stream_not_found"),
+            ("/v1/streams/not-an-id", headers(), 404, "stream_not_found"),
+            (f"/v1/streams/{stream}", headers(OTHER_KEY), 404, "stream_not_found"),
+            (f"/v1/streams/{stream}?after=-1", headers(), 400, "invalid_request"),
+            (f"/v1/streams/{stream}?after=abc", headers(), 400, "invalid_request"),
+            (f"/v1/streams/{stream}?after=99999", headers(), 400, "invalid_request"),
+        ]
+        for path, h, status, code in cases:
+            r = client.get(f"{URL}{path}", headers=h)
+            assert r.status_code == status, (path, r.text)
+            assert r.json()["error"]["code"] == code, (path, r.text)
+        r = client.get(f"{URL}/v1/streams/{stream}", headers=headers(**{"last-event-id": str(last)}))
+        assert r.status_code == 200
+        assert "event: done" in r.text and "id:" not in r.text, r.text
