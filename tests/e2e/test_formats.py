@@ -54,7 +54,9 @@ def test_compact_streams_token_text_and_ends_with_stats():
     assert headers["content-encoding"] == "gzip"
     text = b"".join(d for _, d in reads).decode()
     events = [e for e in text.split("\n\n") if e]
-    tokens = [json.loads(e[6:]) for e in events if e.startswith("data: ")]
+    # Each token event: its data line, then its id (resumable streams).
+    tokens = [json.loads(e.split("\n")[0][6:]) for e in events if e.startswith("data: ")]
+    assert all(e.split("\n")[1].startswith("id: ") for e in events if e.startswith("data: "))
     assert len(tokens) >= 10 and all(isinstance(t, str) for t in tokens)
     assert events[-1].startswith("event: done\ndata: ")
     end = json.loads(events[-1].split("data: ", 1)[1])
