@@ -58,19 +58,29 @@ URL = os.environ.get("TOKENEDGE_URL", "")
 
 @pytest.mark.skipif(not WRITES, reason="the runtime does not log its store's writes")
 def test_identical_requests_at_the_same_time_write_their_answer_once():
+    """Two identical requests that overlap, served by one instance, store
+    their answer once (`WriteOnce` is per instance: the host gives a busy
+    instance a second request only once the first waits on I/O, so the
+    second starts when the first has its response head)."""
     import concurrent.futures
+    import threading
+
+    started = threading.Event()
 
     body = {
         "model": "smollm2",
         "messages": [{"role": "user", "content": f"Name a colour. ({uuid.uuid4().hex})"}],
-        "max_tokens": 8,
+        "max_tokens": 40,
         "temperature": 0,
         "stream": True,
     }
 
-    def ask():
+    def ask(i):
+        if i == 1:
+            assert started.wait(60)
         with httpx.stream("POST", f"{URL}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as r:
             assert r.status_code == 200
+            started.set()
             text = b"".join(r.iter_bytes())
             assert text.endswith(b"data: [DONE]\n\n")
             return r.headers.get("x-cache")
@@ -83,7 +93,7 @@ def test_identical_requests_at_the_same_time_write_their_answer_once():
 
     before = len(cache_writes())
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        caches = list(pool.map(lambda _: ask(), range(2)))
+        caches = list(pool.map(ask, range(2)))
     # Both missed (they ran together) and both generated...
     assert caches == ["miss", "miss"], caches
     time.sleep(0.5)
