@@ -297,6 +297,9 @@ fn a_reader_whose_writer_stopped_writing_gets_an_error_not_an_end() {
     assert!(!body.contains("[DONE]"), "{body}");
 }
 
+/// A path, a key, extra headers, and the status and code they get.
+type Refusal<'a> = (String, &'a str, Vec<(&'a str, String)>, u16, &'a str);
+
 #[test]
 fn unknown_foreign_and_malformed_ids_and_cursors_are_refused() {
     let (mut s, mut w) = writer(resumable(), "k1", "openai");
@@ -308,7 +311,7 @@ fn unknown_foreign_and_malformed_ids_and_cursors_are_refused() {
         .max()
         .unwrap();
     let stream = format!("/v1/streams/{id}");
-    let cases: Vec<(String, &str, Vec<(&str, String)>, u16, &str)> = vec![
+    let cases: Vec<Refusal> = vec![
         (
             format!("/v1/streams/st_{}", "0".repeat(32)),
             "k1",
