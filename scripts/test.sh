@@ -60,6 +60,7 @@ echo "test host WIT matches $(dirname "$sdk")"
 
 MODEL_PORT=18081
 CUT_PORT=18082
+CUT_PORT_2=18083
 keys="e2e-key-1,e2e-key-2,e2e-key-link"
 limit_keys="limit-a,limit-b,limit-c"
 REPORT="$TOKENEDGE_LOGS/e2e-timing.jsonl"
@@ -72,11 +73,13 @@ e2e() { # RUNTIME URL DEAD_URL FAULTS_URL NOKV_URL NOKEYS_URL
     "$TOKENEDGE_PY" -m pytest -v -s tests/e2e
 }
 start_model "$MODEL_PORT"
-# Cuts streams whose request contains "cut-me"; passes the rest to the model.
-"$TOKENEDGE_PY" tests/e2e/cut_proxy.py --port "$CUT_PORT" --upstream "127.0.0.1:$MODEL_PORT" >"$TOKENEDGE_LOGS/cut-proxy.log" 2>&1 &
+# Cuts streams whose request contains "cut-me" (on both of its ports), or a
+# "cut-once-<token>" the first time; passes the rest to the model.
+"$TOKENEDGE_PY" tests/e2e/cut_proxy.py --port "$CUT_PORT" --port "$CUT_PORT_2" --upstream "127.0.0.1:$MODEL_PORT" >"$TOKENEDGE_LOGS/cut-proxy.log" 2>&1 &
 _pids+=($!)
-# Two replicas, one dead; and a KV store that does not exist.
-faults="http://127.0.0.1:9, http://127.0.0.1:$CUT_PORT"
+# Three replicas: one dead, two behind the cutting proxy (a stream cut on
+# one fails over to the other); and a KV store that does not exist.
+faults="http://127.0.0.1:9, http://127.0.0.1:$CUT_PORT, http://127.0.0.1:$CUT_PORT_2"
 
 step "end-to-end on workerd (wrangler dev) with the local model"
 # The instances whose tests read X-Cache and Server-Timing show them.

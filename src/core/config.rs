@@ -34,6 +34,12 @@ pub const DEFAULT_RESUME_TTL_SECS: u64 = 600;
 /// How long a generation whose client left goes on, waiting for a reader
 /// to reattach.
 pub const DEFAULT_RESUME_GRACE_SECS: u64 = 30;
+/// Default number of times a stream may move to another replica
+/// mid-answer.
+pub const DEFAULT_FAILOVER_BUDGET: u32 = 1;
+/// Most failovers accepted per stream: each costs a prefill of the whole
+/// conversation so far on another replica.
+pub const MAX_FAILOVER_BUDGET: u32 = 3;
 /// Longest resume lifetime accepted: a day.
 pub const MAX_RESUME_TTL_SECS: u64 = 86_400;
 /// Longest grace period accepted: ten minutes (it bills tokens nobody may
@@ -110,6 +116,8 @@ pub mod vars {
     pub const RESUME_TTL_SECS: &str = "RESUME_TTL_SECS";
     /// How long a generation goes on after its client left.
     pub const RESUME_GRACE_SECS: &str = "RESUME_GRACE_SECS";
+    /// Times a stream may move to another replica mid-answer (0: never).
+    pub const FAILOVER_BUDGET: &str = "FAILOVER_BUDGET";
     /// Every name, for adapters that read them all at once.
     pub const ALL: &[&str] = &[
         UPSTREAM_URL,
@@ -137,6 +145,7 @@ pub mod vars {
         RESUME,
         RESUME_TTL_SECS,
         RESUME_GRACE_SECS,
+        FAILOVER_BUDGET,
     ];
 }
 
@@ -269,6 +278,8 @@ pub struct Config {
     pub resume_ttl_secs: u64,
     /// How long a generation goes on after its client left.
     pub resume_grace_secs: u64,
+    /// Times a stream may move to another replica mid-answer.
+    pub failover_budget: u32,
     /// Why this configuration cannot serve (an unusable `UPSTREAM_URL`
     /// item), answered as 503 `misconfigured` to every request.
     pub problem: Option<String>,
@@ -302,6 +313,7 @@ impl Default for Config {
             resume: true,
             resume_ttl_secs: DEFAULT_RESUME_TTL_SECS,
             resume_grace_secs: DEFAULT_RESUME_GRACE_SECS,
+            failover_budget: DEFAULT_FAILOVER_BUDGET,
             problem: None,
         }
     }
@@ -416,6 +428,8 @@ impl Config {
             }),
             resume_ttl_secs: number(vars::RESUME_TTL_SECS, DEFAULT_RESUME_TTL_SECS)
                 .clamp(1, MAX_RESUME_TTL_SECS),
+            failover_budget: number(vars::FAILOVER_BUDGET, u64::from(DEFAULT_FAILOVER_BUDGET))
+                .min(u64::from(MAX_FAILOVER_BUDGET)) as u32,
             resume_grace_secs: number(vars::RESUME_GRACE_SECS, DEFAULT_RESUME_GRACE_SECS)
                 .min(MAX_RESUME_GRACE_SECS),
             problem,

@@ -49,6 +49,14 @@ pub(crate) struct Stats {
     pub(crate) ttft_ms: u64,
     /// Request received → end of stream.
     pub(crate) duration_ms: u64,
+    /// Times the answer moved to another replica mid-stream (absent when
+    /// none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) failovers: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Format {
@@ -298,6 +306,7 @@ mod tests {
             tokens: 2,
             ttft_ms: 5,
             duration_ms: 9,
+            failovers: 0,
         };
         assert_eq!(
             s(|b| Format::Compact.write_end(b, Some("stop"), Some(&usage), stats)),

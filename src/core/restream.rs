@@ -95,6 +95,10 @@ pub struct Restream {
     /// Keep each numbered event's SSE block for [`Restream::take_logged`].
     logging: bool,
     logged: Vec<String>,
+    /// The text of choice 0 so far, kept for a continuation elsewhere
+    /// (`None`: not kept, or no longer continuable: a delta that was not
+    /// text came).
+    text: Option<String>,
 }
 
 impl Restream {
@@ -121,6 +125,19 @@ impl Restream {
         self.numbered = true;
         self.logging = log;
         self
+    }
+
+    /// Keeps the answer's text as it passes, so that another replica can
+    /// continue it ([`Restream::text`]).
+    pub(crate) fn keeping_text(mut self) -> Self {
+        self.text = Some(String::new());
+        self
+    }
+
+    /// The text so far, while it is all the answer is (no tool call or
+    /// other delta, one choice): what a continuation continues after.
+    pub(crate) fn text(&self) -> Option<&str> {
+        self.text.as_deref()
     }
 
     /// Events up to number `seq` are read but not written (a reader that
@@ -218,6 +235,9 @@ impl Restream {
                 .filter(|_| facts.has_usage)
                 .and_then(|s| s.shift_event(data));
             let data = shifted.as_deref().unwrap_or(data);
+            if facts.has_content && self.text.is_some() {
+                self.keep_text(data);
+            }
             write_event(&mut self.out, name, data);
             self.log(name, data);
             for index in facts.finished_choices {
@@ -248,6 +268,19 @@ impl Restream {
             has_content
         };
         Some(has_content)
+    }
+
+    /// Adds an openai event's text to the kept text; a delta that is not
+    /// text (a tool call) makes the answer not continuable.
+    fn keep_text(&mut self, data: &str) {
+        match chunk_parts(data) {
+            Some(parts) if parts.other_delta.is_none() => {
+                if let Some(kept) = &mut self.text {
+                    kept.push_str(&parts.text);
+                }
+            }
+            _ => self.text = None,
+        }
     }
 
     /// Keeps the event as it would be replayed: an SSE block of its data
@@ -297,6 +330,12 @@ impl Restream {
         }
         if !parts.text.is_empty() {
             self.format.write_text(&mut self.out, &parts.text);
+        }
+        if let Some(kept) = &mut self.text {
+            kept.push_str(&parts.text);
+        }
+        if parts.other_delta.is_some() {
+            self.text = None;
         }
         if let Some(delta) = parts.other_delta {
             self.format.write_delta(&mut self.out, delta);

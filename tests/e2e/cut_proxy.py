@@ -3,20 +3,46 @@ server, for the end-to-end tests: requests whose body contains CUT_MARKER
 get the first CUT_AFTER bytes of the upstream's response body and then a
 closed connection (an upstream failing mid-stream), those whose body
 contains CUT_EARLY_MARKER the first CUT_EARLY_AFTER bytes (a short complete
-answer cut part-way); every other request is passed through untouched. Like servers that do not read chunked request
+answer cut part-way), and the first request whose body contains
+CUT_ONCE_MARKER followed by a token the first CUT_AFTER bytes (later
+requests with the same token, on any of its ports, pass: a replica that
+dies once, for failover); a request whose body contains REPLAY_MARKER is
+answered with a recorded real llama.cpp stream (tests/vectors), one event
+every REPLAY_GAP seconds, without the model (a fast, deterministic load);
+every other request is passed through untouched.
+It can listen on several ports (several replicas, one cut state). Like servers that do not read chunked request
 bodies (Python's http.server, some embedded servers and gateways), it
 answers 411 Length Required to a request body without Content-Length. One
 request per connection (it answers with `Connection: close`).
 
-  python cut_proxy.py --port 18082 --upstream 127.0.0.1:18081
+  python cut_proxy.py --port 18082 [--port 18083] --upstream 127.0.0.1:18081
 """
 import argparse
 import asyncio
+import os
 
 CUT_MARKER = b"cut-me"
 CUT_AFTER = 1200
 CUT_EARLY_MARKER = b"cut-early"
 CUT_EARLY_AFTER = 100
+REPLAY_MARKER = b"replay-vector"
+REPLAY_GAP = 0.005
+REPLAY = open(os.path.join(os.path.dirname(__file__), "..", "vectors", "llamacpp_chat.sse"), "rb").read()
+CUT_ONCE_MARKER = b"cut-once-"
+# The cut-once tokens already cut.
+cut_once_seen = set()
+
+
+def cut_once(body):
+    """Whether this body's cut-once token is seen for the first time."""
+    at = body.find(CUT_ONCE_MARKER)
+    if at < 0:
+        return False
+    token = body[at + len(CUT_ONCE_MARKER):].split(b" ")[0].split(b":")[0]
+    if token in cut_once_seen:
+        return False
+    cut_once_seen.add(token)
+    return True
 
 
 async def read_head(reader):
@@ -41,6 +67,13 @@ async def handle(client_r, client_w, upstream):
             return
         else:
             body = await client_r.readexactly(int(header(headers, "content-length") or 0))
+        if REPLAY_MARKER in body:
+            client_w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+            for event in REPLAY.split(b"\n\n")[:-1]:
+                client_w.write(event + b"\n\n")
+                await client_w.drain()
+                await asyncio.sleep(REPLAY_GAP)
+            return
         host, port = upstream.split(":")
         up_r, up_w = await asyncio.open_connection(host, int(port))
         hop = ("connection", "keep-alive", "transfer-encoding", "content-length")
@@ -50,7 +83,12 @@ async def handle(client_r, client_w, upstream):
         status, rheaders = await read_head(up_r)
         rkept = [(k, v) for k, v in rheaders if k.lower() not in ("connection", "keep-alive")]
         client_w.write((status + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in rkept) + "Connection: close\r\n\r\n").encode("latin-1"))
-        budget = CUT_AFTER if CUT_MARKER in body else CUT_EARLY_AFTER if CUT_EARLY_MARKER in body else None
+        if CUT_MARKER in body or cut_once(body):
+            budget = CUT_AFTER
+        elif CUT_EARLY_MARKER in body:
+            budget = CUT_EARLY_AFTER
+        else:
+            budget = None
         while True:
             chunk = await up_r.read(65536)
             if not chunk:
@@ -71,12 +109,14 @@ async def handle(client_r, client_w, upstream):
 
 async def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, action="append", required=True)
     p.add_argument("--upstream", required=True)
     a = p.parse_args()
-    server = await asyncio.start_server(lambda r, w: handle(r, w, a.upstream), "127.0.0.1", a.port)
-    async with server:
-        await server.serve_forever()
+    servers = [
+        await asyncio.start_server(lambda r, w: handle(r, w, a.upstream), "127.0.0.1", port)
+        for port in a.port
+    ]
+    await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
 asyncio.run(main())

@@ -17,7 +17,11 @@ KEY = os.environ["TOKENEDGE_KEY"]
 OTHER_KEY = os.environ.get("TOKENEDGE_KEY2", "e2e-key-1")
 MODEL_URL = os.environ["MODEL_URL"]
 RUNTIME = os.environ.get("TOKENEDGE_RUNTIME", "runtime")
+FAULTS_URL = os.environ.get("TOKENEDGE_FAULTS_URL", "")
 TRIALS = int(os.environ.get("TOKENEDGE_RESUME_TRIALS", "10"))
+# Trials per coding against the recorded stream the cutting proxy replays.
+REPLAY_TRIALS = int(os.environ.get("TOKENEDGE_REPLAY_TRIALS", "50"))
+VECTOR = os.path.join(os.path.dirname(__file__), "..", "vectors", "llamacpp_chat.sse")
 
 
 def headers(key=KEY, **extra):
@@ -97,37 +101,65 @@ def uninterrupted(client, coding):
     return text_of(events)
 
 
+def vector_text():
+    import json
+
+    text = ""
+    for line in open(VECTOR).read().split("\n"):
+        if line.startswith("data: {"):
+            choices = json.loads(line[6:])["choices"]
+            if choices:
+                text += choices[0]["delta"].get("content") or ""
+    return text
+
+
 @pytest.mark.parametrize("coding", ["identity", "gzip"])
 def test_random_disconnects_lose_and_repeat_nothing(coding):
-    rng = random.Random(f"{RUNTIME}-{coding}")
     with httpx.Client(timeout=60) as client:
         whole = uninterrupted(client, coding)
         assert len(whole) > 20
-        resumes = 0
-        for trial in range(TRIALS):
-            h = headers(**{"accept-encoding": coding, "cache-control": "no-store"})
-            got, last, ended = [], 0, False
-            with client.stream("POST", f"{URL}/v1/chat/completions", json=body(), headers=h) as r:
-                assert r.status_code == 200
-                stream = r.headers["x-tokenedge-stream"]
-                events, ended = read(r, coding, cut_at=rng.randint(1, 800))
-            while True:
-                for e in events:
-                    if "id" in e:
-                        n = int(e["id"])
-                        assert n > last, f"event {n} again after {last}"
-                        last = n
-                got += events
-                if ended:
-                    break
-                resumes += 1
-                assert resumes < TRIALS * 50, "no progress"
-                h = headers(**{"accept-encoding": coding, "last-event-id": str(last)})
-                with client.stream("GET", f"{URL}/v1/streams/{stream}", headers=h) as r:
-                    assert r.status_code == 200, r.read()
-                    events, ended = read(r, coding, cut_at=rng.randint(1, 1200))
-            assert text_of(got) == whole, f"trial {trial}"
-        print(f"[{RUNTIME}] {TRIALS} trials, {coding}: {resumes} resumes, every text whole")
+        trials(client, URL, body(), whole, coding, TRIALS)
+
+
+@pytest.mark.skipif(not FAULTS_URL, reason="no instance behind the replaying proxy")
+@pytest.mark.parametrize("coding", ["identity", "gzip"])
+def test_random_disconnects_of_a_replayed_real_stream(coding):
+    """The same, many times, on a recorded real stream the cutting proxy
+    replays (fast and deterministic, without the model)."""
+    replay = body(prompt="replay-vector: anything")
+    with httpx.Client(timeout=60) as client:
+        trials(client, FAULTS_URL, replay, vector_text(), coding, REPLAY_TRIALS)
+
+
+def trials(client, url, request, whole, coding, n):
+    """`n` runs of `request`, each cut at random points and resumed until
+    its end; each must assemble to `whole`."""
+    rng = random.Random(f"{RUNTIME}-{coding}-{url}")
+    resumes = 0
+    for trial in range(n):
+        h = headers(**{"accept-encoding": coding, "cache-control": "no-store"})
+        got, last, ended = [], 0, False
+        with client.stream("POST", f"{url}/v1/chat/completions", json=request, headers=h) as r:
+            assert r.status_code == 200
+            stream = r.headers["x-tokenedge-stream"]
+            events, ended = read(r, coding, cut_at=rng.randint(1, 800))
+        while True:
+            for e in events:
+                if "id" in e:
+                    seq = int(e["id"])
+                    assert seq > last, f"event {seq} again after {last}"
+                    last = seq
+            got += events
+            if ended:
+                break
+            resumes += 1
+            assert resumes < n * 50, "no progress"
+            h = headers(**{"accept-encoding": coding, "last-event-id": str(last)})
+            with client.stream("GET", f"{url}/v1/streams/{stream}", headers=h) as r:
+                assert r.status_code == 200, r.read()
+                events, ended = read(r, coding, cut_at=rng.randint(1, 1200))
+        assert text_of(got) == whole, f"trial {trial}"
+    print(f"[{RUNTIME}] {n} trials, {coding}, {url}: {resumes} resumes, every text whole")
 
 
 def test_a_cancel_stops_the_generation_and_ends_its_readers():

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 import urllib.parse
+import uuid
 
 import httpx
 import openai
@@ -378,3 +379,40 @@ def test_client_disconnect_stops_generation():
     # Without the cancel it would run on to 1500 tokens (~30 s at 50 tok/s).
     assert stopped_after < 5, stopped_after
     print(f"[{RUNTIME}] disconnect at {decoded_at_close} tokens decoded; upstream stopped {stopped_after:.2f}s later")
+
+
+def test_an_upstream_cut_mid_stream_fails_over_to_the_next_replica():
+    """The replica serving the stream dies after ~1200 bytes (the cutting
+    proxy's cut-once marker); another replica continues from the text
+    already sent. The client sees one complete answer: one role
+    announcement, no error, `[DONE]` once."""
+    token = uuid.uuid4().hex[:12]
+    body = {
+        **CHAT,
+        "messages": [{"role": "user", "content": f"cut-once-{token}: list the planets of the solar system."}],
+        "max_tokens": 60,
+        "temperature": 0,
+        "stream": True,
+    }
+    headers = {**AUTH, "cache-control": "no-store", "accept-encoding": "identity"}
+    with httpx.stream("POST", f"{FAULTS_URL}/v1/chat/completions", json=body, headers=headers, timeout=120) as r:
+        assert r.status_code == 200
+        raw = b"".join(r.iter_raw()).decode()
+    datas = [l[6:] for l in raw.split("\n") if l.startswith("data: ")]
+    assert datas[-1] == "[DONE]" and datas.count("[DONE]") == 1, datas[-3:]
+    chunks = [json.loads(d) for d in datas[:-1]]
+    assert not any("error" in c for c in chunks), chunks[-2:]
+    roles = [c for c in chunks if c.get("choices") and c["choices"][0].get("delta", {}).get("role")]
+    assert len(roles) == 1, roles
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+    # The proxy cut after ~1200 bytes (4 or 5 events): the rest came from
+    # the other replica.
+    assert len([c for c in chunks if c.get("choices") and c["choices"][0]["delta"].get("content")]) > 8, text
+    # Compared with the same request where nothing fails.
+    with httpx.stream("POST", f"{URL}/v1/chat/completions", json=body, headers=headers, timeout=120) as r:
+        whole = "".join(
+            json.loads(l[6:])["choices"][0]["delta"].get("content") or ""
+            for l in b"".join(r.iter_raw()).decode().split("\n")
+            if l.startswith("data: {") and json.loads(l[6:]).get("choices")
+        )
+    print(f"[{RUNTIME}] failover: {len(text)} chars, same as an uninterrupted run: {text == whole}")

@@ -59,6 +59,7 @@
 mod action;
 mod admit;
 mod caching;
+mod failover;
 mod intake;
 mod lookup;
 mod relay;
@@ -152,6 +153,14 @@ pub struct Session {
     kv_scope: String,
     /// Its part in a resumable stream (`resume`).
     resume: Option<Box<resume::Resume>>,
+    /// The request, kept for a continuation on another replica
+    /// (`failover`).
+    continuable: Option<Box<crate::core::openai::CompletionRequest>>,
+    /// The re-streamer of a stream that fails over, until the next
+    /// replica answers.
+    held: Option<Box<Restream>>,
+    /// Failovers so far.
+    failovers: u32,
     received_at: Millis,
     /// The latest `now` any input brought.
     last_now: Millis,
@@ -175,6 +184,9 @@ impl Session {
             early_body: None,
             kv_scope: String::new(),
             resume: None,
+            continuable: None,
+            held: None,
+            failovers: 0,
             received_at: 0,
             last_now: 0,
             first_content_at: None,
@@ -551,6 +563,7 @@ impl Session {
                     let after_ms = self.config.first_byte_timeout_ms;
                     self.fail(Error::new(ErrorKind::UpstreamTimeout { after_ms }));
                 }
+                (false, _) if self.fail_over(now) => {}
                 (false, _) => {
                     let after_ms = self.config.idle_timeout_ms;
                     self.fail(Error::new(ErrorKind::UpstreamTimeout { after_ms }));

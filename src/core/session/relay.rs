@@ -101,7 +101,10 @@ impl Session {
             }
             Route::Generate { stream: true, .. } => {
                 self.start_events();
-                let opening = self.cache.as_mut().and_then(|c| c.take_opening());
+                let opening = self
+                    .held
+                    .take()
+                    .or_else(|| self.cache.as_mut().and_then(|c| c.take_opening()));
                 let mut restream = opening.unwrap_or_else(|| self.new_restream());
                 if let Some(r) = self.cache.as_mut().and_then(|c| c.take_recorder()) {
                     restream.record_into(r);
@@ -163,6 +166,7 @@ impl Session {
                     self.store_answer();
                     self.end_stream(now);
                 }
+                Ending::Truncated if self.fail_over(now) => {}
                 Ending::Truncated => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
                     detail: "the upstream ended the stream without [DONE] or a finish_reason for every choice"
                         .into(),
@@ -189,6 +193,9 @@ impl Session {
     pub(super) fn on_upstream_failed(&mut self, now: Millis, detail: &str) {
         let awaiting_head = matches!(self.phase, Phase::AwaitingHead);
         if awaiting_head && self.fall_back(now) {
+            return;
+        }
+        if matches!(self.phase, Phase::Streaming(_)) && self.fail_over(now) {
             return;
         }
         match (&self.phase, self.route) {
@@ -357,6 +364,7 @@ impl Session {
                     tokens: restream.content_events,
                     ttft_ms,
                     duration_ms: now.saturating_sub(self.received_at),
+                    failovers: self.failovers,
                 },
             );
             self.response.write_last(&mut self.actions, now, &end);

@@ -88,7 +88,10 @@ impl Session {
     /// A re-streamer for this response: numbered (and logging, for a
     /// writer) when the stream is resumable.
     pub(super) fn new_restream(&self) -> Box<Restream> {
-        let r = Restream::new(self.response.format()).expecting(self.response.choices());
+        let mut r = Restream::new(self.response.format()).expecting(self.response.choices());
+        if self.keeps_text() {
+            r = r.keeping_text();
+        }
         Box::new(match self.resume.as_deref() {
             Some(Resume::Writer { .. }) => r.numbered(true),
             Some(Resume::Reader(reader)) => r.numbered(false).skipping_through(reader.cursor),
@@ -243,6 +246,7 @@ impl Session {
                 tokens: r.content_events,
                 ttft_ms: self.time_to_first_content().unwrap_or(0),
                 duration_ms: now.saturating_sub(self.received_at),
+                failovers: self.failovers,
             };
             r.write_cancelled(&mut end, object, stats);
             self.response.write_last(&mut self.actions, now, &end);

@@ -1,0 +1,77 @@
+//! Mid-stream failover: when the upstream fails after the answer started
+//! (its connection breaks, it goes silent past the idle limit, or it ends
+//! without finishing), the next replica continues the answer from the text
+//! already sent, by the same continuation a speculative prefix uses
+//! (`crate::core::prefix`). The splice is the prefix's: the continuation's
+//! role announcement is dropped and its usage counts the first half's
+//! tokens, so the client sees one answer. At most `FAILOVER_BUDGET` times
+//! per stream, and only while the answer is text of one choice that the
+//! upstream's dialect can continue; otherwise the stream ends with the
+//! error event, as before.
+
+use crate::core::config::Dialect;
+use crate::core::openai::{CompletionRequest, Endpoint};
+use crate::core::prefix;
+use crate::core::restream::Ending;
+use crate::core::Millis;
+
+use super::{Phase, Session};
+
+impl Session {
+    /// Keeps what a failover needs, when this streamed generation could
+    /// have one: another replica, budget, one choice, and a dialect that
+    /// continues its endpoint.
+    pub(super) fn allow_failover(&mut self, request: &CompletionRequest) {
+        let continues = match request.endpoint {
+            Endpoint::Completions => true,
+            Endpoint::Chat => self.config.dialect != Dialect::OpenAi,
+        };
+        let possible = self.config.failover_budget > 0
+            && self.config.upstream_urls.len() > 1
+            && self.response.choices() == 1
+            && continues;
+        if possible {
+            self.continuable = Some(Box::new(request.clone()));
+        }
+    }
+
+    /// Whether answers are kept as text for a failover.
+    pub(super) fn keeps_text(&self) -> bool {
+        self.continuable.is_some()
+    }
+
+    /// The upstream failed mid-stream: asks the next replica to continue
+    /// the answer. Returns whether it did (else the caller ends the stream
+    /// with the error).
+    pub(super) fn fail_over(&mut self, now: Millis) -> bool {
+        if self.failovers >= self.config.failover_budget {
+            return false;
+        }
+        let (Some(request), Phase::Streaming(r)) = (self.continuable.as_deref(), &self.phase)
+        else {
+            return false;
+        };
+        if r.done() || r.ending() == Ending::Broken {
+            return false;
+        }
+        let Some(text) = r.text() else {
+            return false;
+        };
+        let tokens = r.content_events;
+        let body = prefix::continuation(request, self.config.dialect, text, tokens).upstream_body();
+        self.upstream
+            .report(&mut self.actions, &self.config, false, self.last_now);
+        let Some(mut call) = self.upstream.next_replica(&mut self.actions) else {
+            return false;
+        };
+        call.body = body.into();
+        let Phase::Streaming(mut restream) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return false;
+        };
+        restream.continuing(tokens);
+        self.held = Some(restream);
+        self.failovers += 1;
+        self.send_upstream(now, call);
+        true
+    }
+}
