@@ -203,3 +203,23 @@ fn where_no_failover_can_happen_the_error_event_ends_the_stream() {
     );
     assert!(w.text().contains("upstream_stream_broken"));
 }
+
+/// Regression (found by fuzzing the session): an idle upstream failed over
+/// at the moment the keep-alive was due, and the keep-alive stayed due.
+#[test]
+fn a_failover_on_idle_leaves_no_timer_due() {
+    let cfg = Config {
+        idle_timeout_ms: 15_000,
+        keepalive_interval_ms: 15_000,
+        ..two_replicas()
+    };
+    let (mut s, mut w) = start(cfg, "/v1/chat/completions", BODY);
+    s.handle_upstream_head(1, 200, &sse_head());
+    s.handle_upstream_chunk(1, Bytes::from(blocks(LLAMA_CHAT)[1]));
+    w.pump(&mut s, 1);
+    let due = s.poll_timeout().unwrap();
+    s.handle_timeout(due);
+    w.pump(&mut s, due);
+    assert_eq!(w.upstream.len(), 2, "the silent replica was failed over");
+    assert!(s.poll_timeout().is_none_or(|t| t > due), "a timer stayed due");
+}

@@ -1,4 +1,4 @@
-// Times `stream(1000, gzip)` from the wasm build in Node's V8 (the engine
+// Times `stream(1000, gzip, resume)` from the wasm build in Node's V8 (the engine
 // workerd embeds): medians of many runs after a warm-up, CPU time from
 // process.cpuUsage and wall time from performance.now.
 import { readFileSync } from "node:fs";
@@ -14,13 +14,18 @@ function median(xs) {
 }
 
 const result = {};
-for (const [name, gzip] of [["identity", 0], ["gzip", 1]]) {
-  for (let i = 0; i < 10; i++) stream(1000, gzip); // warm-up (tier-up)
+for (const [name, gzip, resume] of [
+  ["identity", 0, 0],
+  ["gzip", 1, 0],
+  ["identity+resume", 0, 1],
+  ["gzip+resume", 1, 1],
+]) {
+  for (let i = 0; i < 10; i++) stream(1000, gzip, resume); // warm-up (tier-up)
   const cpu = [], wall = [];
   let wire = 0;
   for (let i = 0; i < runs; i++) {
     const c0 = process.cpuUsage(), t0 = performance.now();
-    wire = stream(1000, gzip);
+    wire = stream(1000, gzip, resume);
     wall.push(performance.now() - t0);
     const c = process.cpuUsage(c0);
     cpu.push((c.user + c.system) / 1000);

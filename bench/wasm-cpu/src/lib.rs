@@ -1,6 +1,7 @@
-//! `stream(n, gzip)`: one session re-streaming `n` token events of a
-//! recorded llama.cpp stream, gzip-compressed or not, exactly as the edge
-//! function does per request (parse, re-emit, pace, compress). Returns the
+//! `stream(n, gzip, resume)`: one session re-streaming `n` token events of
+//! a recorded llama.cpp stream, gzip-compressed or not, resumable (its log
+//! kept and checkpointed, `RESUME=on`) or not, exactly as the edge function
+//! does per request (parse, re-emit, pace, compress, log). Returns the
 //! bytes sent to the client. Exported as a plain wasm function so any wasm
 //! runtime can time it.
 
@@ -12,7 +13,7 @@ use tokenedge::core::session::{Action, Session};
 const TRACE: &str = include_str!("../../traces/llamacpp_chat_300.sse");
 
 #[no_mangle]
-pub extern "C" fn stream(n: u32, gzip: u32) -> u32 {
+pub extern "C" fn stream(n: u32, gzip: u32, resume: u32) -> u32 {
     let events: Vec<&str> = TRACE
         .split_inclusive("\n\n")
         .filter(|e| e.contains("\"content\":\""))
@@ -24,6 +25,7 @@ pub extern "C" fn stream(n: u32, gzip: u32) -> u32 {
     let mut s = Session::new(Config {
         upstream_urls: vec!["http://upstream".into()],
         auth_off: true,
+        resume: resume != 0,
         ..Config::default()
     });
     s.handle_request(

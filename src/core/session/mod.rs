@@ -541,7 +541,7 @@ impl Session {
                 return self.finish();
             }
             let awaiting_head = matches!(self.phase, Phase::AwaitingHead);
-            return match (awaiting_head, self.route) {
+            match (awaiting_head, self.route) {
                 (true, Some(Route::Health)) => {
                     self.cancel_upstream();
                     self.answer_health(false, true);
@@ -563,12 +563,17 @@ impl Session {
                     let after_ms = self.config.first_byte_timeout_ms;
                     self.fail(Error::new(ErrorKind::UpstreamTimeout { after_ms }));
                 }
+                // Mid-stream: the next replica continues, if one can.
                 (false, _) if self.fail_over(now) => {}
                 (false, _) => {
                     let after_ms = self.config.idle_timeout_ms;
                     self.fail(Error::new(ErrorKind::UpstreamTimeout { after_ms }));
                 }
-            };
+            }
+            // A session that goes on still owes the timers due with this one.
+            if self.is_finished() {
+                return;
+            }
         }
         if self.timers.expired(Timer::KeepAlive, now) {
             // Before anything was sent this commits to an event stream, so

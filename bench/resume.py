@@ -1,0 +1,133 @@
+"""Resume trials against one running instance behind the replaying proxy
+(bench/resume.sh starts them): each trial streams the recorded real stream
+(tests/vectors/llamacpp_chat.sse, replayed by tests/e2e/cut_proxy.py),
+drops the connection at a random byte, reattaches with the last whole id,
+and repeats until the end. Checks every assembled text against the vector
+and prints one JSON line: trials, resumes, time from reattach to the first
+byte (p50/p95), wire bytes of a resume read to its end.
+
+  python bench/resume.py --url http://127.0.0.1:18799 --trials 500 --coding gzip --label spin
+"""
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+import zlib
+
+import httpx
+
+VECTOR = os.path.join(os.path.dirname(__file__), "..", "tests", "vectors", "llamacpp_chat.sse")
+
+
+def vector_text():
+    text = ""
+    for line in open(VECTOR).read().split("\n"):
+        if line.startswith("data: {"):
+            choices = json.loads(line[6:])["choices"]
+            if choices:
+                text += choices[0]["delta"].get("content") or ""
+    return text
+
+
+class Reader:
+    def __init__(self, coding):
+        self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if coding == "gzip" else None
+        self.buf = b""
+
+    def feed(self, chunk):
+        if self.inflate is not None:
+            chunk = self.inflate.decompress(chunk)
+        self.buf += chunk
+        events = []
+        while b"\n\n" in self.buf:
+            block, self.buf = self.buf.split(b"\n\n", 1)
+            fields = {}
+            for line in block.decode().split("\n"):
+                name, _, value = line.partition(":")
+                if name:
+                    fields.setdefault(name, value[1:] if value.startswith(" ") else value)
+            if fields:
+                events.append(fields)
+        return events
+
+
+def read(resp, coding, cut_at, started):
+    """Events until the end or `cut_at` wire bytes; the time to the first
+    byte after `started`, and the wire bytes read."""
+    reader, events, seen, first = Reader(coding), [], 0, None
+    for chunk in resp.iter_raw():
+        if first is None:
+            first = time.perf_counter() - started
+        if seen + len(chunk) > cut_at:
+            events += reader.feed(chunk[: cut_at - seen])
+            return events, False, first, cut_at
+        seen += len(chunk)
+        events += reader.feed(chunk)
+        if any(e.get("event") == "done" for e in events):
+            return events, True, first, seen
+    return events, False, first, seen
+
+
+def text_of(events):
+    return "".join(json.loads(e["data"]) for e in events if "event" not in e and "data" in e)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--key", default="bench-key")
+    p.add_argument("--trials", type=int, default=500)
+    p.add_argument("--coding", default="identity")
+    p.add_argument("--label", default="")
+    a = p.parse_args()
+    whole = vector_text()
+    rng = random.Random(f"{a.label}-{a.coding}")
+    base = {"authorization": f"Bearer {a.key}", "x-tokenedge-format": "compact", "accept-encoding": a.coding}
+    body = {"model": "m", "messages": [{"role": "user", "content": "replay-vector: bench"}], "stream": True}
+    firsts, resumed_bytes, resumes = [], [], 0
+    with httpx.Client(timeout=60) as client:
+        for trial in range(a.trials):
+            h = {**base, "cache-control": "no-store"}
+            with client.stream("POST", f"{a.url}/v1/chat/completions", json=body, headers=h) as r:
+                stream = r.headers["x-tokenedge-stream"]
+                events, ended, _, _ = read(r, a.coding, rng.randint(1, 800), time.perf_counter())
+            got, last = [], 0
+            while True:
+                for e in events:
+                    if "id" in e:
+                        assert int(e["id"]) > last, f"trial {trial}: event {e['id']} again"
+                        last = int(e["id"])
+                got += events
+                if ended:
+                    break
+                resumes += 1
+                h = {**base, "last-event-id": str(last)}
+                started = time.perf_counter()
+                with client.stream("GET", f"{a.url}/v1/streams/{stream}", headers=h) as r:
+                    assert r.status_code == 200, r.read()
+                    events, ended, first, wire = read(r, a.coding, rng.randint(1, 1200), started)
+                firsts.append(first * 1000)
+                if ended:
+                    # Read to the end: every byte the resume sent.
+                    resumed_bytes.append(wire)
+            if text_of(got) != whole:
+                print(f"trial {trial}: the assembled text differs", file=sys.stderr)
+                sys.exit(1)
+    q = statistics.quantiles(firsts, n=20)
+    print(json.dumps({
+        "label": a.label,
+        "coding": a.coding,
+        "trials": a.trials,
+        "resumes": resumes,
+        "reattach_to_first_byte_ms": {"p50": round(statistics.median(firsts), 2), "p95": round(q[18], 2)},
+        "wire_bytes_per_resume_to_the_end": round(statistics.mean(resumed_bytes)) if resumed_bytes else None,
+        "every_text_whole": True,
+    }))
+
+
+if __name__ == "__main__":
+    main()

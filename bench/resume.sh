@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Resume trials on both runtimes against a recorded real stream replayed by
+# tests/e2e/cut_proxy.py (no model needed): a client cut at random bytes
+# reattaches until the end, TRIALS times per coding (500 by default: 1,000
+# per runtime). Prints one JSON line per runtime and coding, and the Spin
+# store's record writes per stream.
+#
+#   bench/resume.sh [trials-per-coding]
+#
+# Workers figures come from `wrangler dev`: resume keeps its records in KV,
+# which bare workerd does not have (wrangler dev simulates it).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+eval "$("$ROOT/scripts/setup.sh")"
+source "$ROOT/scripts/lib.sh"
+trap stop_services EXIT
+TRIALS=${1:-500}
+cd "$ROOT"
+build_spin >/dev/null
+worker-build --release --features workers >/dev/null 2>&1
+"$TOKENEDGE_PY" tests/e2e/cut_proxy.py --port 18082 --upstream 127.0.0.1:9 >"$TOKENEDGE_LOGS/cut-proxy.log" 2>&1 &
+_pids+=($!)
+export SPIN_HOST_KV_DUMP="$TOKENEDGE_LOGS/spin-keys.txt"
+start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:18082" "UPSTREAM_ORIGIN=http://127.0.0.1:18082" "API_KEYS=bench-key"
+unset SPIN_HOST_KV_DUMP
+start_wrangler 18787 19229 --var "UPSTREAM_URL:http://127.0.0.1:18082" --var "API_KEYS:bench-key"
+for coding in identity gzip; do
+  "$TOKENEDGE_PY" bench/resume.py --url http://127.0.0.1:18797 --trials "$TRIALS" --coding "$coding" --label spin
+done
+streams=$(grep -c '^stream:v1:st_[0-9a-f]*$' "$TOKENEDGE_LOGS/spin-keys.txt.writes" | head -1 || true)
+distinct=$(grep '^stream:v1:st_[0-9a-f]*$' "$TOKENEDGE_LOGS/spin-keys.txt.writes" | sort -u | wc -l)
+echo "{\"label\":\"spin\",\"record_writes\":$streams,\"streams\":$distinct}"
+for coding in identity gzip; do
+  "$TOKENEDGE_PY" bench/resume.py --url http://127.0.0.1:18787 --trials "$TRIALS" --coding "$coding" --label wrangler-dev
+done
