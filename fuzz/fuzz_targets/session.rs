@@ -97,7 +97,9 @@ fn request_of(r: &Request) -> (RequestHead, Bytes) {
         "/v1/models",
         "/healthz",
         "/v1/prefetch",
-    ][usize::from(r.endpoint) % 5];
+        "/v1/streams/st_00000000000000000000000000000000",
+        "/v1/streams/st_00000000000000000000000000000000/cancel",
+    ][usize::from(r.endpoint) % 7];
     let mut body = serde_json::json!({
         "model": "m",
         "max_tokens": 8,
@@ -131,7 +133,7 @@ fn request_of(r: &Request) -> (RequestHead, Bytes) {
         let name = HEADER_NAMES[usize::from(*name) % HEADER_NAMES.len()];
         headers.push((name.into(), value.clone()));
     }
-    let method = if path == "/v1/models" || path == "/healthz" {
+    let method = if path == "/v1/models" || path == "/healthz" || path.ends_with("0000") {
         "GET"
     } else {
         "POST"
