@@ -221,5 +221,8 @@ fn a_failover_on_idle_leaves_no_timer_due() {
     s.handle_timeout(due);
     w.pump(&mut s, due);
     assert_eq!(w.upstream.len(), 2, "the silent replica was failed over");
-    assert!(s.poll_timeout().is_none_or(|t| t > due), "a timer stayed due");
+    assert!(
+        s.poll_timeout().is_none_or(|t| t > due),
+        "a timer stayed due"
+    );
 }
