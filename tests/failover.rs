@@ -226,3 +226,20 @@ fn a_failover_on_idle_leaves_no_timer_due() {
         "a timer stayed due"
     );
 }
+
+#[test]
+fn an_answer_that_finished_is_never_continued() {
+    let all = blocks(LLAMA_CHAT);
+    let finish = all
+        .iter()
+        .position(|b| {
+            b.contains("\"finish_reason\":\"length\"") || b.contains("\"finish_reason\":\"stop\"")
+        })
+        .unwrap();
+    let (_, w) = cut_at(two_replicas(), finish + 1);
+    assert_eq!(
+        w.upstream.len(),
+        1,
+        "the finished answer went to another replica"
+    );
+}

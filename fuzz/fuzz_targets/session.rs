@@ -370,7 +370,7 @@ fuzz_target!(|input: Input| {
     let mut s = Session::new(config);
     let r = &input.request;
     let mut w = World {
-        event_stream: r.stream && r.raw_body.is_none() && r.endpoint % 5 < 2,
+        event_stream: r.stream && r.raw_body.is_none() && r.endpoint % 7 < 2,
         ..World::default()
     };
     let mut now = 1_000_u64;

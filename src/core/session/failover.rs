@@ -51,7 +51,9 @@ impl Session {
         else {
             return false;
         };
-        if r.done() || r.ending() == Ending::Broken {
+        // Only an answer still under way: one whose every choice finished
+        // (or that broke) is not continued.
+        if r.ending() != Ending::Truncated {
             return false;
         }
         let Some(text) = r.text() else {
