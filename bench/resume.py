@@ -56,6 +56,7 @@ class Reader:
 
 
 def read(resp, coding, cut_at, started):
+    # An error event ends a stream as surely as its end.
     """Events until the end or `cut_at` wire bytes; the time to the first
     byte after `started`, and the wire bytes read."""
     reader, events, seen, first = Reader(coding), [], 0, None
@@ -67,8 +68,8 @@ def read(resp, coding, cut_at, started):
             return events, False, first, cut_at
         seen += len(chunk)
         events += reader.feed(chunk)
-        if any(e.get("event") == "done" for e in events):
-            return events, True, first, seen
+        if any(e.get("event") in ("done", "error") for e in events):
+            return events, any(e.get("event") == "done" for e in events), first, seen
     return events, False, first, seen
 
 
@@ -88,7 +89,7 @@ def main():
     rng = random.Random(f"{a.label}-{a.coding}")
     base = {"authorization": f"Bearer {a.key}", "x-tokenedge-format": "compact", "accept-encoding": a.coding}
     body = {"model": "m", "messages": [{"role": "user", "content": "replay-vector: bench"}], "stream": True}
-    firsts, resumed_bytes, resumes = [], [], 0
+    firsts, resumed_bytes, resumes, lost = [], [], 0, 0
     with httpx.Client(timeout=60) as client:
         for trial in range(a.trials):
             h = {**base, "cache-control": "no-store"}
@@ -102,6 +103,11 @@ def main():
                         assert int(e["id"]) > last, f"trial {trial}: event {e['id']} again"
                         last = int(e["id"])
                 got += events
+                if any(e.get("event") == "error" for e in events):
+                    # The generation was lost (its instance went away): the
+                    # reader is told so, explicitly.
+                    lost += 1
+                    break
                 if ended:
                     break
                 resumes += 1
@@ -114,7 +120,7 @@ def main():
                 if ended:
                     # Read to the end: every byte the resume sent.
                     resumed_bytes.append(wire)
-            if text_of(got) != whole:
+            if ended and text_of(got) != whole:
                 print(f"trial {trial}: the assembled text differs", file=sys.stderr)
                 sys.exit(1)
     q = statistics.quantiles(firsts, n=20)
@@ -125,7 +131,8 @@ def main():
         "resumes": resumes,
         "reattach_to_first_byte_ms": {"p50": round(statistics.median(firsts), 2), "p95": round(q[18], 2)},
         "wire_bytes_per_resume_to_the_end": round(statistics.mean(resumed_bytes)) if resumed_bytes else None,
-        "every_text_whole": True,
+        "lost_with_an_error_event": lost,
+        "every_finished_text_whole": True,
     }))
 
 

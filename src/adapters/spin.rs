@@ -18,11 +18,14 @@
 //! stop the instance once the response is complete.
 //!
 //! A resumable generation whose client left goes on in a spawned task
-//! (see `pump`), as a prefetch's warming does after its answer. The test
-//! host serves the component with wasmtime's `ProxyHandler`, the one Spin
-//! 4.0.2's HTTP trigger uses, and runs such tasks after the response is
-//! gone (the e2e resume tests show it); a reader that finds the record
-//! stale gets an error event, never a silent end.
+//! (see `pump`), as a prefetch's warming does after its answer — but only
+//! as long as the host keeps the instance: Spin 4.0.2's HTTP trigger (and
+//! the test host, built the same way on wasmtime's `ProxyHandler`) counts
+//! only requests as an instance's work, so an instance with nothing but
+//! spawned work is dropped after 1 s without requests, or when it retires
+//! after 128 requests, and the generation with it (docs/resume.md). A
+//! reader that then finds the record stale gets an error event, never a
+//! silent end.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
