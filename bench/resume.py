@@ -16,9 +16,11 @@ import random
 import statistics
 import sys
 import time
-import zlib
 
 import httpx
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
+from sse_reader import Reader  # noqa: E402
 
 VECTOR = os.path.join(os.path.dirname(__file__), "..", "tests", "vectors", "llamacpp_chat.sse")
 
@@ -31,28 +33,6 @@ def vector_text():
             if choices:
                 text += choices[0]["delta"].get("content") or ""
     return text
-
-
-class Reader:
-    def __init__(self, coding):
-        self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if coding == "gzip" else None
-        self.buf = b""
-
-    def feed(self, chunk):
-        if self.inflate is not None:
-            chunk = self.inflate.decompress(chunk)
-        self.buf += chunk
-        events = []
-        while b"\n\n" in self.buf:
-            block, self.buf = self.buf.split(b"\n\n", 1)
-            fields = {}
-            for line in block.decode().split("\n"):
-                name, _, value = line.partition(":")
-                if name:
-                    fields.setdefault(name, value[1:] if value.startswith(" ") else value)
-            if fields:
-                events.append(fields)
-        return events
 
 
 def read(resp, coding, cut_at, started):

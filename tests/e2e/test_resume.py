@@ -7,10 +7,11 @@ cursors are refused. Environment as in test_stream.py."""
 import os
 import random
 import time
-import zlib
 
 import httpx
 import pytest
+
+from sse_reader import Reader
 
 URL = os.environ["TOKENEDGE_URL"]
 KEY = os.environ["TOKENEDGE_KEY"]
@@ -43,31 +44,6 @@ def body(max_tokens=48, prompt="List five fruits, one per line."):
         "seed": 7,
         "stream": True,
     }
-
-
-class Reader:
-    """An SSE reader that keeps only whole events, decoding gzip itself."""
-
-    def __init__(self, coding):
-        self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if coding == "gzip" else None
-        self.buf = b""
-
-    def feed(self, chunk):
-        if self.inflate is not None:
-            chunk = self.inflate.decompress(chunk)
-        self.buf += chunk
-        events = []
-        while b"\n\n" in self.buf:
-            block, self.buf = self.buf.split(b"\n\n", 1)
-            fields = {}
-            for line in block.decode().split("\n"):
-                if line.startswith(":"):
-                    continue
-                name, _, value = line.partition(":")
-                fields.setdefault(name, value[1:] if value.startswith(" ") else value)
-            if fields:
-                events.append(fields)
-        return events
 
 
 def read(resp, coding, cut_at=None):
