@@ -20,25 +20,13 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
-from sse_reader import Reader  # noqa: E402
-
-VECTOR = os.path.join(os.path.dirname(__file__), "..", "tests", "vectors", "llamacpp_chat.sse")
-
-
-def vector_text():
-    text = ""
-    for line in open(VECTOR).read().split("\n"):
-        if line.startswith("data: {"):
-            choices = json.loads(line[6:])["choices"]
-            if choices:
-                text += choices[0]["delta"].get("content") or ""
-    return text
+from sse_reader import Reader, text_of, vector_text  # noqa: E402
 
 
 def read(resp, coding, cut_at, started):
-    # An error event ends a stream as surely as its end.
-    """Events until the end or `cut_at` wire bytes; the time to the first
-    byte after `started`, and the wire bytes read."""
+    """Events until the end (or an error event) or `cut_at` wire bytes;
+    whether it ended, the time to the first byte after `started`, and the
+    wire bytes read."""
     reader, events, seen, first = Reader(coding), [], 0, None
     for chunk in resp.iter_raw():
         if first is None:
@@ -51,10 +39,6 @@ def read(resp, coding, cut_at, started):
         if any(e.get("event") in ("done", "error") for e in events):
             return events, any(e.get("event") == "done" for e in events), first, seen
     return events, False, first, seen
-
-
-def text_of(events):
-    return "".join(json.loads(e["data"]) for e in events if "event" not in e and "data" in e)
 
 
 def main():

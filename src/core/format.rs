@@ -14,6 +14,8 @@
 //! JSON; `text` refuses requests that could produce them. Errors after the
 //! head: `event: error` / `{"error":...}` / a final `[error] ...` line.
 
+use std::fmt::Write as _;
+
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -193,15 +195,11 @@ impl Format {
         match self {
             Self::OpenAi | Self::Compact if out.ends_with(b"\n\n") => {
                 out.truncate(out.len() - 1);
-                out.put_slice(b"id: ");
-                out.put_slice(seq.to_string().as_bytes());
-                out.put_slice(b"\n\n");
+                let _ = write!(out, "id: {seq}\n\n");
             }
             Self::Ndjson if out.ends_with(b"}\n") => {
                 out.truncate(out.len() - 2);
-                out.put_slice(b",\"id\":");
-                out.put_slice(seq.to_string().as_bytes());
-                out.put_slice(b"}\n");
+                let _ = writeln!(out, ",\"id\":{seq}}}");
             }
             Self::OpenAi | Self::Compact | Self::Ndjson | Self::Text => {}
         }
@@ -297,6 +295,19 @@ mod tests {
         let v: Value = serde_json::from_str(nd.strip_suffix('\n').unwrap()).unwrap();
         assert_eq!(v["t"], t);
         assert_eq!(s(|b| Format::Text.write_text(b, t)), t);
+    }
+
+    #[test]
+    fn ids_go_on_the_event_just_written() {
+        let with_id = |f: Format| {
+            s(|b| {
+                f.write_text(b, "hi");
+                f.write_id(b, 42);
+            })
+        };
+        assert_eq!(with_id(Format::Compact), "data: \"hi\"\nid: 42\n\n");
+        assert_eq!(with_id(Format::Ndjson), "{\"t\":\"hi\",\"id\":42}\n");
+        assert_eq!(with_id(Format::Text), "hi");
     }
 
     #[test]

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from sse_reader import Reader
+from sse_reader import Reader, text_of, vector_text
 
 URL = os.environ["TOKENEDGE_URL"]
 KEY = os.environ["TOKENEDGE_KEY"]
@@ -22,7 +22,6 @@ FAULTS_URL = os.environ.get("TOKENEDGE_FAULTS_URL", "")
 TRIALS = int(os.environ.get("TOKENEDGE_RESUME_TRIALS", "10"))
 # Trials per coding against the recorded stream the cutting proxy replays.
 REPLAY_TRIALS = int(os.environ.get("TOKENEDGE_REPLAY_TRIALS", "50"))
-VECTOR = os.path.join(os.path.dirname(__file__), "..", "vectors", "llamacpp_chat.sse")
 
 
 def headers(key=KEY, **extra):
@@ -62,12 +61,6 @@ def read(resp, coding, cut_at=None):
     return events, False
 
 
-def text_of(events):
-    import json
-
-    return "".join(json.loads(e["data"]) for e in events if "event" not in e and "data" in e)
-
-
 def uninterrupted(client, coding):
     h = headers(**{"accept-encoding": coding, "cache-control": "no-store"})
     with client.stream("POST", f"{URL}/v1/chat/completions", json=body(), headers=h) as r:
@@ -75,18 +68,6 @@ def uninterrupted(client, coding):
         events, ended = read(r, coding)
     assert ended
     return text_of(events)
-
-
-def vector_text():
-    import json
-
-    text = ""
-    for line in open(VECTOR).read().split("\n"):
-        if line.startswith("data: {"):
-            choices = json.loads(line[6:])["choices"]
-            if choices:
-                text += choices[0]["delta"].get("content") or ""
-    return text
 
 
 @pytest.mark.parametrize("coding", ["identity", "gzip"])

@@ -74,16 +74,11 @@ impl Session {
         self.phase = Phase::Streaming(self.new_restream());
         // Events this code wrote itself: they parse.
         self.feed_stream(now, &entry.to_sse_opening(endpoint));
-        let restream = match std::mem::replace(&mut self.phase, Phase::Idle) {
-            Phase::Streaming(mut r) => {
-                r.continuing(tokens);
-                r
-            }
-            _ => return,
+        let Phase::Streaming(mut restream) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return;
         };
-        if let Some(c) = self.cache.as_deref_mut() {
-            c.keep_opening(restream);
-        }
+        restream.continuing(tokens);
+        self.held = Some(restream);
         let body: Bytes = continuation.upstream_body().into();
         self.send_upstream(now, Call::post(endpoint.path(), body, true));
     }

@@ -9,7 +9,6 @@ use bytes::Bytes;
 
 use crate::core::cache::{self, Entry, Recorder};
 use crate::core::openai::{CompletionRequest, Endpoint};
-use crate::core::restream::Restream;
 use crate::core::Millis;
 
 /// Which store the request uses.
@@ -43,11 +42,7 @@ enum State {
     /// (and is not to be replaced).
     NotStoring,
     /// Answered from the store (exact) or opened from it (prefix).
-    Hit {
-        /// After a prefix hit, until the upstream answers: the re-streamer
-        /// that carried the opening, to carry the continuation.
-        opening: Option<Box<Restream>>,
-    },
+    Hit,
 }
 
 #[derive(Debug)]
@@ -150,9 +145,7 @@ impl Lookup {
     /// The read found a usable entry: returns the parsed request (kept for
     /// a prefix, to ask for its continuation).
     pub(super) fn hit(&mut self, now: Millis) -> Option<CompletionRequest> {
-        let State::Reading { request, .. } =
-            std::mem::replace(&mut self.state, State::Hit { opening: None })
-        else {
+        let State::Reading { request, .. } = std::mem::replace(&mut self.state, State::Hit) else {
             return None;
         };
         self.took = Some(now.saturating_sub(self.started));
@@ -160,21 +153,7 @@ impl Lookup {
     }
 
     pub(super) fn is_hit(&self) -> bool {
-        matches!(self.state, State::Hit { .. })
-    }
-
-    /// Keeps the re-streamer that carried a prefix's opening.
-    pub(super) fn keep_opening(&mut self, restream: Box<Restream>) {
-        if let State::Hit { opening } = &mut self.state {
-            *opening = Some(restream);
-        }
-    }
-
-    pub(super) fn take_opening(&mut self) -> Option<Box<Restream>> {
-        match &mut self.state {
-            State::Hit { opening } => opening.take(),
-            _ => None,
-        }
+        matches!(self.state, State::Hit)
     }
 
     /// The recorder for a streamed answer, while one is wanted.

@@ -156,8 +156,9 @@ pub struct Session {
     /// The request, kept for a continuation on another replica
     /// (`failover`).
     continuable: Option<Box<crate::core::openai::CompletionRequest>>,
-    /// The re-streamer of a stream that fails over, until the next
-    /// replica answers.
+    /// The re-streamer that carries on when the upstream answers: the one
+    /// that streamed a speculative prefix's opening, or a stream's that
+    /// fails over to the next replica.
     held: Option<Box<Restream>>,
     /// Failovers so far.
     failovers: u32,

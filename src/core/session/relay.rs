@@ -101,11 +101,8 @@ impl Session {
             }
             Route::Generate { stream: true, .. } => {
                 self.start_events();
-                let opening = self
-                    .held
-                    .take()
-                    .or_else(|| self.cache.as_mut().and_then(|c| c.take_opening()));
-                let mut restream = opening.unwrap_or_else(|| self.new_restream());
+                let held = self.held.take();
+                let mut restream = held.unwrap_or_else(|| self.new_restream());
                 if let Some(r) = self.cache.as_mut().and_then(|c| c.take_recorder()) {
                     restream.record_into(r);
                 }

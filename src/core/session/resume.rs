@@ -171,13 +171,14 @@ impl Session {
         true
     }
 
-    /// A writer's timers: the cancel poll and the grace period.
+    /// The resume timers: a reader's next read; a writer's checkpoint,
+    /// cancel poll and grace period.
     pub(super) fn on_resume_timeout(&mut self, now: Millis) {
+        if self.timers.expired(Timer::Tail, now) {
+            self.timers.stop(Timer::Tail);
+            self.read_record();
+        }
         let Some(Resume::Writer { log, .. }) = self.resume.as_deref() else {
-            if self.timers.expired(Timer::Tail, now) {
-                self.timers.stop(Timer::Tail);
-                self.read_record();
-            }
             return;
         };
         let id = log.id.clone();
@@ -443,7 +444,7 @@ impl Session {
             Some(End::Failed { error }) => {
                 let mut event = BytesMut::new();
                 self.response.format().write_error(&mut event, &error);
-                self.phase_write_error(now, &event);
+                self.end_with_stored_error(now, &event);
             }
             Some(End::Cancelled) => self.write_cancelled_end(now, &object),
             None if lost => self.fail(resume::lost()),
@@ -452,7 +453,7 @@ impl Session {
     }
 
     /// Writes a stored error event, then the end.
-    fn phase_write_error(&mut self, now: Millis, event: &[u8]) {
+    fn end_with_stored_error(&mut self, now: Millis, event: &[u8]) {
         if self.response.sent() != Sent::EventStream {
             return;
         }
