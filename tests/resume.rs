@@ -8,7 +8,8 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use tokenedge::core::config::Config;
+use serde_json::Value;
+use tokenedge::core::config::{Config, Dialect};
 use tokenedge::core::http::RequestHead;
 use tokenedge::core::session::Session;
 
@@ -370,4 +371,145 @@ fn unknown_foreign_and_malformed_ids_and_cursors_are_refused() {
     fire_timers(&mut s, &mut w2, 5_000);
     assert_eq!(w2.status(), 503);
     assert_eq!(w2.json()["error"]["retryable"], true);
+}
+
+/// The text a body of `format` carries: openai chunks' content, or the
+/// compact format's text events.
+fn text_in(body: &str) -> String {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .map(|v| match v {
+            Value::String(s) => s,
+            v => v["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_reader_finishes_a_lost_generation_by_continuation_at_every_event_boundary() {
+    let cfg = Config {
+        dialect: Dialect::LlamaCpp,
+        ..resumable()
+    };
+    let all: Vec<&str> = LLAMA_CHAT.split_inclusive("\n\n").collect();
+    let (whole, _) = content_of(LLAMA_CHAT);
+    let last_content = all.iter().rposition(|b| content_of(b).1 > 0).unwrap();
+    for format in ["openai", "compact"] {
+        for cut in 0..=last_content {
+            let (mut s, mut w) = writer(cfg.clone(), "k1", format);
+            let id = id_of(&w);
+            let mut t = 2;
+            for b in &all[..cut] {
+                s.handle_upstream_chunk(t, Bytes::copy_from_slice(b.as_bytes()));
+                w.pump(&mut s, t);
+                t += 1;
+            }
+            fire_timers(&mut s, &mut w, t + 1_000);
+            // The writer's instance is gone: its record stays as it was.
+            drop(s);
+            let had = events(&w.text());
+            // Half the readers had everything the first client got, the
+            // others nothing.
+            let cursor = match cut % 2 {
+                0 => had.iter().filter_map(|(i, _)| *i).max().unwrap_or(0),
+                _ => 0,
+            };
+            let before: String = had
+                .iter()
+                .filter(|(i, _)| i.is_some_and(|i| i <= cursor))
+                .map(|(_, b)| b.as_str())
+                .collect();
+            let mut t = 20_000;
+            let path = format!("/v1/streams/{id}");
+            let n = cursor.to_string();
+            let extra = [
+                ("last-event-id", n.as_str()),
+                ("x-tokenedge-format", format),
+            ];
+            let (mut r, mut rw) = reader(cfg.clone(), &w, t, "GET", &path, "k1", &extra);
+            assert_eq!(rw.status(), 200, "{format} cut {cut}");
+            assert_eq!(rw.upstream.len(), 1, "{format} cut {cut}: a continuation");
+            let sent: Value = serde_json::from_slice(&rw.upstream[0].body).unwrap();
+            let (so_far, _) = content_of(&all[..cut].concat());
+            let last = sent["messages"].as_array().unwrap().last().unwrap().clone();
+            match so_far.is_empty() {
+                true => assert_eq!(last["role"], "user", "{format} cut {cut}"),
+                false => {
+                    assert_eq!(last["role"], "assistant", "{format} cut {cut}");
+                    assert_eq!(last["content"], so_far.as_str(), "{format} cut {cut}");
+                }
+            }
+            // The record is fresh again: another reader would follow it.
+            let head_at = rw
+                .kv_writes
+                .iter()
+                .rev()
+                .find(|(k, ..)| *k == format!("stream:v1:{id}"));
+            assert!(head_at.is_some(), "{format} cut {cut}: the record written");
+            // The replica continues: its own role announcement, the rest.
+            t += 1;
+            r.handle_upstream_head(t, 200, &sse_head());
+            rw.pump(&mut r, t);
+            // (From the start when nothing was streamed.)
+            let rest = all[..1.min(cut)].iter().chain(&all[cut..]);
+            for b in rest {
+                t += 1;
+                r.handle_upstream_chunk(t, Bytes::copy_from_slice(b.as_bytes()));
+                rw.pump(&mut r, t);
+            }
+            r.handle_upstream_end(t);
+            rw.pump(&mut r, t);
+            fire_timers(&mut r, &mut rw, t + 1_000);
+            assert!(
+                r.is_finished() && rw.ended && !rw.aborted,
+                "{format} cut {cut}"
+            );
+            let body = rw.text();
+            assert!(!body.contains("\"error\""), "{format} cut {cut}: {body}");
+            let got = format!("{}{}", text_in(&before), text_in(&body));
+            assert_eq!(got, whole, "{format} cut {cut}");
+            let ids: Vec<u64> = events(&body).iter().filter_map(|(i, _)| *i).collect();
+            assert!(
+                ids.first().is_none_or(|i| *i > cursor),
+                "{format} cut {cut}: {ids:?}"
+            );
+            assert!(
+                ids.windows(2).all(|p| p[0] < p[1]),
+                "{format} cut {cut}: {ids:?}"
+            );
+            // The record goes on from where it stopped: read whole later,
+            // it is one answer.
+            let (_, later) = reader(cfg.clone(), &rw, t + 2_000, "GET", &path, "k1", &extra[1..]);
+            let replay = later.text();
+            assert_eq!(text_in(&replay), whole, "{format} cut {cut}");
+            if format == "openai" {
+                let roles = replay.matches("\"role\":\"assistant\"").count();
+                assert_eq!(roles, 1, "cut {cut}: {replay}");
+                assert_eq!(replay.matches("data: [DONE]").count(), 1, "cut {cut}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_lost_generation_that_cannot_be_continued_ends_its_readers_with_the_error() {
+    // A dialect that does not continue a chat answer.
+    let cfg = resumable();
+    let (mut s, mut w) = writer(cfg.clone(), "k1", "openai");
+    let id = id_of(&w);
+    s.handle_upstream_chunk(2, Bytes::from(CONTENT));
+    w.pump(&mut s, 2);
+    assert!(
+        !w.kv.contains_key(&format!("stream:v1:{id}:request")),
+        "no request kept for a takeover that cannot happen"
+    );
+    drop(s);
+    let path = format!("/v1/streams/{id}");
+    let (_, rw) = reader(cfg, &w, 20_000, "GET", &path, "k1", &[]);
+    assert!(rw.upstream.is_empty());
+    assert!(rw.text().contains("upstream_stream_broken"));
 }

@@ -127,6 +127,12 @@ impl Restream {
         self
     }
 
+    /// Keeps each event numbered from now on for [`Restream::take_logged`]
+    /// (a reader that takes over a lost generation's record).
+    pub(crate) fn log_from_now(&mut self) {
+        self.logging = true;
+    }
+
     /// Keeps the answer's text as it passes, so that another replica can
     /// continue it ([`Restream::text`]).
     pub(crate) fn keeping_text(mut self) -> Self {

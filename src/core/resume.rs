@@ -99,6 +99,12 @@ pub(crate) fn cancel_key(id: &str) -> String {
     format!("{KEY_PREFIX}{id}:cancel")
 }
 
+/// The KV key of the request a stream answers, kept so that a reader can
+/// finish the answer by continuation when its generation is lost.
+pub(crate) fn request_key(id: &str) -> String {
+    format!("{KEY_PREFIX}{id}:request")
+}
+
 /// The KV key of the mark a reader of a live stream keeps fresh, so its
 /// writer knows somebody came back.
 pub(crate) fn reader_key(id: &str) -> String {

@@ -143,4 +143,7 @@ pub(super) enum Purpose {
     CancelMark,
     /// Whether a reader came back to a generation whose client left.
     ReaderMark,
+    /// The request of a stream whose generation was lost, for a reader
+    /// that takes it over.
+    StreamRequest,
 }

@@ -17,19 +17,25 @@ use crate::core::Millis;
 
 use super::{Phase, Session};
 
+/// Whether an upstream of `dialect` continues an answer of `endpoint` from
+/// its text (a completion's prompt always can; a chat needs a dialect that
+/// continues a trailing assistant message).
+pub(super) fn continues(dialect: Dialect, endpoint: Endpoint) -> bool {
+    match endpoint {
+        Endpoint::Completions => true,
+        Endpoint::Chat => dialect != Dialect::OpenAi,
+    }
+}
+
 impl Session {
     /// Keeps what a failover needs, when this streamed generation could
     /// have one: another replica, budget, one choice, and a dialect that
     /// continues its endpoint.
     pub(super) fn allow_failover(&mut self, request: &CompletionRequest) {
-        let continues = match request.endpoint {
-            Endpoint::Completions => true,
-            Endpoint::Chat => self.config.dialect != Dialect::OpenAi,
-        };
         let possible = self.config.failover_budget > 0
             && self.config.upstream_urls.len() > 1
             && self.response.choices() == 1
-            && continues;
+            && continues(self.config.dialect, request.endpoint);
         if possible {
             self.continuable = Some(Box::new(request.clone()));
         }

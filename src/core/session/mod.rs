@@ -66,6 +66,7 @@ mod relay;
 mod request;
 mod response;
 mod resume;
+mod takeover;
 mod timers;
 mod upstream;
 
@@ -482,6 +483,7 @@ impl Session {
             Purpose::Stream => self.on_record(now, value),
             Purpose::CancelMark => self.on_cancel_mark(now, value),
             Purpose::ReaderMark => self.on_reader_mark(now, value),
+            Purpose::StreamRequest => self.on_stream_request(now, value),
             Purpose::PrefetchMarker => {
                 if matches!(self.phase, Phase::PrefetchLookup { .. }) {
                     self.timers.stop(Timer::Lookup);

@@ -85,6 +85,7 @@ impl Session {
                 Err(e) => return self.fail(e),
             }
             self.start_log(now, &intake, endpoint);
+            self.keep_request(&request);
             self.allow_failover(&request);
         }
         self.route = Some(Route::Generate { endpoint, stream });

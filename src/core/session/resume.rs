@@ -14,6 +14,7 @@ use crate::core::resume::{self, End, Log, Record};
 use crate::core::Millis;
 
 use super::action::{Action, KvRead, Purpose};
+use super::failover;
 use super::intake::{Intake, Route};
 use super::response::Sent;
 use super::timers::Timer;
@@ -36,7 +37,7 @@ pub(super) enum Resume {
 
 #[derive(Debug)]
 pub(super) struct Reader {
-    id: String,
+    pub(super) id: String,
     key: String,
     /// The last event the reader has.
     cursor: u64,
@@ -45,13 +46,27 @@ pub(super) struct Reader {
     object: String,
     /// When it last told the writer it is here.
     marked_at: Option<Millis>,
+    /// The stream's endpoint, when this reader could finish the answer
+    /// itself should its generation be lost (`takeover`).
+    pub(super) continues: Option<Endpoint>,
+    /// The events of a lost generation's record, while its request is
+    /// read for the takeover.
+    pub(super) lost: Option<Vec<String>>,
 }
 
 /// The `object` of an endpoint's stream chunks.
-fn object_of(endpoint: Endpoint) -> &'static str {
+pub(super) fn object_of(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::Chat => "chat.completion.chunk",
         Endpoint::Completions => "text_completion",
+    }
+}
+
+/// The endpoint whose stream chunks have this `object`.
+fn endpoint_of(object: &str) -> Endpoint {
+    match object {
+        "text_completion" => Endpoint::Completions,
+        _ => Endpoint::Chat,
     }
 }
 
@@ -72,6 +87,9 @@ impl Session {
             log,
             detached: false,
         }));
+        // Written at once, so a reader finds the stream before its first
+        // event.
+        self.checkpoint(now, true);
         self.timers
             .set(Timer::CancelPoll, now, resume::CANCEL_POLL_MS);
     }
@@ -94,7 +112,13 @@ impl Session {
         }
         Box::new(match self.resume.as_deref() {
             Some(Resume::Writer { .. }) => r.numbered(true),
-            Some(Resume::Reader(reader)) => r.numbered(false).skipping_through(reader.cursor),
+            Some(Resume::Reader(reader)) => {
+                let r = match reader.continues {
+                    Some(_) => r.keeping_text(),
+                    None => r,
+                };
+                r.numbered(false).skipping_through(reader.cursor)
+            }
             _ => r,
         })
     }
@@ -288,6 +312,8 @@ impl Session {
             fed: 0,
             object: String::new(),
             marked_at: None,
+            continues: None,
+            lost: None,
         })));
         self.phase = Phase::StreamLookup;
         self.timers.set(Timer::Lookup, now, resume::READ_TIMEOUT_MS);
@@ -398,6 +424,11 @@ impl Session {
                 ));
             }
             reader.object = record.head.object.clone();
+            let endpoint = endpoint_of(&reader.object);
+            let one = record.head.choices == 1 && !record.head.overflow;
+            if one && failover::continues(self.config.dialect, endpoint) {
+                reader.continues = Some(endpoint);
+            }
             self.response.set_choices(record.head.choices);
             self.start_events();
             self.phase = Phase::Streaming(self.new_restream());
@@ -436,6 +467,9 @@ impl Session {
         }
         let overflow = record.head.overflow;
         let lost = record.lost(now);
+        if lost {
+            return self.take_over(now, record);
+        }
         match record.head.end {
             Some(_) if overflow => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
                 detail: format!("the stream is too long to resume past event {last}"),
@@ -447,7 +481,6 @@ impl Session {
                 self.end_with_stored_error(now, &event);
             }
             Some(End::Cancelled) => self.write_cancelled_end(now, &object),
-            None if lost => self.fail(resume::lost()),
             None => self.timers.set(Timer::Tail, now, resume::TAIL_POLL_MS),
         }
     }
