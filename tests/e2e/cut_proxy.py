@@ -19,6 +19,7 @@ request per connection (it answers with `Connection: close`).
 """
 import argparse
 import asyncio
+import json
 import os
 
 CUT_MARKER = b"cut-me"
@@ -31,6 +32,28 @@ REPLAY = open(os.path.join(os.path.dirname(__file__), "..", "vectors", "llamacpp
 CUT_ONCE_MARKER = b"cut-once-"
 # The cut-once tokens already cut.
 cut_once_seen = set()
+
+
+def replay_events(body):
+    """The recorded stream's events, as a server that continues a trailing
+    assistant message answers: its role announcement, then what follows
+    the text already in the request."""
+    events = REPLAY.split(b"\n\n")[:-1]
+    try:
+        last = json.loads(body)["messages"][-1]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return events
+    if last.get("role") != "assistant":
+        return events
+    done, had, rest = last.get("content") or "", "", []
+    for event in events[1:]:
+        if len(had) < len(done):
+            chunk = json.loads(event[len(b"data: "):])
+            had += (chunk.get("choices") or [{}])[0].get("delta", {}).get("content") or ""
+            continue
+        rest.append(event)
+    assert had == done, (had, done)
+    return events[:1] + rest
 
 
 def cut_once(body):
@@ -69,7 +92,7 @@ async def handle(client_r, client_w, upstream):
             body = await client_r.readexactly(int(header(headers, "content-length") or 0))
         if REPLAY_MARKER in body:
             client_w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
-            for event in REPLAY.split(b"\n\n")[:-1]:
+            for event in replay_events(body):
                 client_w.write(event + b"\n\n")
                 await client_w.drain()
                 await asyncio.sleep(REPLAY_GAP)

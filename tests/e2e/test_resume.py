@@ -61,9 +61,9 @@ def read(resp, coding, cut_at=None):
     return events, False
 
 
-def uninterrupted(client, coding):
+def uninterrupted(client, coding, request=None):
     h = headers(**{"accept-encoding": coding, "cache-control": "no-store"})
-    with client.stream("POST", f"{URL}/v1/chat/completions", json=body(), headers=h) as r:
+    with client.stream("POST", f"{URL}/v1/chat/completions", json=request or body(), headers=h) as r:
         assert r.status_code == 200
         events, ended = read(r, coding)
     assert ended
@@ -117,6 +117,46 @@ def trials(client, url, request, whole, coding, n):
                 events, ended = read(r, coding, cut_at=rng.randint(1, 1200))
         assert text_of(got) == whole, f"trial {trial}"
     print(f"[{RUNTIME}] {n} trials, {coding}, {url}: {resumes} resumes, every text whole")
+
+
+def test_a_reader_gets_the_rest_of_an_answer_whose_generation_was_lost():
+    """A client leaves after a few events and comes back 1.5 s later,
+    within the grace period. Where the detached generation still runs
+    (workerd), the reader follows it; where it went away with its instance
+    (Spin drops an instance 1 s after its last request), the reader finds
+    the record no longer written and finishes the answer itself by
+    continuation. Either way: the whole answer, no gap, no duplicate, the
+    same text as an uninterrupted run."""
+    req = body(max_tokens=120, prompt="Count from 1 to 60, separated by commas.")
+    with httpx.Client(timeout=120) as client:
+        h = headers(**{"cache-control": "no-store"})
+        with client.stream("POST", f"{URL}/v1/chat/completions", json=req, headers=h) as r:
+            stream = r.headers["x-tokenedge-stream"]
+            reader, events = Reader("identity"), []
+            for chunk in r.iter_raw():
+                events += reader.feed(chunk)
+                if sum(1 for e in events if "id" in e) >= 4:
+                    break
+        last = max(int(e["id"]) for e in events if "id" in e)
+        before = text_of([e for e in events if "id" in e])
+        time.sleep(1.5)
+        started = time.monotonic()
+        h = headers(**{"last-event-id": str(last)})
+        with client.stream("GET", f"{URL}/v1/streams/{stream}", headers=h) as r:
+            assert r.status_code == 200
+            rest, ended = read(r, "identity")
+        took = time.monotonic() - started
+        assert ended, rest[-3:]
+        assert not any(e.get("event") == "error" for e in rest), rest[-3:]
+        done = [e for e in rest if e.get("event") == "done"][0]["data"]
+        assert '"finish_reason":"cancelled"' not in done, done
+        ids = [int(e["id"]) for e in rest if "id" in e]
+        assert ids == sorted(set(ids)) and (not ids or ids[0] > last), ids
+        got = before + text_of(rest)
+        whole = uninterrupted(client, "identity", req)
+        print(f"[{RUNTIME}] lost generation: the rest came in {took:.2f}s, "
+              f"{len(got)} chars, same as an uninterrupted run: {got == whole}")
+        assert got == whole, (got, whole)
 
 
 def test_a_cancel_stops_the_generation_and_ends_its_readers():
