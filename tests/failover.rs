@@ -211,6 +211,8 @@ fn a_failover_on_idle_leaves_no_timer_due() {
     let cfg = Config {
         idle_timeout_ms: 15_000,
         keepalive_interval_ms: 15_000,
+        // The idle limit, not the rate, fails it over.
+        min_tokens_per_sec: 0,
         ..two_replicas()
     };
     let (mut s, mut w) = start(cfg, "/v1/chat/completions", BODY);
@@ -242,4 +244,75 @@ fn an_answer_that_finished_is_never_continued() {
         1,
         "the finished answer went to another replica"
     );
+}
+
+/// Streams the vector's blocks, block `i` at `at(i)` ms, firing timers in
+/// between, until a second upstream request is sent or the blocks run
+/// out. Returns the session, world, and the blocks fed.
+fn paced(cfg: Config, at: impl Fn(usize) -> u64) -> (Session, World, usize) {
+    let (mut s, mut w) = start(cfg, "/v1/chat/completions", BODY);
+    s.handle_upstream_head(1, 200, &sse_head());
+    w.pump(&mut s, 1);
+    let all = blocks(LLAMA_CHAT);
+    for (i, b) in all.iter().enumerate() {
+        let t = at(i);
+        fire_timers(&mut s, &mut w, t);
+        if w.upstream.len() > 1 {
+            return (s, w, i);
+        }
+        s.handle_upstream_chunk(t, Bytes::copy_from_slice(b.as_bytes()));
+        w.pump(&mut s, t);
+    }
+    (s, w, all.len())
+}
+
+#[test]
+fn a_stream_slower_than_the_minimum_rate_fails_over() {
+    let cfg = Config {
+        min_tokens_per_sec: 1,
+        stall_secs: 10,
+        idle_timeout_ms: 120_000,
+        ..two_replicas()
+    };
+    // Steady at 2 events per second: never stalled.
+    let (_, w, fed) = paced(cfg.clone(), |i| 2 + 500 * i as u64);
+    assert_eq!(w.upstream.len(), 1, "a steady stream stays");
+    assert_eq!(fed, blocks(LLAMA_CHAT).len());
+    // Five quick events, then one every 3 s (under 1/s, never idle long
+    // enough for the idle timeout): the next replica continues from the
+    // text so far, within one window of the slowdown.
+    let slow = |i: usize| match i {
+        0..5 => 2 + i as u64,
+        _ => 2 + 4 + 3_000 * (i as u64 - 4),
+    };
+    let (mut s, mut w, fed) = paced(cfg.clone(), slow);
+    assert_eq!(w.upstream.len(), 2, "the stalled stream failed over");
+    assert!(w.cancelled, "the stalled upstream was cancelled");
+    assert!(fed <= 9, "within a window: {fed} blocks");
+    let sent: Value = serde_json::from_slice(&w.upstream[1].body).unwrap();
+    let (before, _) = content_of(&blocks(LLAMA_CHAT)[..fed].concat());
+    let last = sent["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["content"], before.as_str());
+    let all = blocks(LLAMA_CHAT);
+    s.handle_upstream_head(40_000, 200, &sse_head());
+    let rest: String = std::iter::once(all[0])
+        .chain(all[fed..].iter().copied())
+        .collect();
+    feed(&mut s, &mut w, &rest, 1);
+    assert_eq!(text_of(&w.text()), content_of(LLAMA_CHAT).0);
+    // With one replica (or the rule off) a slow stream goes on as it is.
+    let one = Config {
+        upstream_urls: vec!["http://a:8081".into()],
+        ..cfg.clone()
+    };
+    let off = Config {
+        min_tokens_per_sec: 0,
+        ..cfg
+    };
+    for cfg in [one, off] {
+        let (_, w, fed) = paced(cfg, slow);
+        assert_eq!(w.upstream.len(), 1);
+        assert_eq!(fed, blocks(LLAMA_CHAT).len());
+        assert!(!w.text().contains("error"));
+    }
 }

@@ -37,6 +37,14 @@ pub const DEFAULT_RESUME_GRACE_SECS: u64 = 30;
 /// Default number of times a stream may move to another replica
 /// mid-answer.
 pub const DEFAULT_FAILOVER_BUDGET: u32 = 1;
+/// A stream whose upstream writes fewer content events than this per
+/// second, over [`DEFAULT_STALL_SECS`], is stalled: it fails over when it
+/// can.
+pub const DEFAULT_MIN_TOKENS_PER_SEC: u64 = 1;
+/// The window a stall is measured over.
+pub const DEFAULT_STALL_SECS: u64 = 10;
+/// Longest stall window accepted (the idle timeout covers the rest).
+pub const MAX_STALL_SECS: u64 = 600;
 /// Most failovers accepted per stream: each costs a prefill of the whole
 /// conversation so far on another replica.
 pub const MAX_FAILOVER_BUDGET: u32 = 3;
@@ -118,6 +126,11 @@ pub mod vars {
     pub const RESUME_GRACE_SECS: &str = "RESUME_GRACE_SECS";
     /// Times a stream may move to another replica mid-answer (0: never).
     pub const FAILOVER_BUDGET: &str = "FAILOVER_BUDGET";
+    /// A stream slower than this many tokens per second over
+    /// `STALL_SECS` fails over (0: never).
+    pub const MIN_TOKENS_PER_SEC: &str = "MIN_TOKENS_PER_SEC";
+    /// The window a stall is measured over (0: never).
+    pub const STALL_SECS: &str = "STALL_SECS";
     /// Every name, for adapters that read them all at once.
     pub const ALL: &[&str] = &[
         UPSTREAM_URL,
@@ -146,6 +159,8 @@ pub mod vars {
         RESUME_TTL_SECS,
         RESUME_GRACE_SECS,
         FAILOVER_BUDGET,
+        MIN_TOKENS_PER_SEC,
+        STALL_SECS,
     ];
 }
 
@@ -280,6 +295,11 @@ pub struct Config {
     pub resume_grace_secs: u64,
     /// Times a stream may move to another replica mid-answer.
     pub failover_budget: u32,
+    /// A stream slower than this (content events per second) over
+    /// `stall_secs` is stalled (0: never).
+    pub min_tokens_per_sec: u64,
+    /// The window a stall is measured over (0: never).
+    pub stall_secs: u64,
     /// Why this configuration cannot serve (an unusable `UPSTREAM_URL`
     /// item), answered as 503 `misconfigured` to every request.
     pub problem: Option<String>,
@@ -314,6 +334,8 @@ impl Default for Config {
             resume_ttl_secs: DEFAULT_RESUME_TTL_SECS,
             resume_grace_secs: DEFAULT_RESUME_GRACE_SECS,
             failover_budget: DEFAULT_FAILOVER_BUDGET,
+            min_tokens_per_sec: DEFAULT_MIN_TOKENS_PER_SEC,
+            stall_secs: DEFAULT_STALL_SECS,
             problem: None,
         }
     }
@@ -430,6 +452,9 @@ impl Config {
                 .clamp(1, MAX_RESUME_TTL_SECS),
             failover_budget: number(vars::FAILOVER_BUDGET, u64::from(DEFAULT_FAILOVER_BUDGET))
                 .min(u64::from(MAX_FAILOVER_BUDGET)) as u32,
+            min_tokens_per_sec: number(vars::MIN_TOKENS_PER_SEC, DEFAULT_MIN_TOKENS_PER_SEC)
+                .min(1_000),
+            stall_secs: number(vars::STALL_SECS, DEFAULT_STALL_SECS).min(MAX_STALL_SECS),
             resume_grace_secs: number(vars::RESUME_GRACE_SECS, DEFAULT_RESUME_GRACE_SECS)
                 .min(MAX_RESUME_GRACE_SECS),
             problem,

@@ -15,6 +15,7 @@ use crate::core::prefix;
 use crate::core::restream::Ending;
 use crate::core::Millis;
 
+use super::timers::Timer;
 use super::{Phase, Session};
 
 /// Whether an upstream of `dialect` continues an answer of `endpoint` from
@@ -79,7 +80,46 @@ impl Session {
         restream.continuing(tokens);
         self.held = Some(restream);
         self.failovers += 1;
+        // The next replica's window starts with its first content.
+        self.timers.stop(Timer::Stall);
         self.send_upstream(now, call);
         true
+    }
+}
+
+impl Session {
+    /// Content came: starts a stall window, when none is under way and a
+    /// stalled stream could fail over.
+    pub(super) fn watch_rate(&mut self, now: Millis) {
+        let (min, secs) = (self.config.min_tokens_per_sec, self.config.stall_secs);
+        if min == 0 || secs == 0 || self.continuable.is_none() {
+            return;
+        }
+        if self.timers.is_set(Timer::Stall) {
+            return;
+        }
+        if let Phase::Streaming(r) = &self.phase {
+            self.stall_mark = r.content_events;
+            self.timers
+                .set(Timer::Stall, now, secs.saturating_mul(1000));
+        }
+    }
+
+    /// A stall window ended: an upstream that wrote fewer content events
+    /// than the minimum rate asks for is stalled, and the next replica
+    /// continues. Otherwise the next window starts.
+    pub(super) fn check_rate(&mut self, now: Millis) {
+        let Phase::Streaming(r) = &self.phase else {
+            return;
+        };
+        let streamed = r.content_events.saturating_sub(self.stall_mark);
+        let wanted = self
+            .config
+            .min_tokens_per_sec
+            .saturating_mul(self.config.stall_secs);
+        if streamed < wanted && self.fail_over(now) {
+            return;
+        }
+        self.watch_rate(now);
     }
 }

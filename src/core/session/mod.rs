@@ -163,6 +163,8 @@ pub struct Session {
     held: Option<Box<Restream>>,
     /// Failovers so far.
     failovers: u32,
+    /// Content events streamed when the current stall window began.
+    stall_mark: u64,
     received_at: Millis,
     /// The latest `now` any input brought.
     last_now: Millis,
@@ -189,6 +191,7 @@ impl Session {
             continuable: None,
             held: None,
             failovers: 0,
+            stall_mark: 0,
             received_at: 0,
             last_now: 0,
             first_content_at: None,
@@ -577,6 +580,10 @@ impl Session {
             if self.is_finished() {
                 return;
             }
+        }
+        if self.timers.expired(Timer::Stall, now) {
+            self.timers.stop(Timer::Stall);
+            self.check_rate(now);
         }
         if self.timers.expired(Timer::KeepAlive, now) {
             // Before anything was sent this commits to an event stream, so

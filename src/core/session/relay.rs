@@ -299,6 +299,9 @@ impl Session {
         if content_events > 0 && self.first_content_at.is_none() {
             self.first_content_at = Some(now);
         }
+        if content_events > 0 {
+            self.watch_rate(now);
+        }
     }
 
     /// Queues bytes of a streamed answer (see `Response::write`) and pushes

@@ -29,10 +29,13 @@ pub(super) enum Timer {
     Grace,
     /// A reader of a live stream reads its record again.
     Tail,
+    /// A stream's upstream has had its window to keep up the minimum rate
+    /// (`failover`).
+    Stall,
 }
 
 impl Timer {
-    const VALUES: [Timer; 9] = [
+    const VALUES: [Timer; 10] = [
         Timer::Admit,
         Timer::Lookup,
         Timer::Upstream,
@@ -42,6 +45,7 @@ impl Timer {
         Timer::CancelPoll,
         Timer::Grace,
         Timer::Tail,
+        Timer::Stall,
     ];
 
     fn index(self) -> usize {
