@@ -59,7 +59,7 @@ start_wrangler() {
 # start_workerd PORT [NAME=VALUE ...]: the built worker (build/, from
 # worker-build) on bare workerd, the runtime a deployment runs on, without
 # wrangler dev's proxy and simulators: each NAME=VALUE a text binding, the
-# QUOTA Durable Object in memory, no KV binding.
+# QUOTA and STREAMS Durable Objects in memory, no KV binding.
 start_workerd() {
   local port=$1 kv dir
   shift
@@ -79,8 +79,10 @@ start_workerd() {
     echo "  compatibilityDate = \"$(sed -n 's/^compatibility_date = "\(.*\)"$/\1/p' "$ROOT/wrangler.toml")\","
     echo '  bindings = ['
     for kv in "$@"; do echo "    (name = \"${kv%%=*}\", text = \"${kv#*=}\"),"; done
-    echo '    (name = "QUOTA", durableObjectNamespace = "Quota")],'
-    echo '  durableObjectNamespaces = [(className = "Quota", uniqueKey = "tokenedge-quota", enableSql = true)],'
+    echo '    (name = "QUOTA", durableObjectNamespace = "Quota"),'
+    echo '    (name = "STREAMS", durableObjectNamespace = "StreamOwner")],'
+    echo '  durableObjectNamespaces = [(className = "Quota", uniqueKey = "tokenedge-quota", enableSql = true),'
+    echo '    (className = "StreamOwner", uniqueKey = "tokenedge-streams", enableSql = true)],'
     echo '  durableObjectStorage = (inMemory = void),'
     echo '  globalOutbound = "internet",'
     echo ');'

@@ -56,5 +56,7 @@ mod adapters {
     #[cfg(feature = "spin")]
     mod spin;
     #[cfg(feature = "workers")]
+    mod stream_object;
+    #[cfg(feature = "workers")]
     mod workers;
 }

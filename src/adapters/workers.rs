@@ -5,9 +5,17 @@
 //!
 //! Client disconnects: workerd cancels the response stream, which drops the
 //! pump; the session's `CancelUpstream` then aborts the upstream fetch,
-//! which closes the connection to the model server. KV: the `KV` binding
-//! (absent = every read answers "not known"); writes run under
+//! which closes the connection to the model server — unless the stream is
+//! resumable: then the session goes on in the background. KV: the `KV`
+//! binding (absent = every read answers "not known"); writes run under
 //! `ctx.wait_until` so they finish after the response.
+//!
+//! Resumable streams: with the `STREAMS` binding, a generation request is
+//! handed to the Durable Object that owns its stream
+//! ([`super::stream_object`]), which runs the same session, so the
+//! generation outlives the client's request; stream records live in that
+//! object's storage. Without it, the session runs here and its records in
+//! KV.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -24,9 +32,11 @@ use worker::wasm_bindgen::prelude::wasm_bindgen;
 
 use super::pump::{self, Boxed, Platform, Pump, Reply, UpstreamResponse};
 use super::quota_object::{ask_line, release_line, verdict_of};
+use super::stream_object::{Own, Store};
 use crate::core::config::{vars, Config};
 use crate::core::http::{ClientInfo, RequestHead, UpstreamRequest};
 use crate::core::quota::{Ask, Lease, Verdict};
+use crate::core::resume;
 use crate::core::session::Session;
 use crate::core::Millis;
 
@@ -35,10 +45,34 @@ const KV_BINDING: &str = "KV";
 /// The Durable Object namespace of the per-key limits records, needed when
 /// `RATE_LIMIT_RPM` or `MAX_STREAMS_PER_KEY` is set.
 const QUOTA_BINDING: &str = "QUOTA";
+/// The Durable Object namespace that owns resumable streams (optional).
+const STREAMS_BINDING: &str = "STREAMS";
+/// What the Worker tells the stream's owner about a request it hands over:
+/// its random bytes (so the owner draws the same stream id) and the
+/// client's round-trip time. A client's own are dropped.
+const NONCE_HEADER: &str = "x-tokenedge-nonce";
+const RTT_HEADER: &str = "x-tokenedge-client-rtt";
+
+/// Where work past the response runs: under the client request's
+/// `waitUntil`, or in the object that owns the stream.
+#[derive(Clone)]
+enum Background {
+    Request(Rc<Context>),
+    Object(Rc<worker::State>),
+}
+
+impl Background {
+    fn run(&self, work: impl std::future::Future<Output = ()> + 'static) {
+        match self {
+            Background::Request(ctx) => ctx.wait_until(work),
+            Background::Object(state) => state.wait_until(work),
+        }
+    }
+}
 
 /// The Workers side of the pump.
 struct Workers {
-    ctx: Rc<Context>,
+    background: Background,
     /// The client's request body, until the session asks for it.
     request_body: Option<pump::BodyStream>,
     kv: Option<KvStore>,
@@ -46,6 +80,25 @@ struct Workers {
     quota: Option<ObjectNamespace>,
     /// Aborts the upstream fetch under way.
     abort: Option<AbortController>,
+    /// The stream owners, when the deployment has them.
+    owners: Option<ObjectNamespace>,
+    /// The stream whose owner this session runs in, and its storage.
+    own: Option<(String, Own)>,
+}
+
+impl Workers {
+    /// Where a stream key lives, when not in KV.
+    fn stream_store(&self, key: &str) -> Option<Store> {
+        let id = resume::stream_of_key(key)?;
+        match (&self.own, &self.owners) {
+            (Some((own, storage)), _) if own == id => Some(Store::Own(storage.clone())),
+            (_, Some(owners)) => Some(Store::Owner {
+                owners: owners.clone(),
+                id: id.to_owned(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl Platform for Workers {
@@ -95,14 +148,22 @@ impl Platform for Workers {
     }
 
     fn kv_get(&self, key: String) -> Boxed<Option<Vec<u8>>> {
+        if let Some(store) = self.stream_store(&key) {
+            return Box::pin(async move { store.get(&key).await });
+        }
         let kv = self.kv.clone();
         Box::pin(async move { kv?.get(&key).bytes().await.ok().flatten() })
     }
 
     /// Workers KV expires values itself: no scope bookkeeping.
     fn kv_put(&mut self, key: String, value: Bytes, ttl_secs: u64, _scope: String) {
+        if let Some(store) = self.stream_store(&key) {
+            return self
+                .background
+                .run(async move { store.put(&key, &value, ttl_secs).await });
+        }
         let Some(kv) = self.kv.clone() else { return };
-        self.ctx.wait_until(async move {
+        self.background.run(async move {
             if let Ok(put) = kv.put_bytes(&key, &value) {
                 // Workers KV refuses TTLs under 60 s.
                 let _ = put.expiration_ttl(ttl_secs.max(60)).execute().await;
@@ -111,8 +172,11 @@ impl Platform for Workers {
     }
 
     fn kv_delete(&mut self, key: String) {
+        if let Some(store) = self.stream_store(&key) {
+            return self.background.run(async move { store.delete(&key).await });
+        }
         let Some(kv) = self.kv.clone() else { return };
-        self.ctx.wait_until(async move {
+        self.background.run(async move {
             let _ = kv.delete(&key).await;
         });
     }
@@ -130,7 +194,7 @@ impl Platform for Workers {
 
     fn release(&mut self, key: String, lease: Lease) {
         let Some(ns) = self.quota.clone() else { return };
-        self.ctx.wait_until(async move {
+        self.background.run(async move {
             ask_record(&ns, &key, release_line(lease)).await;
         });
     }
@@ -141,18 +205,21 @@ impl Platform for Workers {
 
     fn without_client(&mut self) -> Self {
         Self {
-            ctx: self.ctx.clone(),
+            background: self.background.clone(),
             request_body: None,
             kv: self.kv.clone(),
             quota: self.quota.clone(),
             abort: self.abort.take(),
+            owners: self.owners.clone(),
+            own: self.own.clone(),
         }
     }
 
-    /// Under `ctx.wait_until`: the platform caps how long it runs after the
-    /// response.
+    /// Under the client request's `waitUntil` (the platform caps how long
+    /// it runs after the response), or in the stream's owner (which pending
+    /// I/O keeps alive).
     fn spawn(&mut self, work: Boxed<()>) {
-        self.ctx.wait_until(work);
+        self.background.run(work);
     }
 }
 
@@ -225,11 +292,58 @@ fn client_info(req: &Request) -> ClientInfo {
     }
 }
 
+/// The request's body as the pump reads it (none for methods without).
+fn body_of(req: &mut Request, method: &str) -> Option<pump::BodyStream> {
+    match method {
+        "GET" | "HEAD" | "OPTIONS" => None,
+        _ => req.stream().ok().map(|s| {
+            let chunks = s.map(|c| c.map(Bytes::from).map_err(|e| e.to_string()));
+            Box::pin(chunks) as pump::BodyStream
+        }),
+    }
+}
+
+/// The path with its query string, as the core reads it.
+fn path_of(url: &worker::Url) -> String {
+    match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    }
+}
+
+/// The platform's I/O for one session.
+fn platform(
+    env: &Env,
+    config: &Config,
+    background: Background,
+    request_body: Option<pump::BodyStream>,
+    own: Option<(String, Own)>,
+) -> Workers {
+    Workers {
+        background,
+        request_body,
+        kv: env
+            .kv(config.kv_store.as_deref().unwrap_or(KV_BINDING))
+            .ok(),
+        quota: env.durable_object(QUOTA_BINDING).ok(),
+        abort: None,
+        owners: config
+            .resume
+            .then(|| env.durable_object(STREAMS_BINDING).ok())
+            .flatten(),
+        own,
+    }
+}
+
 #[event(fetch)]
 async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     let url = req.url()?;
     let method = req.method().to_string();
-    let mut headers: Vec<(String, String)> = req.headers().entries().collect();
+    let mut headers: Vec<(String, String)> = req
+        .headers()
+        .entries()
+        .filter(|(k, _)| !is_internal(k))
+        .collect();
     // Cloudflare rewrites Accept-Encoding before the worker sees it; the
     // client's own header is in `cf.clientAcceptEncoding` (an empty string
     // when the client sent none).
@@ -239,41 +353,111 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
             headers.push(("accept-encoding".into(), original));
         }
     }
-    let path = match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_owned(),
-    };
-    let mut head = RequestHead::new(&method, &path, headers);
+    let mut head = RequestHead::new(&method, &path_of(&url), headers);
     head.client = client_info(&req);
     get_random_values(&mut head.nonce);
     let config = config(&env);
-    // Read only if the session asks for it, after the head passed.
-    let request_body = match method.as_str() {
-        "GET" | "HEAD" | "OPTIONS" => None,
-        _ => req.stream().ok().map(|s| {
-            let chunks = s.map(|c| c.map(Bytes::from).map_err(|e| e.to_string()));
-            Box::pin(chunks) as pump::BodyStream
-        }),
+    let background = Background::Request(Rc::new(ctx));
+    let mut platform = platform(&env, &config, background, None, None);
+    if let Some(owners) = platform.owners.as_ref() {
+        if resume::owned(&method, url.path()) {
+            return hand_over(owners, &head, &req).await;
+        }
+    }
+    platform.request_body = body_of(&mut req, &method);
+    serve(platform, config, head).await
+}
+
+/// Whether a header is one the Worker sets for a stream's owner.
+fn is_internal(name: &str) -> bool {
+    name.eq_ignore_ascii_case(NONCE_HEADER) || name.eq_ignore_ascii_case(RTT_HEADER)
+}
+
+/// Hands a generation request to the object that owns its stream and
+/// answers with what the object answers.
+async fn hand_over(
+    owners: &ObjectNamespace,
+    head: &RequestHead,
+    req: &Request,
+) -> Result<Response> {
+    let id = resume::new_id(&head.nonce);
+    let stub = owners.id_from_name(&id)?.get_stub()?;
+    let headers = Headers::new();
+    for (k, v) in &head.headers {
+        if !k.eq_ignore_ascii_case("host") && !k.eq_ignore_ascii_case("content-length") {
+            headers.append(k, v)?;
+        }
+    }
+    headers.set(NONCE_HEADER, &crate::core::hex(&head.nonce))?;
+    if let Some(rtt) = head.client.tcp_rtt_ms {
+        headers.set(RTT_HEADER, &rtt.to_string())?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::from(head.method.clone()))
+        .with_headers(headers)
+        .with_body(req.inner().body().map(Into::into));
+    let forwarded = Request::new_with_init(&format!("https://owner{}", head.path), &init)?;
+    stub.fetch_with_request(forwarded).await
+}
+
+/// A request the Worker handed to the stream's owner `state`: served there,
+/// with the stream's record in the object's storage.
+pub(super) async fn serve_owned(
+    mut req: Request,
+    env: Env,
+    state: Rc<worker::State>,
+) -> Result<Response> {
+    let url = req.url()?;
+    let method = req.method().to_string();
+    let all: Vec<(String, String)> = req.headers().entries().collect();
+    let internal = |name: &str| {
+        all.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
     };
-    let kv = env
-        .kv(config.kv_store.as_deref().unwrap_or(KV_BINDING))
-        .ok();
-    let quota = env.durable_object(QUOTA_BINDING).ok();
-    let ctx = Rc::new(ctx);
-    let platform = Workers {
-        ctx: ctx.clone(),
+    let nonce = internal(NONCE_HEADER).unwrap_or_default();
+    let rtt = internal(RTT_HEADER).and_then(|v| v.parse().ok());
+    let headers = all
+        .iter()
+        .filter(|(k, _)| !is_internal(k))
+        .cloned()
+        .collect();
+    let mut head = RequestHead::new(&method, &path_of(&url), headers);
+    for (i, byte) in head.nonce.iter_mut().enumerate() {
+        *byte = nonce
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    head.client = ClientInfo {
+        ip: head
+            .header("cf-connecting-ip")
+            .and_then(|ip| ip.trim().parse().ok()),
+        tcp_rtt_ms: rtt,
+    };
+    let config = config(&env);
+    let request_body = body_of(&mut req, &method);
+    let own = (resume::new_id(&head.nonce), Own(state.clone()));
+    let platform = platform(
+        &env,
+        &config,
+        Background::Object(state),
         request_body,
-        kv,
-        quota,
-        abort: None,
-    };
+        Some(own),
+    );
+    serve(platform, config, head).await
+}
+
+/// Runs one session and answers with its response.
+async fn serve(platform: Workers, config: Config, head: RequestHead) -> Result<Response> {
+    let background = platform.background.clone();
     let session = Session::new(config).with_health(pump::health());
     match Pump::start(platform, session, head).await {
         Reply::Full(head, body, rest) => {
             if let Some(rest) = rest {
                 // Answered early (a prefetch): the rest runs after the
                 // response.
-                ctx.wait_until(rest.run_to_end());
+                background.run(rest.run_to_end());
             }
             let response = if body.is_empty() {
                 Response::empty()?

@@ -94,6 +94,21 @@ pub(crate) fn record_key(id: &str) -> Option<String> {
     well_formed(id).then(|| format!("{KEY_PREFIX}{id}"))
 }
 
+/// Whether a request is a generation, which a deployment with stream
+/// owners (Workers' Durable Objects) hands to the owner of its stream, so
+/// the generation outlives the client's request.
+#[cfg_attr(not(feature = "workers"), allow(dead_code))]
+pub(crate) fn owned(method: &str, path: &str) -> bool {
+    method == "POST" && matches!(path, "/v1/chat/completions" | "/v1/completions")
+}
+
+/// The stream a KV key belongs to (its record, request or a mark).
+#[cfg_attr(not(feature = "workers"), allow(dead_code))]
+pub(crate) fn stream_of_key(key: &str) -> Option<&str> {
+    let id = key.strip_prefix(KEY_PREFIX)?.split(':').next()?;
+    well_formed(id).then_some(id)
+}
+
 /// The KV key of a stream's cancel mark.
 pub(crate) fn cancel_key(id: &str) -> String {
     format!("{KEY_PREFIX}{id}:cancel")
@@ -356,6 +371,26 @@ mod tests {
         );
         assert_eq!(parse_path("/v1/streams/"), None);
         assert_eq!(parse_path(&format!("/v1/streams/{id}/other")), None);
+    }
+
+    #[test]
+    fn owned_requests_and_the_stream_of_a_key() {
+        assert!(owned("POST", "/v1/chat/completions"));
+        assert!(owned("POST", "/v1/completions"));
+        assert!(!owned("GET", "/v1/chat/completions"));
+        assert!(!owned("POST", "/v1/prefetch"));
+        assert!(!owned("GET", "/v1/streams/st_0"));
+        let id = new_id(&[9; 16]);
+        for key in [
+            record_key(&id).unwrap(),
+            cancel_key(&id),
+            reader_key(&id),
+            request_key(&id),
+        ] {
+            assert_eq!(stream_of_key(&key), Some(id.as_str()), "{key}");
+        }
+        assert_eq!(stream_of_key("stream:v1:nope"), None);
+        assert_eq!(stream_of_key("cache:v1:abc"), None);
     }
 
     #[test]
