@@ -44,7 +44,12 @@ def main():
     ap.add_argument("--key", default="")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--label", default="workerd")
+    ap.add_argument("--names", default="direct,via", help="what to call the two paths in the table")
+    ap.add_argument("--prompt", default=None, help="another user message (e.g. the replaying proxy's marker)")
     args = ap.parse_args()
+    if args.prompt:
+        BODY["messages"] = [{"role": "user", "content": args.prompt}]
+    names = dict(zip(("direct", "via"), args.names.split(",")))
     # The live path: this deterministic request would otherwise be a cache hit.
     headers = {"Cache-Control": "no-store"}
     if args.key:
@@ -63,9 +68,9 @@ def main():
     print(f"| path ({args.label}, {args.rounds} rounds) | TTFT ms | median inter-token gap ms | last token ms | tokens |")
     print("|---|---|---|---|---|")
     for name in ("direct", "via"):
-        print(f"| {name} | {med(name, 0):.1f} | {med(name, 1):.2f} | {med(name, 2):.1f} | {statistics.median(r[3] for r in results[name]):.0f} |")
+        print(f"| {names[name]} | {med(name, 0):.1f} | {med(name, 1):.2f} | {med(name, 2):.1f} | {statistics.median(r[3] for r in results[name]):.0f} |")
     print()
-    print(f"added TTFT: {med('via', 0) - med('direct', 0):+.1f} ms (x{med('via', 0) / med('direct', 0):.2f}); "
+    print(f"{names['via']} adds TTFT: {med('via', 0) - med('direct', 0):+.1f} ms (x{med('via', 0) / med('direct', 0):.2f}); "
           f"added per-token gap: {med('via', 1) - med('direct', 1):+.2f} ms")
 
 

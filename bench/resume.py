@@ -4,7 +4,13 @@
 drops the connection at a random byte, reattaches with the last whole id,
 and repeats until the end. Checks every assembled text against the vector
 and prints one JSON line: trials, resumes, time from reattach to the first
-byte (p50/p95), wire bytes of a resume read to its end.
+replayed byte and to the first live event (p50/p95), wire bytes of a resume
+read to its end, and generations lost (an error event instead of the rest).
+
+The first read of a resume carries what the record held (the replay; the
+core feeds a record's events to the re-streamer at once); an event that
+arrives in a later read was written after the reader attached. "First live
+event" is the first of those, on resumes of a stream still under way.
 
   python bench/resume.py --url http://127.0.0.1:18799 --trials 500 --coding gzip --label spin
 """
@@ -25,20 +31,26 @@ from sse_reader import Reader, text_of, vector_text  # noqa: E402
 
 def read(resp, coding, cut_at, started):
     """Events until the end (or an error event) or `cut_at` wire bytes;
-    whether it ended, the time to the first byte after `started`, and the
-    wire bytes read."""
-    reader, events, seen, first = Reader(coding), [], 0, None
+    whether it ended, the times after `started` to the first byte and to
+    the first event that came in a later read, and the wire bytes read."""
+    reader, events, seen, first, live = Reader(coding), [], 0, None, None
     for chunk in resp.iter_raw():
+        now = time.perf_counter() - started
         if first is None:
-            first = time.perf_counter() - started
-        if seen + len(chunk) > cut_at:
-            events += reader.feed(chunk[: cut_at - seen])
-            return events, False, first, cut_at
+            first = now
+        cut = seen + len(chunk) > cut_at
+        if cut:
+            chunk = chunk[: cut_at - seen]
+        new = reader.feed(chunk)
+        if live is None and seen > 0 and any("id" in e for e in new):
+            live = now
+        events += new
+        if cut:
+            return events, False, first, live, cut_at
         seen += len(chunk)
-        events += reader.feed(chunk)
         if any(e.get("event") in ("done", "error") for e in events):
-            return events, any(e.get("event") == "done" for e in events), first, seen
-    return events, False, first, seen
+            return events, any(e.get("event") == "done" for e in events), first, live, seen
+    return events, False, first, live, seen
 
 
 def main():
@@ -53,13 +65,13 @@ def main():
     rng = random.Random(f"{a.label}-{a.coding}")
     base = {"authorization": f"Bearer {a.key}", "x-tokenedge-format": "compact", "accept-encoding": a.coding}
     body = {"model": "m", "messages": [{"role": "user", "content": "replay-vector: bench"}], "stream": True}
-    firsts, resumed_bytes, resumes, lost = [], [], 0, 0
+    firsts, lives, resumed_bytes, resumes, lost = [], [], [], 0, 0
     with httpx.Client(timeout=60) as client:
         for trial in range(a.trials):
             h = {**base, "cache-control": "no-store"}
             with client.stream("POST", f"{a.url}/v1/chat/completions", json=body, headers=h) as r:
                 stream = r.headers["x-tokenedge-stream"]
-                events, ended, _, _ = read(r, a.coding, rng.randint(1, 800), time.perf_counter())
+                events, ended, _, _, _ = read(r, a.coding, rng.randint(1, 800), time.perf_counter())
             got, last = [], 0
             while True:
                 for e in events:
@@ -79,21 +91,28 @@ def main():
                 started = time.perf_counter()
                 with client.stream("GET", f"{a.url}/v1/streams/{stream}", headers=h) as r:
                     assert r.status_code == 200, r.read()
-                    events, ended, first, wire = read(r, a.coding, rng.randint(1, 1200), started)
+                    events, ended, first, live, wire = read(r, a.coding, rng.randint(1, 1200), started)
                 firsts.append(first * 1000)
+                if live is not None:
+                    lives.append(live * 1000)
                 if ended:
                     # Read to the end: every byte the resume sent.
                     resumed_bytes.append(wire)
             if ended and text_of(got) != whole:
                 print(f"trial {trial}: the assembled text differs", file=sys.stderr)
                 sys.exit(1)
-    q = statistics.quantiles(firsts, n=20)
+    def p50_p95(values):
+        if len(values) < 2:
+            return None
+        return {"p50": round(statistics.median(values), 2), "p95": round(statistics.quantiles(values, n=20)[18], 2), "n": len(values)}
+
     print(json.dumps({
         "label": a.label,
         "coding": a.coding,
         "trials": a.trials,
         "resumes": resumes,
-        "reattach_to_first_byte_ms": {"p50": round(statistics.median(firsts), 2), "p95": round(q[18], 2)},
+        "reattach_to_first_byte_ms": p50_p95(firsts),
+        "reattach_to_first_live_event_ms": p50_p95(lives),
         "wire_bytes_per_resume_to_the_end": round(statistics.mean(resumed_bytes)) if resumed_bytes else None,
         "lost_with_an_error_event": lost,
         "every_finished_text_whole": True,

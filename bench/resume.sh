@@ -9,8 +9,9 @@
 #
 #   bench/resume.sh [trials-per-coding]
 #
-# Workers figures come from `wrangler dev`: resume keeps its records in KV,
-# which bare workerd does not have (wrangler dev simulates it).
+# Workers figures come from bare workerd (the worker and its STREAMS
+# Durable Object, which keeps the records), then `wrangler dev` to show what
+# its proxy adds.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 eval "$("$ROOT/scripts/setup.sh")"
@@ -26,7 +27,17 @@ start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:18082" "UPSTREAM_ORIGIN=http://1
 export SPIN_HOST_KV_DUMP="$TOKENEDGE_LOGS/spin-keys.txt"
 start_spin 18798 "UPSTREAM_URL=http://127.0.0.1:18082" "UPSTREAM_ORIGIN=http://127.0.0.1:18082" "API_KEYS=bench-key"
 unset SPIN_HOST_KV_DUMP
+start_workerd 18790 "UPSTREAM_URL=http://127.0.0.1:18082" "API_KEYS=bench-key" "UPSTREAM_DIALECT=llama.cpp"
+start_workerd 18791 "UPSTREAM_URL=http://127.0.0.1:18082" "API_KEYS=bench-key" "UPSTREAM_DIALECT=llama.cpp" "RESUME=off"
 start_wrangler 18787 19229 --var "UPSTREAM_URL:http://127.0.0.1:18082" --var "API_KEYS:bench-key"
+# What handing a generation to its stream's owner and keeping its record
+# cost a stream, against the same worker with RESUME=off (bare workerd).
+"$TOKENEDGE_PY" bench/e2e_latency.py --direct http://127.0.0.1:18791 --via http://127.0.0.1:18790 \
+  --key bench-key --rounds "${ROUNDS:-40}" --label "workerd, replayed stream" --names "resume off,resume on (owner)" \
+  --prompt "replay-vector: ttft"
+for coding in identity gzip; do
+  "$TOKENEDGE_PY" bench/resume.py --url http://127.0.0.1:18790 --trials "$TRIALS" --coding "$coding" --label workerd
+done
 for coding in identity gzip; do
   "$TOKENEDGE_PY" bench/resume.py --url http://127.0.0.1:18797 --trials "$TRIALS" --coding "$coding" --label spin
 done

@@ -34,10 +34,13 @@
 //! It also limits each API key's requests per minute and generations at
 //! once, when the deployment asks.
 //!
-//! What it does not do (yet): resume a dropped stream, or fail over to
-//! another replica once the answer has started (a broken stream ends with
-//! an explicit error event instead, a broken passed-through body is cut).
-//! It never reads a clock in the core, never forwards the client's
+//! Streams are resumable: a client that drops reattaches and gets the rest,
+//! each event once; a generation outlives its client for a grace period;
+//! an upstream that fails mid-answer is continued on another replica, and
+//! a generation that was lost is continued by its reader (see
+//! `core::resume`). Where nothing can continue it, a broken stream ends
+//! with an explicit error event, a broken passed-through body is cut. It
+//! never reads a clock in the core, never forwards the client's
 //! `Authorization` upstream, never stores a partial answer, and never ends
 //! a broken stream as if it had completed.
 

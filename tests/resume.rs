@@ -513,3 +513,82 @@ fn a_lost_generation_that_cannot_be_continued_ends_its_readers_with_the_error() 
     assert!(rw.upstream.is_empty());
     assert!(rw.text().contains("upstream_stream_broken"));
 }
+
+#[test]
+fn a_cancel_while_the_client_is_away_stops_the_generation_and_the_record_says_so() {
+    let (mut s, mut w) = writer(resumable(), "k1", "compact");
+    let id = id_of(&w);
+    s.handle_upstream_chunk(2, Bytes::from(CONTENT));
+    w.pump(&mut s, 2);
+    s.handle_downstream_closed(3);
+    w.pump(&mut s, 3);
+    assert!(
+        !s.is_finished() && !w.cancelled,
+        "detached, still generating"
+    );
+    let sent = w.body.len();
+    let cancel = format!("/v1/streams/{id}/cancel");
+    let (_, cw) = reader(resumable(), &w, 4, "POST", &cancel, "k1", &[]);
+    assert_eq!(cw.status(), 202);
+    w.kv = cw.kv.clone();
+    fire_timers(&mut s, &mut w, 4 + 500);
+    assert!(w.cancelled && s.is_finished(), "the upstream was cancelled");
+    assert_eq!(
+        w.body.len(),
+        sent,
+        "nothing written to the client that left"
+    );
+    let path = format!("/v1/streams/{id}");
+    let (_, rw) = reader(
+        resumable(),
+        &w,
+        1_000,
+        "GET",
+        &path,
+        "k1",
+        &[("x-tokenedge-format", "compact")],
+    );
+    let body = rw.text();
+    assert!(body.contains("data: \"Hi\""), "{body}");
+    assert!(body.contains("\"finish_reason\":\"cancelled\""), "{body}");
+}
+
+#[test]
+fn two_readers_attached_at_once_each_get_the_whole_rest() {
+    let (mut s, mut w) = writer(resumable(), "k1", "openai");
+    let id = id_of(&w);
+    let blocks: Vec<&str> = LLAMA_CHAT.split_inclusive("\n\n").collect();
+    let mut t = 2;
+    for b in &blocks[..3] {
+        s.handle_upstream_chunk(t, Bytes::copy_from_slice(b.as_bytes()));
+        w.pump(&mut s, t);
+        t += 300;
+        fire_timers(&mut s, &mut w, t);
+    }
+    let path = format!("/v1/streams/{id}");
+    let formats = [("x-tokenedge-format", "openai")];
+    let compact = [("x-tokenedge-format", "compact")];
+    let (mut a, mut aw) = reader(resumable(), &w, t, "GET", &path, "k1", &formats);
+    let (mut b, mut bw) = reader(resumable(), &w, t, "GET", &path, "k1", &compact);
+    for block in &blocks[3..] {
+        s.handle_upstream_chunk(t, Bytes::copy_from_slice(block.as_bytes()));
+        w.pump(&mut s, t);
+        t += 300;
+        fire_timers(&mut s, &mut w, t);
+        for (r, rw) in [(&mut a, &mut aw), (&mut b, &mut bw)] {
+            rw.kv = w.kv.clone();
+            fire_timers(r, rw, t);
+        }
+    }
+    s.handle_upstream_end(t);
+    w.pump(&mut s, t);
+    for (r, rw) in [(&mut a, &mut aw), (&mut b, &mut bw)] {
+        rw.kv = w.kv.clone();
+        fire_timers(r, rw, t + 1_000);
+        assert!(r.is_finished() && rw.ended);
+    }
+    assert_eq!(events(&aw.text()), events(&w.text()), "the same stream");
+    let whole = content_of(LLAMA_CHAT).0;
+    assert_eq!(text_in(&bw.text()), whole, "the other in its own format");
+    assert!(bw.text().contains("event: done"));
+}
