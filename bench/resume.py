@@ -60,11 +60,13 @@ def main():
     p.add_argument("--trials", type=int, default=500)
     p.add_argument("--coding", default="identity")
     p.add_argument("--label", default="")
+    p.add_argument("--slow", action="store_true", help="the proxy's slow replay (25 ms per event)")
     a = p.parse_args()
     whole = vector_text()
     rng = random.Random(f"{a.label}-{a.coding}")
     base = {"authorization": f"Bearer {a.key}", "x-tokenedge-format": "compact", "accept-encoding": a.coding}
-    body = {"model": "m", "messages": [{"role": "user", "content": "replay-vector: bench"}], "stream": True}
+    marker = "replay-vector-slow" if a.slow else "replay-vector"
+    body = {"model": "m", "messages": [{"role": "user", "content": f"{marker}: bench"}], "stream": True}
     firsts, lives, resumed_bytes, resumes, lost = [], [], [], 0, 0
     with httpx.Client(timeout=60) as client:
         for trial in range(a.trials):
@@ -109,6 +111,7 @@ def main():
     print(json.dumps({
         "label": a.label,
         "coding": a.coding,
+        "replay_ms_per_event": 25 if a.slow else 5,
         "trials": a.trials,
         "resumes": resumes,
         "reattach_to_first_byte_ms": p50_p95(firsts),

@@ -2,7 +2,8 @@
 # Resume trials on both runtimes against a recorded real stream replayed by
 # tests/e2e/cut_proxy.py (no model needed): a client cut at random bytes
 # reattaches until the end, TRIALS times per coding (500 by default: 1,000
-# per runtime). Prints one JSON line per runtime and coding, and the Spin
+# per runtime; wrangler dev a tenth), then a fifth as many on a slower
+# replay, for readers that come back while the answer is under way. Prints one JSON line per runtime and coding, and the Spin
 # store's record writes per stream (from 20 more trials on an instance whose
 # store logs its writes: that log slows every write, so it is kept off the
 # timed runs).
@@ -45,6 +46,13 @@ done
 streams=$(grep -c '^stream:v1:st_[0-9a-f]*$' "$TOKENEDGE_LOGS/spin-keys.txt.writes" || true)
 distinct=$(grep '^stream:v1:st_[0-9a-f]*$' "$TOKENEDGE_LOGS/spin-keys.txt.writes" | sort -u | wc -l)
 echo "{\"label\":\"spin\",\"record_writes\":$streams,\"streams\":$distinct}"
+# wrangler dev: what its proxy adds (a tenth of the trials).
 for coding in identity gzip; do
-  "$TOKENEDGE_PY" bench/resume.py --url http://127.0.0.1:18787 --trials "$TRIALS" --coding "$coding" --label wrangler-dev
+  "$TOKENEDGE_PY" bench/resume.py --url http://127.0.0.1:18787 --trials "$((TRIALS / 10 + 2))" --coding "$coding" --label wrangler-dev
+done
+# Readers that come back while the answer is under way (25 ms per event):
+# time to the first replayed byte and to the first live event.
+for url in workerd:18790 spin:18797; do
+  "$TOKENEDGE_PY" bench/resume.py --url "http://127.0.0.1:${url#*:}" --trials "$((TRIALS / 5 + 2))" --coding gzip \
+    --label "${url%%:*}-live" --slow
 done

@@ -300,12 +300,15 @@ async fn config() -> Config {
         (*name, value.ok())
     }))
     .await;
-    Config::from_lookup(|name| {
+    let mut config = Config::from_lookup(|name| {
         values
             .iter()
             .find(|(n, _)| *n == name)
             .and_then(|(_, v)| v.clone())
-    })
+    });
+    // The key-value store takes writes as they come.
+    config.fast_stream_store = true;
+    config
 }
 
 /// The response body: chunks as the pump yields them (one, for a complete

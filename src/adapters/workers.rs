@@ -257,6 +257,9 @@ fn config(env: &Env) -> Config {
             )
         });
     }
+    // Stream records live in their owner's storage, which takes writes as
+    // they come; in KV only one write per key per second.
+    config.fast_stream_store = env.durable_object(STREAMS_BINDING).is_ok();
     config
 }
 

@@ -300,6 +300,11 @@ pub struct Config {
     pub min_tokens_per_sec: u64,
     /// The window a stall is measured over (0: never).
     pub stall_secs: u64,
+    /// Set by the adapter, not a variable: the store of stream records
+    /// takes writes as often as they come (a Durable Object's storage,
+    /// Spin's store), so records are written and followed more often than
+    /// Workers KV's one write per key per second allows.
+    pub fast_stream_store: bool,
     /// Why this configuration cannot serve (an unusable `UPSTREAM_URL`
     /// item), answered as 503 `misconfigured` to every request.
     pub problem: Option<String>,
@@ -336,6 +341,7 @@ impl Default for Config {
             failover_budget: DEFAULT_FAILOVER_BUDGET,
             min_tokens_per_sec: DEFAULT_MIN_TOKENS_PER_SEC,
             stall_secs: DEFAULT_STALL_SECS,
+            fast_stream_store: false,
             problem: None,
         }
     }
@@ -455,6 +461,7 @@ impl Config {
             min_tokens_per_sec: number(vars::MIN_TOKENS_PER_SEC, DEFAULT_MIN_TOKENS_PER_SEC)
                 .min(1_000),
             stall_secs: number(vars::STALL_SECS, DEFAULT_STALL_SECS).min(MAX_STALL_SECS),
+            fast_stream_store: false,
             resume_grace_secs: number(vars::RESUME_GRACE_SECS, DEFAULT_RESUME_GRACE_SECS)
                 .min(MAX_RESUME_GRACE_SECS),
             problem,

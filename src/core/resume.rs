@@ -36,6 +36,9 @@ pub(crate) const KEY_PREFIX: &str = "stream:v1:";
 /// Longest interval between two writes of a live record that has new
 /// events (Workers KV takes one write per key per second).
 pub(crate) const CHECKPOINT_MS: Millis = 1_000;
+/// The same in a store that takes writes as they come (a Durable Object's
+/// storage, Spin's store): readers see new events this much later at most.
+pub(crate) const FAST_CHECKPOINT_MS: Millis = 100;
 /// Longest interval between two writes of a live record with nothing new:
 /// how a reader knows its writer is still there.
 pub(crate) const HEARTBEAT_MS: Millis = 2_000;
@@ -45,6 +48,17 @@ pub(crate) const STALE_MS: Millis = 3 * HEARTBEAT_MS;
 pub(crate) const CANCEL_POLL_MS: Millis = 500;
 /// How often a reader of a live stream reads its record again.
 pub(crate) const TAIL_POLL_MS: Millis = 250;
+/// The same in a store that takes writes as they come.
+pub(crate) const FAST_TAIL_POLL_MS: Millis = 100;
+
+/// How often records are written and read, by the store they live in
+/// (`Config::fast_stream_store`): (checkpoint, tail poll).
+pub(crate) fn intervals(fast: bool) -> (Millis, Millis) {
+    match fast {
+        true => (FAST_CHECKPOINT_MS, FAST_TAIL_POLL_MS),
+        false => (CHECKPOINT_MS, TAIL_POLL_MS),
+    }
+}
 /// How long a reader waits for the store before answering 503.
 pub(crate) const READ_TIMEOUT_MS: Millis = 2_000;
 /// Most bytes of events a record keeps; a longer stream is resumable only
@@ -233,6 +247,8 @@ pub(crate) struct Log {
     /// Events or an end not yet written.
     dirty: bool,
     written_at: Option<Millis>,
+    /// How long new events wait for a checkpoint.
+    every_ms: Millis,
 }
 
 impl std::fmt::Debug for Log {
@@ -246,7 +262,13 @@ impl std::fmt::Debug for Log {
 }
 
 impl Log {
-    pub(crate) fn new(id: String, scope: String, choices: u32, object: &str) -> Self {
+    pub(crate) fn new(
+        id: String,
+        scope: String,
+        choices: u32,
+        object: &str,
+        every_ms: Millis,
+    ) -> Self {
         let mut encoder = Encoder::new(Coding::Deflate, LOG_LEVEL);
         let mut body = Vec::new();
         encoder.encode_and_flush(b"", &mut body);
@@ -263,6 +285,7 @@ impl Log {
             bytes: 0,
             dirty: true,
             written_at: None,
+            every_ms,
         }
     }
 
@@ -295,13 +318,14 @@ impl Log {
 
     /// The record to write now, if one is due: at once when `force` (the
     /// client left, the end) or ended, else when new events waited
-    /// [`CHECKPOINT_MS`] or nothing was written for [`HEARTBEAT_MS`].
+    /// `every_ms` ([`CHECKPOINT_MS`] or [`FAST_CHECKPOINT_MS`]) or nothing
+    /// was written for [`HEARTBEAT_MS`].
     pub(crate) fn checkpoint(&mut self, now: Millis, force: bool) -> Option<Vec<u8>> {
         let since = self.written_at.map(|t| now.saturating_sub(t));
         let due = force
             || self.head.end.is_some() && self.dirty
             || since.is_none()
-            || since.is_some_and(|s| (self.dirty && s >= CHECKPOINT_MS) || s >= HEARTBEAT_MS);
+            || since.is_some_and(|s| (self.dirty && s >= self.every_ms) || s >= HEARTBEAT_MS);
         if !due {
             return None;
         }
@@ -324,7 +348,7 @@ impl Log {
         }
         let last = self.written_at?;
         let wait = if self.dirty {
-            CHECKPOINT_MS
+            self.every_ms
         } else {
             HEARTBEAT_MS
         };
@@ -408,7 +432,13 @@ mod tests {
 
     #[test]
     fn checkpoints_are_batched_and_the_end_is_written_at_once() {
-        let mut log = Log::new("st_x".into(), "s".into(), 1, "chat.completion.chunk");
+        let mut log = Log::new(
+            "st_x".into(),
+            "s".into(),
+            1,
+            "chat.completion.chunk",
+            CHECKPOINT_MS,
+        );
         assert!(log.checkpoint(0, false).is_some(), "the first at once");
         log.extend(["data: 1\n\n".to_owned()]);
         assert!(log.checkpoint(500, false).is_none());
@@ -424,14 +454,14 @@ mod tests {
         assert_eq!(record.head.end, Some(End::Done));
         assert_eq!(log.next_checkpoint(), None);
         assert!(!record.lost(CHECKPOINT_MS + 2 + STALE_MS + 1));
-        let mut live = Log::new("st_y".into(), "s".into(), 1, "x");
+        let mut live = Log::new("st_y".into(), "s".into(), 1, "x", CHECKPOINT_MS);
         let record = Record::decode(&live.checkpoint(10, true).unwrap()).unwrap();
         assert!(!record.lost(10 + STALE_MS) && record.lost(11 + STALE_MS));
     }
 
     #[test]
     fn a_log_past_its_limit_keeps_its_opening_and_says_so() {
-        let mut log = Log::new("st_x".into(), "s".into(), 1, "x");
+        let mut log = Log::new("st_x".into(), "s".into(), 1, "x", CHECKPOINT_MS);
         let big = format!("data: {}\n\n", "x".repeat(MAX_LOG_BYTES / 2));
         log.extend([big.clone(), big, "data: small\n\n".into()]);
         let record = Record::decode(&log.checkpoint(0, true).unwrap()).unwrap();
@@ -441,7 +471,7 @@ mod tests {
 
     #[test]
     fn a_record_written_between_events_reads_whole_and_writing_goes_on() {
-        let mut log = Log::new("st_x".into(), "s".into(), 1, "x");
+        let mut log = Log::new("st_x".into(), "s".into(), 1, "x", CHECKPOINT_MS);
         let events: Vec<String> = (0..50)
             .map(|i| format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\" w{i}\"}}}}]}}\n\n"))
             .collect();

@@ -28,6 +28,10 @@ CUT_EARLY_MARKER = b"cut-early"
 CUT_EARLY_AFTER = 100
 REPLAY_MARKER = b"replay-vector"
 REPLAY_GAP = 0.005
+# The same, one event every 25 ms (a 1 s answer: readers attach while it is
+# under way).
+SLOW_REPLAY_MARKER = b"replay-vector-slow"
+SLOW_REPLAY_GAP = 0.025
 REPLAY = open(os.path.join(os.path.dirname(__file__), "..", "vectors", "llamacpp_chat.sse"), "rb").read()
 CUT_ONCE_MARKER = b"cut-once-"
 # The cut-once tokens already cut.
@@ -92,10 +96,11 @@ async def handle(client_r, client_w, upstream):
             body = await client_r.readexactly(int(header(headers, "content-length") or 0))
         if REPLAY_MARKER in body:
             client_w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+            gap = SLOW_REPLAY_GAP if SLOW_REPLAY_MARKER in body else REPLAY_GAP
             for event in replay_events(body):
                 client_w.write(event + b"\n\n")
                 await client_w.drain()
-                await asyncio.sleep(REPLAY_GAP)
+                await asyncio.sleep(gap)
             return
         host, port = upstream.split(":")
         up_r, up_w = await asyncio.open_connection(host, int(port))

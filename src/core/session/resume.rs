@@ -82,6 +82,7 @@ impl Session {
             self.kv_scope.clone(),
             self.response.choices(),
             object_of(endpoint),
+            resume::intervals(self.config.fast_stream_store).0,
         );
         self.resume = Some(Box::new(Resume::Writer {
             log,
@@ -481,7 +482,10 @@ impl Session {
                 self.end_with_stored_error(now, &event);
             }
             Some(End::Cancelled) => self.write_cancelled_end(now, &object),
-            None => self.timers.set(Timer::Tail, now, resume::TAIL_POLL_MS),
+            None => {
+                let every_ms = resume::intervals(self.config.fast_stream_store).1;
+                self.timers.set(Timer::Tail, now, every_ms);
+            }
         }
     }
 

@@ -96,7 +96,8 @@ impl Session {
                 prefix::continuation(&request, self.config.dialect, text, tokens).upstream_body()
             }
         };
-        let mut log = Log::new(id, self.kv_scope.clone(), 1, object_of(endpoint));
+        let every_ms = resume::intervals(self.config.fast_stream_store).0;
+        let mut log = Log::new(id, self.kv_scope.clone(), 1, object_of(endpoint), every_ms);
         log.extend(events);
         self.resume = Some(Box::new(Resume::Writer {
             log,
