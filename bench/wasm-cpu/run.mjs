@@ -19,6 +19,8 @@ for (const [name, gzip, resume] of [
   ["gzip", 1, 0],
   ["identity+resume", 0, 1],
   ["gzip+resume", 1, 1],
+  ["identity+resume (fast store)", 0, 2],
+  ["gzip+resume (fast store)", 1, 2],
 ]) {
   for (let i = 0; i < 10; i++) stream(1000, gzip, resume); // warm-up (tier-up)
   const cpu = [], wall = [];

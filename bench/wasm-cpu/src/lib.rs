@@ -1,6 +1,8 @@
 //! `stream(n, gzip, resume)`: one session re-streaming `n` token events of
 //! a recorded llama.cpp stream, gzip-compressed or not, resumable (its log
-//! kept and checkpointed, `RESUME=on`) or not, exactly as the edge function
+//! kept and checkpointed, `RESUME=on`: `resume` 1 with Workers KV's
+//! once-a-second checkpoints, 2 with a fast store's every 100 ms) or not,
+//! exactly as the edge function
 //! does per request (parse, re-emit, pace, compress, log). Returns the
 //! bytes sent to the client. Exported as a plain wasm function so any wasm
 //! runtime can time it.
@@ -26,6 +28,7 @@ pub extern "C" fn stream(n: u32, gzip: u32, resume: u32) -> u32 {
         upstream_urls: vec!["http://upstream".into()],
         auth_off: true,
         resume: resume != 0,
+        fast_stream_store: resume == 2,
         ..Config::default()
     });
     s.handle_request(
