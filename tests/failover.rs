@@ -316,3 +316,76 @@ fn a_stream_slower_than_the_minimum_rate_fails_over() {
         assert!(!w.text().contains("error"));
     }
 }
+
+#[test]
+fn an_error_event_or_a_broken_finish_mid_answer_is_continued_elsewhere() {
+    let all = blocks(LLAMA_CHAT);
+    let (whole, _) = content_of(LLAMA_CHAT);
+    let last_content = all.iter().rposition(|b| is_content(b)).unwrap();
+    let breaks = [
+        "data: {\"error\":{\"message\":\"slot crashed\",\"type\":\"server_error\"}}\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}]}\n\ndata: [DONE]\n\n",
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"abort\"}]}\n\n",
+    ];
+    for brk in breaks {
+        for cut in 2..=last_content {
+            let (mut s, mut w) = start(two_replicas(), "/v1/chat/completions", BODY);
+            s.handle_upstream_head(1, 200, &sse_head());
+            for (i, b) in all[..cut].iter().enumerate() {
+                s.handle_upstream_chunk(2 + i as u64, Bytes::copy_from_slice(b.as_bytes()));
+            }
+            s.handle_upstream_chunk(100, Bytes::from(brk));
+            w.pump(&mut s, 100);
+            assert_eq!(w.upstream.len(), 2, "{brk} at {cut}: continued elsewhere");
+            assert!(
+                w.cancelled,
+                "{brk} at {cut}: the broken upstream is dropped"
+            );
+            s.handle_upstream_head(600, 200, &sse_head());
+            let rest: String = std::iter::once(all[0])
+                .chain(all[cut..].iter().copied())
+                .collect();
+            feed(&mut s, &mut w, &rest, 1);
+            let body = w.text();
+            assert!(w.ended && !w.aborted, "{brk} at {cut}");
+            assert_eq!(text_of(&body), whole, "{brk} at {cut}");
+            assert!(!body.contains("error"), "{brk} at {cut}: {body}");
+            assert_eq!(body.matches("data: [DONE]").count(), 1, "{brk} at {cut}");
+            assert_eq!(body.matches("\"role\":\"assistant\"").count(), 1);
+        }
+        // With one replica the event goes out as it came, then the error.
+        let one = Config {
+            upstream_urls: vec!["http://a:8081".into()],
+            ..two_replicas()
+        };
+        let (mut s, mut w) = start(one, "/v1/chat/completions", BODY);
+        s.handle_upstream_head(1, 200, &sse_head());
+        for b in &all[..5] {
+            s.handle_upstream_chunk(2, Bytes::copy_from_slice(b.as_bytes()));
+        }
+        s.handle_upstream_chunk(3, Bytes::from(brk));
+        s.handle_upstream_end(4);
+        w.pump(&mut s, 4);
+        let body = w.text();
+        assert_eq!(w.upstream.len(), 1);
+        let first_line = brk.lines().next().unwrap();
+        assert!(body.contains(first_line), "{brk}: {body}");
+        assert!(body.contains("upstream_stream_broken"), "{body}");
+        assert!(!body.contains("data: [DONE]"), "{body}");
+        // The budget spent, a second break goes out as it came too.
+        let (mut s, mut w) = start(two_replicas(), "/v1/chat/completions", BODY);
+        s.handle_upstream_head(1, 200, &sse_head());
+        s.handle_upstream_chunk(2, Bytes::copy_from_slice(all[..5].concat().as_bytes()));
+        s.handle_upstream_chunk(3, Bytes::from(brk));
+        s.handle_upstream_head(4, 200, &sse_head());
+        s.handle_upstream_chunk(5, Bytes::copy_from_slice(all[..1].concat().as_bytes()));
+        s.handle_upstream_chunk(6, Bytes::from(brk));
+        s.handle_upstream_end(7);
+        w.pump(&mut s, 7);
+        let body = w.text();
+        assert_eq!(w.upstream.len(), 2);
+        assert_eq!(body.matches(first_line).count(), 1, "{brk}: {body}");
+        assert!(body.contains("upstream_stream_broken"), "{body}");
+        assert!(!body.contains("data: [DONE]"), "{body}");
+    }
+}

@@ -99,6 +99,10 @@ pub struct Restream {
     /// (`None`: not kept, or no longer continuable: a delta that was not
     /// text came).
     text: Option<String>,
+    /// An upstream event that broke a continuable answer (an error event,
+    /// or a finish reason such as `error` or `abort`, with no text), held
+    /// back so another replica can continue instead (its name and data).
+    held_break: Option<(Option<String>, String)>,
 }
 
 impl Restream {
@@ -174,6 +178,54 @@ impl Restream {
         self.splice = Some(Splice::new(prefix_tokens));
     }
 
+    /// Whether an event that broke the answer is held back (see
+    /// [`Restream::release_break`], [`Restream::continue_after_break`]).
+    pub(crate) fn holds_break(&self) -> bool {
+        self.held_break.is_some()
+    }
+
+    /// No replica continues: the held event is written as it came, and
+    /// returned with anything else not yet taken.
+    pub(crate) fn release_break(&mut self) -> Bytes {
+        if let Some((name, data)) = self.held_break.take() {
+            // Not held again: it is written.
+            self.text = None;
+            let start = self.out.len();
+            if self.write_one(name.as_deref(), &data).is_some() {
+                self.seq += 1;
+                if self.numbered && self.out.len() > start && self.seq > self.skip_through {
+                    self.format.write_id(&mut self.out, self.seq);
+                }
+            }
+        }
+        self.out.split().freeze()
+    }
+
+    /// Another replica continues after the held event: it is dropped, and
+    /// the answer is under way again.
+    pub(crate) fn continue_after_break(&mut self) {
+        self.held_break = None;
+        self.broken_finish = None;
+        self.done = false;
+    }
+
+    /// An event that breaks a continuable answer and carries no text: held
+    /// back (returns true) rather than written.
+    fn holds(&mut self, name: Option<&str>, data: &str) -> bool {
+        // Cheap first: most events name neither.
+        let suspect = data.contains("\"error\"") || data.contains("\"finish_reason\":\"");
+        if self.text.is_none() || self.held_break.is_some() || !suspect {
+            return false;
+        }
+        let facts = inspect_chunk(data);
+        if facts.has_content || !(facts.is_error || facts.broken_finish.is_some()) {
+            return false;
+        }
+        self.broken_finish = Some(facts.broken_finish.unwrap_or_else(|| "error".into()));
+        self.held_break = Some((name.map(str::to_owned), data.to_owned()));
+        true
+    }
+
     /// Feeds upstream bytes and returns the downstream bytes they complete.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Output, SseError> {
         self.parser.push(chunk, &mut self.events)?;
@@ -224,6 +276,9 @@ impl Restream {
     /// Writes one upstream event; returns whether it carried content, or
     /// `None` when it is dropped (not numbered, not logged).
     fn write_one(&mut self, name: Option<&str>, data: &str) -> Option<bool> {
+        if self.holds(name, data) {
+            return None;
+        }
         let has_content = if self.format == Format::OpenAi {
             let facts = inspect_chunk(data);
             let empty =

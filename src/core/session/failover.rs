@@ -58,9 +58,10 @@ impl Session {
         else {
             return false;
         };
-        // Only an answer still under way: one whose every choice finished
-        // (or that broke) is not continued.
-        if r.ending() != Ending::Truncated {
+        // Only an answer still under way, or one whose break is held back:
+        // one whose every choice finished (or that broke for the client to
+        // see) is not continued.
+        if r.ending() != Ending::Truncated && !r.holds_break() {
             return false;
         }
         let Some(text) = r.text() else {
@@ -77,6 +78,7 @@ impl Session {
         let Phase::Streaming(mut restream) = std::mem::replace(&mut self.phase, Phase::Idle) else {
             return false;
         };
+        restream.continue_after_break();
         restream.continuing(tokens);
         self.held = Some(restream);
         self.failovers += 1;

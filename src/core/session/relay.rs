@@ -319,13 +319,32 @@ impl Session {
         };
         match restream.push(chunk) {
             Ok(out) => {
-                let done = restream.done();
-                let broken = restream.ending() == Ending::Broken;
+                let held = restream.holds_break();
                 self.saw_content(now, out.content_events);
                 if !out.bytes.is_empty() {
                     self.write(now, &out.bytes, false);
                 }
                 self.log_events(now);
+                // The upstream broke the answer: the next replica continues
+                // it, or the event goes out as it came.
+                if held && self.fail_over(now) {
+                    return;
+                }
+                let Phase::Streaming(restream) = &mut self.phase else {
+                    return;
+                };
+                if held {
+                    let released = restream.release_break();
+                    if !released.is_empty() {
+                        self.write(now, &released, false);
+                    }
+                    self.log_events(now);
+                }
+                let Phase::Streaming(restream) = &self.phase else {
+                    return;
+                };
+                let done = restream.done();
+                let broken = restream.ending() == Ending::Broken;
                 if done {
                     self.cancel_upstream();
                     if broken {
