@@ -17,7 +17,7 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tokenedge::core::cache::Entry;
-use tokenedge::core::config::{Config, Speculate};
+use tokenedge::core::config::{Config, Dialect, Speculate};
 use tokenedge::core::http::{RequestHead, ResponseHead};
 use tokenedge::core::quota::{Tally, Verdict};
 use tokenedge::core::session::{Action, KvRead, Session};
@@ -363,6 +363,13 @@ fuzz_target!(|input: Input| {
         } else {
             Speculate::Off
         },
+        // A dialect that continues chat answers: failover and takeover.
+        dialect: if input.speculate {
+            Dialect::LlamaCpp
+        } else {
+            Dialect::OpenAi
+        },
+        fast_stream_store: input.limits,
         rate_limit_rpm: if input.limits { 2 } else { 0 },
         max_streams_per_key: u32::from(input.limits),
         ..Config::default()
