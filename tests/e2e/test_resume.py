@@ -121,6 +121,20 @@ def trials(client, url, request, whole, coding, n):
     print(f"[{RUNTIME}] {n} trials, {coding}, {url}: {resumes} resumes, every text whole")
 
 
+def leave_after(client, url, request, n):
+    """Starts streaming `request` and leaves after `n` numbered events;
+    returns the stream id and the events read."""
+    h = headers(**{"cache-control": "no-store"})
+    with client.stream("POST", f"{url}/v1/chat/completions", json=request, headers=h) as r:
+        assert r.status_code == 200
+        reader, events = Reader("identity"), []
+        for chunk in r.iter_raw():
+            events += reader.feed(chunk)
+            if sum(1 for e in events if "id" in e) >= n:
+                break
+        return r.headers["x-tokenedge-stream"], events
+
+
 def test_a_reader_gets_the_rest_of_an_answer_whose_generation_was_lost():
     """A client leaves after a few events and comes back 1.5 s later,
     within the grace period. Where the detached generation still runs
@@ -131,14 +145,7 @@ def test_a_reader_gets_the_rest_of_an_answer_whose_generation_was_lost():
     same text as an uninterrupted run."""
     req = body(max_tokens=120, prompt="Count from 1 to 60, separated by commas.")
     with httpx.Client(timeout=120) as client:
-        h = headers(**{"cache-control": "no-store"})
-        with client.stream("POST", f"{URL}/v1/chat/completions", json=req, headers=h) as r:
-            stream = r.headers["x-tokenedge-stream"]
-            reader, events = Reader("identity"), []
-            for chunk in r.iter_raw():
-                events += reader.feed(chunk)
-                if sum(1 for e in events if "id" in e) >= 4:
-                    break
+        stream, events = leave_after(client, URL, req, 4)
         last = max(int(e["id"]) for e in events if "id" in e)
         before = text_of([e for e in events if "id" in e])
         time.sleep(1.5)
@@ -173,15 +180,7 @@ def test_on_workers_the_stream_owner_keeps_the_record_without_kv():
     ran the generation after the client's request was gone."""
     req = body(max_tokens=60, prompt="Count from 1 to 40, separated by commas.")
     with httpx.Client(timeout=120) as client:
-        h = headers(**{"cache-control": "no-store"})
-        with client.stream("POST", f"{NOKV_URL}/v1/chat/completions", json=req, headers=h) as r:
-            assert r.status_code == 200
-            stream = r.headers["x-tokenedge-stream"]
-            reader, events = Reader("identity"), []
-            for chunk in r.iter_raw():
-                events += reader.feed(chunk)
-                if sum(1 for e in events if "id" in e) >= 3:
-                    break
+        stream, events = leave_after(client, NOKV_URL, req, 3)
         last = max(int(e["id"]) for e in events if "id" in e)
         time.sleep(1)
         h = headers(**{"last-event-id": str(last)})

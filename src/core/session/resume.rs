@@ -84,12 +84,18 @@ impl Session {
             object_of(endpoint),
             resume::intervals(self.config.fast_stream_store).0,
         );
+        self.become_writer(now, log);
+    }
+
+    /// This session keeps `log` from now on. Its record is written at
+    /// once: a reader finds the stream before its first event, and a record
+    /// taken over is fresh again, so other readers follow it instead of
+    /// taking it over too.
+    pub(super) fn become_writer(&mut self, now: Millis, log: Log) {
         self.resume = Some(Box::new(Resume::Writer {
             log,
             detached: false,
         }));
-        // Written at once, so a reader finds the stream before its first
-        // event.
         self.checkpoint(now, true);
         self.timers
             .set(Timer::CancelPoll, now, resume::CANCEL_POLL_MS);

@@ -24,7 +24,6 @@ use super::action::{Action, KvRead, Purpose};
 use super::failover;
 use super::intake::Route;
 use super::resume::{object_of, Resume};
-use super::timers::Timer;
 use super::upstream::Call;
 use super::{Phase, Session};
 
@@ -99,15 +98,7 @@ impl Session {
         let every_ms = resume::intervals(self.config.fast_stream_store).0;
         let mut log = Log::new(id, self.kv_scope.clone(), 1, object_of(endpoint), every_ms);
         log.extend(events);
-        self.resume = Some(Box::new(Resume::Writer {
-            log,
-            detached: false,
-        }));
-        // Written at once: the record is fresh again, so other readers
-        // follow it instead of taking it over too.
-        self.checkpoint(now, true);
-        self.timers
-            .set(Timer::CancelPoll, now, resume::CANCEL_POLL_MS);
+        self.become_writer(now, log);
         self.route = Some(Route::Generate {
             endpoint,
             stream: true,
