@@ -90,21 +90,37 @@ impl StreamOwner {
 pub(super) struct Own(pub(super) Rc<State>);
 
 impl Own {
+    /// A value not past its expiry (each is stored with it in front: the
+    /// object's storage keeps values until they are deleted).
     pub(super) async fn get(&self, key: &str) -> Option<Vec<u8>> {
         let storage = self.0.storage();
         let value = JsFuture::from(storage.as_raw().get(key).ok()?).await.ok()?;
         if value.is_undefined() || value.is_null() {
             return None;
         }
-        Some(js_sys::Uint8Array::new(&value).to_vec())
+        let stored = js_sys::Uint8Array::new(&value).to_vec();
+        let (expiry, value) = stored.split_at_checked(8)?;
+        let expiry = u64::from_be_bytes(expiry.try_into().ok()?);
+        (Date::now().as_millis() < expiry).then(|| value.to_vec())
     }
 
-    /// Writes, and moves the object's expiry to `ttl_secs` from now.
+    /// Writes with its expiry, and moves the object's alarm (which deletes
+    /// everything) to the latest expiry.
     pub(super) async fn put(&self, key: &str, value: &[u8], ttl_secs: u64) {
         let storage = self.0.storage();
-        let bytes = js_sys::Uint8Array::from(value);
-        if storage.put_raw(key, JsValue::from(bytes)).await.is_ok() {
-            let at = Date::now().as_millis() as i64 + ttl_secs.saturating_mul(1000) as i64;
+        let expiry = Date::now()
+            .as_millis()
+            .saturating_add(ttl_secs.saturating_mul(1000));
+        let mut stored = Vec::with_capacity(8 + value.len());
+        stored.extend_from_slice(&expiry.to_be_bytes());
+        stored.extend_from_slice(value);
+        let bytes = js_sys::Uint8Array::from(&stored[..]);
+        if storage.put_raw(key, JsValue::from(bytes)).await.is_err() {
+            return;
+        }
+        let at = i64::try_from(expiry).unwrap_or(i64::MAX);
+        let alarm = storage.get_alarm().await.ok().flatten();
+        if alarm.is_none_or(|current| current < at) {
             let _ = storage.set_alarm(at).await;
         }
     }

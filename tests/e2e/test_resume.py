@@ -192,6 +192,38 @@ def test_on_workers_the_stream_owner_keeps_the_record_without_kv():
         assert got == uninterrupted(client, "identity", req, NOKV_URL)
 
 
+def busy():
+    return any(s["is_processing"] for s in httpx.get(f"{MODEL_URL}/slots", timeout=10).json())
+
+
+def test_a_reader_that_leaves_too_lets_the_generation_stop():
+    """The client leaves, a reader comes back for half a second and leaves
+    too: its mark lapses (after the grace period, 2 s on the test
+    instances), and the generation stops at the end of the next grace
+    period, long before its 1,500 tokens."""
+    deadline = time.monotonic() + 30
+    while busy() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    long = body(max_tokens=1500, prompt="Write a very long story about a lighthouse keeper.")
+    with httpx.Client(timeout=60) as client:
+        stream, events = leave_after(client, URL, long, 3)
+        left_at = time.monotonic()
+        time.sleep(0.3)
+        h = headers(**{"last-event-id": str(max(int(e["id"]) for e in events if "id" in e))})
+        with client.stream("GET", f"{URL}/v1/streams/{stream}", headers=h) as r:
+            assert r.status_code == 200
+            until = time.monotonic() + 0.5
+            for _ in r.iter_raw():
+                if time.monotonic() > until:
+                    break
+        while busy() and time.monotonic() - left_at < 15:
+            time.sleep(0.1)
+        stopped_after = time.monotonic() - left_at
+    assert not busy(), "the model kept generating for nobody"
+    assert stopped_after < 8, stopped_after
+    print(f"[{RUNTIME}] a reader came and went: the model stopped {stopped_after:.2f}s after the client left")
+
+
 def test_a_cancel_stops_the_generation_and_ends_its_readers():
     with httpx.Client(timeout=60) as client, httpx.Client(timeout=60) as other:
         h = headers(**{"cache-control": "no-store"})
