@@ -48,6 +48,7 @@ use spin_sdk::wasip3::clocks::monotonic_clock;
 
 use super::pump::{self, Boxed, Platform, Pump, Reply, UpstreamResponse};
 use crate::core::config::{vars, Config};
+use crate::core::expiring;
 use crate::core::http::{ClientInfo, RequestHead, ResponseHead, UpstreamRequest};
 use crate::core::keyspace::{self, Keyspace};
 use crate::core::quota::{self, Ask, Lease, Tally, Verdict};
@@ -60,8 +61,6 @@ const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
 const SPIN_HEADER_PREFIX: &str = "spin-";
 /// The key-value store used unless `KV_STORE` names another.
 const DEFAULT_STORE: &str = "default";
-/// Bytes of expiry time in front of every stored value.
-const EXPIRY_LEN: usize = 8;
 
 fn now() -> Millis {
     SystemTime::now()
@@ -167,7 +166,7 @@ impl Platform for Spin {
         Box::pin(async move {
             let store = Store::open(&store).await.ok()?;
             let value = store.get(&key).await.ok()??;
-            match unexpired(&value) {
+            match expiring::unexpired(&value, now()) {
                 Some(v) => Some(v.to_vec()),
                 None => {
                     let _ = store.delete(&key).await;
@@ -186,21 +185,21 @@ impl Platform for Spin {
                 return;
             };
             let now = now();
-            let expiry = now.saturating_add(ttl_secs.saturating_mul(1000));
+            let expiry = expiring::after(now, ttl_secs);
             let index_key = keyspace::index_key(&scope);
             let stored = store.get(&index_key).await.ok().flatten();
             let mut index = stored
                 .as_deref()
-                .and_then(unexpired)
+                .and_then(|v| expiring::unexpired(v, now))
                 .map(Keyspace::decode)
                 .unwrap_or_default();
             for gone in index.record(&key, expiry, now) {
                 let _ = store.delete(&gone).await;
             }
             let _ = store
-                .set(&index_key, &expiring_at(&index.encode(), Millis::MAX))
+                .set(&index_key, &expiring::stored(&index.encode(), Millis::MAX))
                 .await;
-            let _ = store.set(&key, &expiring_at(&value, expiry)).await;
+            let _ = store.set(&key, &expiring::stored(&value, expiry)).await;
         }));
     }
 
@@ -251,26 +250,6 @@ impl Platform for Spin {
     }
 }
 
-/// A stored value without its expiry time, unless it has expired.
-fn unexpired(stored: &[u8]) -> Option<&[u8]> {
-    let (expiry, value) = stored.split_at_checked(EXPIRY_LEN)?;
-    let expiry = Millis::from_be_bytes(expiry.try_into().ok()?);
-    (expiry > now()).then_some(value)
-}
-
-/// `value` as stored: its expiry time in front.
-fn expiring(value: &[u8], ttl_secs: u64) -> Vec<u8> {
-    expiring_at(value, now().saturating_add(ttl_secs.saturating_mul(1000)))
-}
-
-/// `value` as stored to expire at `expiry` (ms since the epoch).
-fn expiring_at(value: &[u8], expiry: Millis) -> Vec<u8> {
-    let mut stored = Vec::with_capacity(EXPIRY_LEN + value.len());
-    stored.extend_from_slice(&expiry.to_be_bytes());
-    stored.extend_from_slice(value);
-    stored
-}
-
 /// Reads a key's limits record, applies `change` with this instance's
 /// clock and writes it back. Not atomic: two instances that read the same
 /// record at once both count from it (docs/security.md says what that
@@ -282,13 +261,15 @@ async fn update_tally<T>(
 ) -> Option<T> {
     let store = Store::open(store).await.ok()?;
     let stored = store.get(key).await.ok()?;
+    let now = now();
     let mut tally = stored
         .as_deref()
-        .and_then(unexpired)
+        .and_then(|v| expiring::unexpired(v, now))
         .map(Tally::decode)
         .unwrap_or_default();
-    let out = change(&mut tally, now());
-    let record = expiring(tally.encode().as_bytes(), quota::RECORD_TTL_SECS);
+    let out = change(&mut tally, now);
+    let expiry = expiring::after(now, quota::RECORD_TTL_SECS);
+    let record = expiring::stored(tally.encode().as_bytes(), expiry);
     store.set(key, &record).await.ok()?;
     Some(out)
 }

@@ -25,6 +25,8 @@ use worker::{
     Request, RequestInit, Response, Result, State,
 };
 
+use crate::core::expiring;
+
 /// The path of store requests.
 const STORE_PATH: &str = "/__store";
 /// The header naming a store request's key.
@@ -99,22 +101,15 @@ impl Own {
             return None;
         }
         let stored = js_sys::Uint8Array::new(&value).to_vec();
-        let (expiry, value) = stored.split_at_checked(8)?;
-        let expiry = u64::from_be_bytes(expiry.try_into().ok()?);
-        (Date::now().as_millis() < expiry).then(|| value.to_vec())
+        expiring::unexpired(&stored, Date::now().as_millis()).map(<[u8]>::to_vec)
     }
 
     /// Writes with its expiry, and moves the object's alarm (which deletes
     /// everything) to the latest expiry.
     pub(super) async fn put(&self, key: &str, value: &[u8], ttl_secs: u64) {
         let storage = self.0.storage();
-        let expiry = Date::now()
-            .as_millis()
-            .saturating_add(ttl_secs.saturating_mul(1000));
-        let mut stored = Vec::with_capacity(8 + value.len());
-        stored.extend_from_slice(&expiry.to_be_bytes());
-        stored.extend_from_slice(value);
-        let bytes = js_sys::Uint8Array::from(&stored[..]);
+        let expiry = expiring::after(Date::now().as_millis(), ttl_secs);
+        let bytes = js_sys::Uint8Array::from(&expiring::stored(value, expiry)[..]);
         if storage.put_raw(key, JsValue::from(bytes)).await.is_err() {
             return;
         }
@@ -141,8 +136,8 @@ impl Store {
     pub(super) async fn get(&self, key: &str) -> Option<Vec<u8>> {
         match self {
             Store::Own(own) => own.get(key).await,
-            Store::Owner { .. } => {
-                let mut response = self.ask(Method::Get, key, None).await?;
+            Store::Owner { owners, id } => {
+                let mut response = ask(owners, id, Method::Get, key, None).await?;
                 if response.status_code() != 200 {
                     return None;
                 }
@@ -154,8 +149,8 @@ impl Store {
     pub(super) async fn put(&self, key: &str, value: &[u8], ttl_secs: u64) {
         match self {
             Store::Own(own) => own.put(key, value, ttl_secs).await,
-            Store::Owner { .. } => {
-                self.ask(Method::Put, key, Some((value, ttl_secs))).await;
+            Store::Owner { owners, id } => {
+                ask(owners, id, Method::Put, key, Some((value, ttl_secs))).await;
             }
         }
     }
@@ -163,28 +158,31 @@ impl Store {
     pub(super) async fn delete(&self, key: &str) {
         match self {
             Store::Own(own) => own.delete(key).await,
-            Store::Owner { .. } => {
-                self.ask(Method::Delete, key, None).await;
+            Store::Owner { owners, id } => {
+                ask(owners, id, Method::Delete, key, None).await;
             }
         }
     }
+}
 
-    /// A store request to the stream's owner.
-    async fn ask(&self, method: Method, key: &str, body: Option<(&[u8], u64)>) -> Option<Response> {
-        let Store::Owner { owners, id } = self else {
-            return None;
-        };
-        let stub = owners.id_from_name(id).ok()?.get_stub().ok()?;
-        let headers = worker::Headers::new();
-        headers.set(KEY_HEADER, key).ok()?;
-        let mut init = RequestInit::new();
-        init.with_method(method);
-        if let Some((value, ttl)) = body {
-            headers.set(TTL_HEADER, &ttl.to_string()).ok()?;
-            init.with_body(Some(js_sys::Uint8Array::from(value).into()));
-        }
-        init.with_headers(headers);
-        let req = Request::new_with_init(&format!("https://owner{STORE_PATH}"), &init).ok()?;
-        stub.fetch_with_request(req).await.ok()
+/// A store request to the owner of stream `id`.
+async fn ask(
+    owners: &ObjectNamespace,
+    id: &str,
+    method: Method,
+    key: &str,
+    body: Option<(&[u8], u64)>,
+) -> Option<Response> {
+    let stub = owners.id_from_name(id).ok()?.get_stub().ok()?;
+    let headers = worker::Headers::new();
+    headers.set(KEY_HEADER, key).ok()?;
+    let mut init = RequestInit::new();
+    init.with_method(method);
+    if let Some((value, ttl)) = body {
+        headers.set(TTL_HEADER, &ttl.to_string()).ok()?;
+        init.with_body(Some(js_sys::Uint8Array::from(value).into()));
     }
+    init.with_headers(headers);
+    let req = Request::new_with_init(&format!("https://owner{STORE_PATH}"), &init).ok()?;
+    stub.fetch_with_request(req).await.ok()
 }

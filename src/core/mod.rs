@@ -10,6 +10,7 @@ pub mod config;
 pub(crate) mod deflate;
 pub(crate) mod encoding;
 pub(crate) mod error;
+pub(crate) mod expiring;
 pub mod format;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -107,6 +107,23 @@ impl Session {
         }
     }
 
+    /// The upstream broke a continuable answer (the event is held back):
+    /// the next replica continues it (returns true), or the event goes out
+    /// as it came.
+    pub(super) fn on_break(&mut self, now: Millis) -> bool {
+        if self.fail_over(now) {
+            return true;
+        }
+        if let Phase::Streaming(r) = &mut self.phase {
+            let released = r.release_break();
+            if !released.is_empty() {
+                self.write(now, &released, false);
+            }
+            self.log_events(now);
+        }
+        false
+    }
+
     /// A stall window ended: an upstream that wrote fewer content events
     /// than the minimum rate asks for is stalled, and the next replica
     /// continues. Otherwise the next window starts.

@@ -325,20 +325,8 @@ impl Session {
                     self.write(now, &out.bytes, false);
                 }
                 self.log_events(now);
-                // The upstream broke the answer: the next replica continues
-                // it, or the event goes out as it came.
-                if held && self.fail_over(now) {
+                if held && self.on_break(now) {
                     return;
-                }
-                let Phase::Streaming(restream) = &mut self.phase else {
-                    return;
-                };
-                if held {
-                    let released = restream.release_break();
-                    if !released.is_empty() {
-                        self.write(now, &released, false);
-                    }
-                    self.log_events(now);
                 }
                 let Phase::Streaming(restream) = &self.phase else {
                     return;

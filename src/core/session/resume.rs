@@ -475,7 +475,7 @@ impl Session {
         let overflow = record.head.overflow;
         let lost = record.lost(now);
         if lost {
-            return self.take_over(now, record);
+            return self.take_over(record);
         }
         match record.head.end {
             Some(_) if overflow => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {

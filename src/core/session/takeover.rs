@@ -50,7 +50,7 @@ impl Session {
 
     /// The reader's record was not written for too long: its generation
     /// is lost. Reads the request to continue it, when it can be.
-    pub(super) fn take_over(&mut self, _now: Millis, record: Record) {
+    pub(super) fn take_over(&mut self, record: Record) {
         let Some(Resume::Reader(reader)) = self.resume.as_deref_mut() else {
             return;
         };
