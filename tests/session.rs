@@ -9,7 +9,7 @@ use common::*;
 use serde_json::Value;
 use tokenedge::core::config::Config;
 use tokenedge::core::http::RequestHead;
-use tokenedge::core::session::{Action, Session, KEEPALIVE_COMMENT};
+use tokenedge::core::session::{Action, Session};
 
 #[test]
 fn streams_each_event_at_once_with_sse_headers() {
@@ -134,6 +134,9 @@ fn first_byte_timeout_is_504() {
         ..config()
     };
     let (mut s, mut w) = start(cfg, "/v1/chat/completions", CHAT_STREAM);
+    // The status delay passes without a word: an openai stream is not
+    // committed by a status.
+    fire_timers(&mut s, &mut w, 999);
     assert_eq!(s.poll_timeout(), Some(1_000));
     s.handle_timeout(999);
     w.pump(&mut s, 999);
@@ -153,23 +156,36 @@ fn keepalives_while_waiting_for_the_first_token() {
         ..config()
     };
     let (mut s, mut w) = start(cfg, "/v1/chat/completions", CHAT_STREAM);
-    // No upstream head yet: at 15 s the stream is committed with a comment.
+    // No upstream head yet: at 15 s the stream is committed with a status
+    // comment (an openai client's SDK skips it).
+    fire_timers(&mut s, &mut w, 14_999);
+    assert!(w.head.is_none());
     assert_eq!(s.poll_timeout(), Some(15_000));
     s.handle_timeout(15_000);
     w.pump(&mut s, 15_000);
     assert_eq!(w.status(), 200);
-    assert_eq!(w.body, KEEPALIVE_COMMENT);
+    assert_eq!(
+        w.text(),
+        ": status {\"phase\":\"waiting\",\"elapsed_ms\":15000}\n\n"
+    );
+    // The upstream answered: the client hears so if no text follows soon.
     s.handle_upstream_head(20_000, 200, &sse_head());
-    assert_eq!(s.poll_timeout(), Some(30_000));
-    s.handle_timeout(30_000);
-    s.handle_upstream_chunk(31_000, Bytes::from(CONTENT));
-    w.pump(&mut s, 31_000);
-    assert_eq!(w.chunks.len(), 3);
+    assert_eq!(s.poll_timeout(), Some(20_250));
+    s.handle_timeout(20_250);
+    w.pump(&mut s, 20_250);
+    assert!(w
+        .text()
+        .ends_with(": status {\"phase\":\"prefill\",\"elapsed_ms\":20250}\n\n"));
+    assert_eq!(s.poll_timeout(), Some(35_250));
+    s.handle_timeout(35_250);
+    s.handle_upstream_chunk(36_000, Bytes::from(CONTENT));
+    w.pump(&mut s, 36_000);
+    assert_eq!(w.chunks.len(), 4);
     // Content pushed the next keep-alive back.
-    assert_eq!(s.poll_timeout(), Some(46_000));
+    assert_eq!(s.poll_timeout(), Some(51_000));
     // An upstream error after the commit becomes an error event, not a status.
-    s.handle_upstream_failed(32_000, "reset");
-    w.pump(&mut s, 32_000);
+    s.handle_upstream_failed(37_000, "reset");
+    w.pump(&mut s, 37_000);
     assert_eq!(w.status(), 200);
     assert!(w.text().contains("\"upstream_stream_broken\""));
 }
@@ -1101,15 +1117,14 @@ fn huge_configured_timeouts_still_time_out() {
         _ => None,
     });
     let (mut s, mut w) = start(cfg, "/v1/chat/completions", CHAT_STREAM);
-    let now = 1_000;
     let due = s.poll_timeout().expect("a deadline");
-    assert!(due > now && due <= 10 * 60_000, "{due}");
+    assert!(due > 0 && due <= 10 * 60_000, "{due}");
     fire_timers(&mut s, &mut w, 10 * 60_000);
     assert!(w.ended, "the silent upstream timed out");
     assert!(w.text().contains("upstream_timeout"), "{}", w.text());
     // A minute apart until the ten-minute limit: at 1, 2, …, 9 minutes.
     assert_eq!(
-        w.text().matches(": keep-alive").count(),
+        w.text().matches(": status {\"phase\":\"waiting\"").count(),
         9,
         "keep-alives a minute apart: {}",
         w.text()

@@ -44,8 +44,10 @@ fn drive_as(format: &str, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
         200,
         &[("content-type".into(), "text/event-stream".into())],
     );
-    for (i, c) in chunks.iter().enumerate() {
-        s.handle_upstream_chunk(2 + i as u64, Bytes::copy_from_slice(c));
+    // All at one instant, so every split writes the same bytes (status
+    // events carry the time since the request).
+    for c in chunks {
+        s.handle_upstream_chunk(2, Bytes::copy_from_slice(c));
     }
     s.handle_upstream_end(1_000_000);
     let mut body = Vec::new();
@@ -130,7 +132,8 @@ vectors!(
     vllm_chat,
     openai_tool_calls,
     grammar_edge_cases,
-    llamacpp_chat_multi_line
+    llamacpp_chat_multi_line,
+    llamacpp_chat_progress
 );
 
 /// The JSON of each event (`data:` or ndjson line) of a client body, and

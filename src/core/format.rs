@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::core::error::Error;
 use crate::core::sse::write_event;
+use crate::core::status::Status;
 
 /// The request header that selects the format.
 pub(crate) const HEADER: &str = "x-tokenedge-format";
@@ -153,6 +154,34 @@ impl Format {
             }
             Self::OpenAi | Self::Text => {}
         }
+    }
+
+    /// Writes a status event (see `crate::core::status`): typed in the
+    /// compact formats, an SSE comment in `openai`, nothing in `text`.
+    pub(crate) fn write_status(self, out: &mut BytesMut, status: &Status) {
+        match self {
+            Self::OpenAi => {
+                out.put_slice(b": status ");
+                put_json(out, status);
+                out.put_slice(b"\n\n");
+            }
+            Self::Compact => {
+                out.put_slice(b"event: status\ndata: ");
+                put_json(out, status);
+                out.put_slice(b"\n\n");
+            }
+            Self::Ndjson => {
+                out.put_slice(b"{\"status\":");
+                put_json(out, status);
+                out.put_slice(b"}\n");
+            }
+            Self::Text => {}
+        }
+    }
+
+    /// Whether the format has a place for status events.
+    pub(crate) fn has_status(self) -> bool {
+        self != Self::Text
     }
 
     /// Writes the final event of a completed stream.
@@ -336,6 +365,30 @@ mod tests {
             s(|b| Format::Text.write_error(b, &err)),
             "\n\n[error] boom\n"
         );
+    }
+
+    #[test]
+    fn status_events() {
+        use crate::core::status::{Stage, Status};
+        let st = Status {
+            phase: Stage::Waiting,
+            progress: None,
+            elapsed_ms: 3,
+        };
+        let json = r#"{"phase":"waiting","elapsed_ms":3}"#;
+        assert_eq!(
+            s(|b| Format::Compact.write_status(b, &st)),
+            format!("event: status\ndata: {json}\n\n")
+        );
+        assert_eq!(
+            s(|b| Format::Ndjson.write_status(b, &st)),
+            format!("{{\"status\":{json}}}\n")
+        );
+        assert_eq!(
+            s(|b| Format::OpenAi.write_status(b, &st)),
+            format!(": status {json}\n\n")
+        );
+        assert_eq!(s(|b| Format::Text.write_status(b, &st)), "");
     }
 
     #[test]

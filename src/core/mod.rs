@@ -27,6 +27,7 @@ pub(crate) mod resume;
 pub mod route;
 pub mod session;
 pub mod sse;
+pub(crate) mod status;
 pub mod write_once;
 
 /// Milliseconds on the adapter's clock (e.g. `Date.now()` on Workers). Only

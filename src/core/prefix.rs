@@ -177,6 +177,10 @@ pub(crate) fn continuation(
     text: &str,
     tokens: u64,
 ) -> CompletionRequest {
+    // Nothing generated yet: the request itself, as first sent.
+    if text.is_empty() {
+        return request.clone();
+    }
     let mut body = request.body.clone();
     match request.endpoint {
         Endpoint::Chat => {

@@ -12,6 +12,10 @@
 //! richer delta), and the finish reason and usage are kept for the final
 //! event the session writes with `Restream::write_end`.
 //!
+//! Prefill progress chunks (llama.cpp's `prompt_progress`) are status, not
+//! content: they are reported in [`Output::progress`] and go nowhere else
+//! (see `crate::core::status`).
+//!
 //! It can also hand each event to a cache `Recorder` (so a recorded
 //! answer is parsed once), and re-stream a continuation after a
 //! speculative prefix (`Restream::continuing`): events carrying nothing
@@ -32,6 +36,7 @@ use crate::core::format::{Format, Stats};
 use crate::core::openai::{chunk_parts, clean_finish, inspect_chunk};
 use crate::core::prefix::Splice;
 use crate::core::sse::{write_event, Event, Parser, SseError, DONE};
+use crate::core::status::{progress_of, Progress};
 
 /// What one call to [`Restream::push`] produced.
 #[derive(Debug, Default)]
@@ -41,6 +46,9 @@ pub struct Output {
     pub bytes: Bytes,
     /// Events in `bytes` that carried generated content.
     pub content_events: u32,
+    /// The prefill progress the pushed events reported, in order (those
+    /// events are status, not content: nothing of them is in `bytes`).
+    pub(crate) progress: Vec<Progress>,
 }
 
 /// Most distinct finished choices tracked per stream (a request may ask
@@ -230,6 +238,7 @@ impl Restream {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Output, SseError> {
         self.parser.push(chunk, &mut self.events)?;
         let mut content_events = 0;
+        let mut progress = Vec::new();
         // Taken out for the loop (and put back) so events can be written
         // through `&mut self`; the buffer's allocation is kept.
         let mut events = std::mem::take(&mut self.events);
@@ -246,6 +255,10 @@ impl Restream {
                 continue;
             }
             let data = one_line(&event.data);
+            if let Some(p) = progress_of(&data) {
+                progress.push(p);
+                continue;
+            }
             if let Some(r) = &mut self.recorder {
                 r.event(&data);
             }
@@ -270,6 +283,7 @@ impl Restream {
         Ok(Output {
             bytes: self.out.split().freeze(),
             content_events,
+            progress,
         })
     }
 
@@ -517,6 +531,29 @@ mod tests {
     fn nothing_after_done() {
         let (out, _) = run(b"data: [DONE]\n\ndata: {}\n\n");
         assert_eq!(out, DONE);
+    }
+
+    #[test]
+    fn progress_chunks_are_status_not_content() {
+        let progress = |n: u64| {
+            format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":null}}}}],\"prompt_progress\":{{\"total\":9,\"cache\":0,\"processed\":{n},\"time_ms\":1}}}}\n\n")
+        };
+        for format in [Format::OpenAi, Format::Compact] {
+            let mut r = Restream::new(format).numbered(true);
+            let o = r
+                .push(format!("{}{}", progress(0), progress(4)).as_bytes())
+                .unwrap();
+            assert!(o.bytes.is_empty(), "{format:?}");
+            let processed: Vec<u64> = o.progress.iter().map(|p| p.processed).collect();
+            assert_eq!(processed, [0, 4]);
+            let o = r
+                .push(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n")
+                .unwrap();
+            assert!(o.progress.is_empty());
+            // The first event that is not status is number 1.
+            assert!(String::from_utf8_lossy(&o.bytes).contains("id: 1\n"));
+            assert_eq!(r.take_logged().len(), 1);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::core::config::Dialect;
 use crate::core::error::Error;
 
 /// The two generation endpoints.
@@ -41,9 +42,14 @@ pub(crate) struct CompletionRequest {
 impl CompletionRequest {
     /// The JSON body sent upstream: the client's, with
     /// `stream_options.include_usage: true` on streams so usage is always
-    /// known at the end (existing `stream_options` fields are kept).
-    pub(crate) fn upstream_body(&self) -> Vec<u8> {
+    /// known at the end (existing `stream_options` fields are kept), and
+    /// on a llama.cpp upstream `return_progress: true`, so the stream
+    /// reports prefill progress (`crate::core::status`).
+    pub(crate) fn upstream_body(&self, dialect: Dialect) -> Vec<u8> {
         let mut body = self.body.clone();
+        if self.stream && dialect == Dialect::LlamaCpp {
+            body.entry("return_progress").or_insert(Value::Bool(true));
+        }
         if self.stream {
             let options = body
                 .entry("stream_options")
@@ -436,7 +442,7 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream_options":{"x":1}}"#,
         )
         .unwrap();
-        let v: Value = serde_json::from_slice(&r.upstream_body()).unwrap();
+        let v: Value = serde_json::from_slice(&r.upstream_body(Dialect::OpenAi)).unwrap();
         assert_eq!(
             v["stream_options"],
             serde_json::json!({"x":1,"include_usage":true})
@@ -445,10 +451,24 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream_options":null}"#,
         )
         .unwrap();
-        let v: Value = serde_json::from_slice(&r.upstream_body()).unwrap();
+        let v: Value = serde_json::from_slice(&r.upstream_body(Dialect::OpenAi)).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         let r = chat(r#"{"model":"m","messages":[{"role":"user"}]}"#).unwrap();
-        let v: Value = serde_json::from_slice(&r.upstream_body()).unwrap();
+        let v: Value = serde_json::from_slice(&r.upstream_body(Dialect::OpenAi)).unwrap();
         assert!(v.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn llama_cpp_streams_ask_for_prefill_progress() {
+        let stream = chat(r#"{"model":"m","messages":[{"role":"user"}],"stream":true}"#).unwrap();
+        let v: Value = serde_json::from_slice(&stream.upstream_body(Dialect::LlamaCpp)).unwrap();
+        assert_eq!(v["return_progress"], true);
+        for dialect in [Dialect::OpenAi, Dialect::Vllm] {
+            let v: Value = serde_json::from_slice(&stream.upstream_body(dialect)).unwrap();
+            assert!(v.get("return_progress").is_none(), "{dialect:?}");
+        }
+        let whole = chat(r#"{"model":"m","messages":[{"role":"user"}]}"#).unwrap();
+        let v: Value = serde_json::from_slice(&whole.upstream_body(Dialect::LlamaCpp)).unwrap();
+        assert!(v.get("return_progress").is_none());
     }
 }

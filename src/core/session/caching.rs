@@ -79,7 +79,7 @@ impl Session {
         };
         restream.continuing(tokens);
         self.held = Some(restream);
-        let body: Bytes = continuation.upstream_body().into();
+        let body: Bytes = continuation.upstream_body(self.config.dialect).into();
         self.send_upstream(now, Call::post(endpoint.path(), body, true));
     }
 

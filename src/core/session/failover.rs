@@ -68,7 +68,8 @@ impl Session {
             return false;
         };
         let tokens = r.content_events;
-        let body = prefix::continuation(request, self.config.dialect, text, tokens).upstream_body();
+        let body = prefix::continuation(request, self.config.dialect, text, tokens)
+            .upstream_body(self.config.dialect);
         self.upstream
             .report(&mut self.actions, &self.config, false, self.last_now);
         let Some(mut call) = self.upstream.next_replica(&mut self.actions) else {

@@ -66,6 +66,7 @@ mod relay;
 mod request;
 mod response;
 mod resume;
+mod status;
 mod takeover;
 mod timers;
 mod upstream;
@@ -165,6 +166,8 @@ pub struct Session {
     failovers: u32,
     /// Content events streamed when the current stall window began.
     stall_mark: u64,
+    /// The stage a streamed generation tells its client (`status`).
+    told: Option<status::Told>,
     received_at: Millis,
     /// The latest `now` any input brought.
     last_now: Millis,
@@ -192,6 +195,7 @@ impl Session {
             held: None,
             failovers: 0,
             stall_mark: 0,
+            told: None,
             received_at: 0,
             last_now: 0,
             first_content_at: None,
@@ -585,12 +589,11 @@ impl Session {
             self.timers.stop(Timer::Stall);
             self.check_rate(now);
         }
+        if self.timers.expired(Timer::Status, now) {
+            self.on_status_timer(now);
+        }
         if self.timers.expired(Timer::KeepAlive, now) {
-            // Before anything was sent this commits to an event stream, so
-            // the client's connection stays alive; a later upstream error
-            // becomes an error event.
-            self.start_events();
-            self.write(now, KEEPALIVE_COMMENT, true);
+            self.keep_alive(now);
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::core::prefetch;
 use crate::core::restream::Ending;
 use crate::core::resume::End;
 use crate::core::route;
+use crate::core::status::Stage;
 use crate::core::Millis;
 
 use super::action::Action;
@@ -36,6 +37,7 @@ impl Session {
         };
         self.timers.set(Timer::Upstream, now, wait);
         self.phase = Phase::AwaitingHead;
+        self.enter_stage(now, Stage::Waiting);
     }
 
     pub(super) fn cancel_upstream(&mut self) {
@@ -101,6 +103,7 @@ impl Session {
             }
             Route::Generate { stream: true, .. } => {
                 self.start_events();
+                self.enter_stage(now, Stage::Prefill);
                 let held = self.held.take();
                 let mut restream = held.unwrap_or_else(|| self.new_restream());
                 if let Some(r) = self.cache.as_mut().and_then(|c| c.take_recorder()) {
@@ -301,6 +304,7 @@ impl Session {
         }
         if content_events > 0 {
             self.watch_rate(now);
+            self.on_generating();
         }
     }
 
@@ -320,6 +324,9 @@ impl Session {
         match restream.push(chunk) {
             Ok(out) => {
                 let held = restream.holds_break();
+                for progress in out.progress {
+                    self.on_progress(now, progress);
+                }
                 self.saw_content(now, out.content_events);
                 if !out.bytes.is_empty() {
                     self.write(now, &out.bytes, false);

@@ -84,6 +84,7 @@ impl Session {
                 ),
                 Err(e) => return self.fail(e),
             }
+            self.start_status();
             self.start_log(now, &intake, endpoint);
             self.keep_request(&request);
             self.allow_failover(&request);
@@ -91,7 +92,7 @@ impl Session {
         self.route = Some(Route::Generate { endpoint, stream });
         self.upstream
             .pick(&self.config, &route::affinity(endpoint, &request.body), now);
-        let body: Bytes = request.upstream_body().into();
+        let body: Bytes = request.upstream_body(self.config.dialect).into();
         match self.plan_lookup(&intake, &request) {
             None => self.send_upstream(now, Call::post(endpoint.path(), body, stream)),
             Some((store, key, read)) => {
@@ -112,7 +113,7 @@ impl Session {
                 }
             }
         }
-        if stream && self.response.format().is_event_stream() {
+        if stream && (self.response.format().is_event_stream() || self.told.is_some()) {
             let interval = self.config.keepalive_interval_ms;
             self.timers.set(Timer::KeepAlive, now, interval);
         }

@@ -88,13 +88,8 @@ impl Session {
         let tokens = r.content_events;
         // Nothing streamed yet: nothing to splice onto.
         let splice = r.events_forwarded > 0;
-        // Nothing generated yet: the request itself, as first sent.
-        let body = match text.is_empty() {
-            true => request.upstream_body(),
-            false => {
-                prefix::continuation(&request, self.config.dialect, text, tokens).upstream_body()
-            }
-        };
+        let body = prefix::continuation(&request, self.config.dialect, text, tokens)
+            .upstream_body(self.config.dialect);
         let every_ms = resume::intervals(self.config.fast_stream_store).0;
         let mut log = Log::new(id, self.kv_scope.clone(), 1, object_of(endpoint), every_ms);
         log.extend(events);

@@ -32,10 +32,13 @@ pub(super) enum Timer {
     /// A stream's upstream has had its window to keep up the minimum rate
     /// (`failover`).
     Stall,
+    /// A streamed generation's client hears which stage it is in
+    /// (`status`).
+    Status,
 }
 
 impl Timer {
-    const VALUES: [Timer; 10] = [
+    const VALUES: [Timer; 11] = [
         Timer::Admit,
         Timer::Lookup,
         Timer::Upstream,
@@ -46,6 +49,7 @@ impl Timer {
         Timer::Grace,
         Timer::Tail,
         Timer::Stall,
+        Timer::Status,
     ];
 
     fn index(self) -> usize {
