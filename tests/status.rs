@@ -106,6 +106,19 @@ fn a_compact_client_hears_each_stage_before_the_first_token() {
 }
 
 #[test]
+fn a_short_prefill_says_nothing() {
+    // The whole prompt read within the delay: the client gets the text as
+    // it would without status events.
+    let (mut s, mut w) = with_format(config(), "compact");
+    s.handle_upstream_head(50, 200, &sse_head());
+    feed_at(&mut s, &mut w, 60, PROGRESS);
+    fire_timers(&mut s, &mut w, 5_000);
+    assert!(w.ended);
+    assert!(statuses(&w.text()).is_empty(), "{}", w.text());
+    assert!(w.text().starts_with("data: \"The\"\n\n"), "{}", w.text());
+}
+
+#[test]
 fn an_upstream_that_answers_without_progress_gets_a_prefill_status_when_slow() {
     let (mut s, mut w) = with_format(config(), "ndjson");
     s.handle_upstream_head(100, 200, &sse_head());
@@ -207,7 +220,7 @@ fn progress_is_never_stored_or_replayed() {
     let (mut s, mut w) = cached_request(cfg.clone(), &Default::default(), "k1", DETERMINISTIC, &[]);
     s.handle_upstream_head(1, 200, &sse_head());
     w.pump(&mut s, 1);
-    feed(&mut s, &mut w, PROGRESS, 10);
+    feed(&mut s, &mut w, PROGRESS, 300);
     assert!(w.ended);
     assert_eq!(statuses(&w.text()).len(), 4, "{}", w.text());
     // Neither the cache entry nor the stream's record has the progress.

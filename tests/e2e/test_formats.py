@@ -118,3 +118,57 @@ def test_a_slow_link_hint_coalesces_its_own_stream_only():
     assert neighbour >= 0.8, f"{neighbour:.2f} reads per token over {tokens} tokens"
     fast, tokens = reads_per_token({"X-Tokenedge-Bandwidth": "100000"}, LINK_KEY)
     assert fast >= 0.8, f"{fast:.2f} reads per token over {tokens} tokens"
+
+
+def long_prompt():
+    """A prompt of ~600 tokens that no earlier request shares a prefix
+    with (the model server's prompt cache would read it at once): its
+    prefill takes seconds on one thread, read 256 tokens at a time."""
+    nonce = os.urandom(6).hex()
+    return f"[{nonce}] " + "The tide comes in over the grey stones and goes out again. " * 45 + "Say one word."
+
+
+def test_status_events_report_prefill_progress():
+    body = {**CHAT, "max_tokens": 4, "messages": [{"role": "user", "content": long_prompt()}]}
+    _, reads, _ = stream({"X-Tokenedge-Format": "compact"}, body=body)
+    text = b"".join(d for _, d in reads).decode()
+    events = [e for e in text.split("\n\n") if e]
+    first_token = next(i for i, e in enumerate(events) if e.startswith("data: "))
+    statuses = [json.loads(e.split("data: ", 1)[1]) for e in events if e.startswith("event: status\n")]
+    assert statuses, text
+    # Every status comes before the first token, in stage order.
+    assert all(e.startswith("event: status\n") for e in events[:first_token])
+    assert len(statuses) == first_token
+    order = {"waiting": 0, "prefill": 1}
+    assert [order[s["phase"]] for s in statuses] == sorted(order[s["phase"]] for s in statuses)
+    elapsed = [s["elapsed_ms"] for s in statuses]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 250
+    # The model server reads the prompt in steps and says how far it is.
+    progress = [s["progress"] for s in statuses if "progress" in s]
+    assert len(progress) >= 2, statuses
+    processed = [p["processed"] for p in progress]
+    assert processed == sorted(processed) and len(set(processed)) >= 2
+    assert progress[-1]["processed"] == progress[-1]["total"] > 400
+    # The statuses arrived while the prompt was read, before any text.
+    status_times = [t for t, d in reads if b"event: status" in d]
+    token_times = [t for t, d in reads if b'data: "' in d]
+    assert status_times[-1] - status_times[0] > 0.5 and status_times[-1] <= token_times[0]
+
+
+def test_openai_sdk_reads_a_stream_with_status_comments():
+    import openai
+
+    client = openai.OpenAI(base_url=f"{URL}/v1", api_key=KEY, max_retries=0, timeout=120)
+    messages = [{"role": "user", "content": long_prompt()}]
+    seen = 0
+    with client.chat.completions.create(model="smollm2", stream=True, max_tokens=4, messages=messages) as chunks:
+        for chunk in chunks:
+            assert not hasattr(chunk, "prompt_progress") or chunk.prompt_progress is None
+            seen += 1
+    assert seen >= 2
+    # The same stream read raw: the status lines are comments.
+    messages = [{"role": "user", "content": long_prompt()}]
+    body = {**CHAT, "max_tokens": 4, "messages": messages}
+    _, reads, _ = stream({}, body=body)
+    text = b"".join(d for _, d in reads).decode()
+    assert ": status {" in text and "prompt_progress" not in text, text[:400]

@@ -17,6 +17,8 @@ use super::{Session, KEEPALIVE_COMMENT};
 pub(super) struct Told {
     stage: Stage,
     progress: Option<Progress>,
+    /// A status went out: progress is told as it comes from now on.
+    spoken: bool,
 }
 
 impl Session {
@@ -27,6 +29,7 @@ impl Session {
             self.told = Some(Told {
                 stage: Stage::Waiting,
                 progress: None,
+                spoken: false,
             });
         }
     }
@@ -43,7 +46,9 @@ impl Session {
         self.timers.set(Timer::Status, now, STATUS_DELAY_MS);
     }
 
-    /// The upstream reported how far through the prompt it is.
+    /// The upstream reported how far through the prompt it is: told at
+    /// once when the client already heard a status, else when the delay
+    /// runs out (a short prompt's progress costs the client nothing).
     pub(super) fn on_progress(&mut self, now: Millis, progress: Progress) {
         let Some(told) = &mut self.told else { return };
         if told.stage == Stage::Generating {
@@ -51,8 +56,9 @@ impl Session {
         }
         told.stage = Stage::Prefill;
         told.progress = Some(progress);
-        self.timers.stop(Timer::Status);
-        self.tell_status(now);
+        if told.spoken {
+            self.tell_status(now);
+        }
     }
 
     /// Text came: it says the rest.
@@ -91,7 +97,9 @@ impl Session {
     }
 
     fn tell_status(&mut self, now: Millis) {
-        let Some(told) = self.told else { return };
+        let Some(told) = &mut self.told else { return };
+        told.spoken = true;
+        let told = *told;
         let status = Status {
             phase: told.stage,
             progress: told.progress.filter(|_| told.stage == Stage::Prefill),
