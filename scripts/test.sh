@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls this):
 # formatting, lints for every build, unit and vector tests, a fuzz smoke,
-# benches compile,
+# the client library's tests, benches compile,
 # docs, the worker and Spin component builds and their sizes, and the one
 # end-to-end suite run twice in front of the real local model: against the
 # worker under wrangler dev (workerd), and against the Spin component in the
@@ -28,6 +28,8 @@ cargo test
 step "fuzz smoke: every committed crash input and seed, then each target for 30 s (bench/fuzz.sh runs 10 min each)"
 (cd fuzz && cargo fmt --check)
 bash scripts/fuzz.sh "${FUZZ_SMOKE_SECONDS:-30}"
+step "client library (client/): node's test runner against recorded streams and a local server"
+(cd client && node --test test/)
 step "benches compile"
 cargo bench --no-run
 step "wasm CPU bench (bench/wasm-cpu) builds and runs once"
