@@ -28,8 +28,9 @@ cargo test
 step "fuzz smoke: every committed crash input and seed, then each target for 30 s (bench/fuzz.sh runs 10 min each)"
 (cd fuzz && cargo fmt --check)
 bash scripts/fuzz.sh "${FUZZ_SMOKE_SECONDS:-30}"
-step "client library (client/): node's test runner against recorded streams and a local server"
+step "client library (client/) and the page's markdown (page/): node's test runner"
 (cd client && node --test test/)
+(cd page && node --test test/)
 step "benches compile"
 cargo bench --no-run
 step "wasm CPU bench (bench/wasm-cpu) builds and runs once"

@@ -131,6 +131,8 @@ pub mod vars {
     pub const MIN_TOKENS_PER_SEC: &str = "MIN_TOKENS_PER_SEC";
     /// The window a stall is measured over (0: never).
     pub const STALL_SECS: &str = "STALL_SECS";
+    /// `off`: no demo page at `/`.
+    pub const PAGE: &str = "PAGE";
     /// Every name, for adapters that read them all at once.
     pub const ALL: &[&str] = &[
         UPSTREAM_URL,
@@ -161,6 +163,7 @@ pub mod vars {
         FAILOVER_BUDGET,
         MIN_TOKENS_PER_SEC,
         STALL_SECS,
+        PAGE,
     ];
 }
 
@@ -289,6 +292,8 @@ pub struct Config {
     pub max_streams_per_key: u32,
     /// Whether streams are resumable (`RESUME`, on by default).
     pub resume: bool,
+    /// Whether the demo page is served at `/` (`PAGE`, on by default).
+    pub page: bool,
     /// How long a stream can be resumed after it started.
     pub resume_ttl_secs: u64,
     /// How long a generation goes on after its client left.
@@ -336,6 +341,7 @@ impl Default for Config {
             rate_limit_rpm: 0,
             max_streams_per_key: 0,
             resume: true,
+            page: true,
             resume_ttl_secs: DEFAULT_RESUME_TTL_SECS,
             resume_grace_secs: DEFAULT_RESUME_GRACE_SECS,
             failover_budget: DEFAULT_FAILOVER_BUDGET,
@@ -449,6 +455,12 @@ impl Config {
             max_streams_per_key: u32::try_from(number(vars::MAX_STREAMS_PER_KEY, 0))
                 .unwrap_or(u32::MAX),
             resume: !get(vars::RESUME).is_some_and(|v| {
+                matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "off" | "0" | "false" | "no"
+                )
+            }),
+            page: !get(vars::PAGE).is_some_and(|v| {
                 matches!(
                     v.to_ascii_lowercase().as_str(),
                     "off" | "0" | "false" | "no"

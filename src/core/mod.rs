@@ -19,6 +19,7 @@ pub mod keyspace;
 pub(crate) mod link;
 pub(crate) mod openai;
 pub mod pacing;
+pub(crate) mod page;
 pub(crate) mod prefetch;
 pub(crate) mod prefix;
 pub mod quota;

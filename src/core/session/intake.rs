@@ -16,6 +16,7 @@ use crate::core::http::{Headers, RequestHead};
 use crate::core::link::{self, LinkEstimate};
 use crate::core::openai::{self, CompletionRequest, Endpoint};
 use crate::core::pacing::{self, Rule};
+use crate::core::page;
 use crate::core::prefetch;
 use crate::core::prefix;
 use crate::core::resume;
@@ -40,6 +41,8 @@ pub(super) enum Route {
     ReadStream,
     /// `POST /v1/streams/{id}/cancel`.
     CancelStream,
+    /// `GET /` and the files it loads (`crate::core::page`), no key needed.
+    Page(&'static page::Asset),
 }
 
 /// The facts of one request head.
@@ -153,6 +156,11 @@ impl Intake {
 fn route(config: &Config, req: &RequestHead, key: Option<&str>) -> Result<Route, Error> {
     if req.method == "OPTIONS" {
         return Ok(Route::Preflight);
+    }
+    if config.page && (req.method == "GET" || req.method == "HEAD") {
+        if let Some(asset) = page::asset(&req.path) {
+            return Ok(Route::Page(asset));
+        }
     }
     let generate = |endpoint| Route::Generate {
         endpoint,

@@ -78,7 +78,7 @@ use bytes::Bytes;
 use crate::core::cache::Entry;
 use crate::core::config::Config;
 use crate::core::error::{Error, ErrorKind};
-use crate::core::http::RequestHead;
+use crate::core::http::{RequestHead, ResponseHead};
 use crate::core::keyspace;
 use crate::core::prefetch;
 use crate::core::quota::{Lease, Verdict};
@@ -431,6 +431,18 @@ impl Session {
                 );
                 self.finish();
             }
+            Route::Page(asset) => {
+                let body = match req.method.as_str() {
+                    "HEAD" => Bytes::new(),
+                    _ => Bytes::from_static(asset.body),
+                };
+                let head = ResponseHead {
+                    status: 200,
+                    headers: crate::core::page::headers(asset),
+                };
+                self.actions.push_back(Action::Respond(head, body));
+                self.finish();
+            }
             Route::Health | Route::Models => {
                 self.route = Some(route);
                 if route == Route::Health {
@@ -478,7 +490,7 @@ impl Session {
             Route::Generate { endpoint, .. } => self.generate(now, *intake, endpoint, body),
             Route::ReadStream => self.read_stream(now, *intake),
             Route::CancelStream => self.cancel_stream(now, *intake),
-            Route::Preflight | Route::Health | Route::Models => {}
+            Route::Preflight | Route::Health | Route::Models | Route::Page(_) => {}
         }
     }
 

@@ -113,6 +113,7 @@ impl Session {
             }
             Route::Generate { .. }
             | Route::Models
+            | Route::Page(_)
             | Route::Preflight
             | Route::ReadStream
             | Route::CancelStream => {
