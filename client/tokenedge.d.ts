@@ -60,6 +60,7 @@ export interface ReplyEvents {
   delta: Record<string, unknown>;
   stats: Stats;
   reconnect: { attempt: number; lastEventId: string | null };
+  resumed: { attempt: number; lastEventId: string | null };
   done: Result;
   error: TokenedgeError;
 }

@@ -289,8 +289,8 @@ export class Reply extends Emitter {
         if (e instanceof TokenedgeError) return this.#fail(e);
         ended = false;
       }
-      if (ended) return this.#finish(url);
-      if (this.stopped) return this.#finish(url, "cancelled");
+      if (ended) return await this.#finish(url);
+      if (this.stopped) return await this.#finish(url, "cancelled");
       res = await this.#reconnect();
       if (!res) return this.#fail(new TokenedgeError("the stream was cut and could not be resumed", { retryable: true }));
     }
@@ -320,7 +320,15 @@ export class Reply extends Emitter {
       this.stats.decodedBytes += value.byteLength;
       if (this.#handle(this.decoder.push(utf8.decode(value, { stream: true })))) {
         meter.finish();
-        reader.cancel().catch(() => {});
+        // The body closes right after its end event; read it to its end so
+        // the platform's figures for it (resource timing) are complete.
+        const rest = setTimeout(() => reader.cancel().catch(() => {}), 1000);
+        try {
+          while (!(await reader.read()).done);
+        } catch {
+          // cut after the end: nothing was lost
+        }
+        clearTimeout(rest);
         return true;
       }
     }
@@ -384,6 +392,7 @@ export class Reply extends Emitter {
           signal: this.controller.signal,
         });
         if (res.ok) {
+          this.emit("resumed", { attempt: this.reconnects, lastEventId: id });
           // Whatever was half-read is read again, whole.
           const lastEventId = this.decoder.lastEventId;
           this.decoder = new Decoder(this.format);
@@ -398,10 +407,13 @@ export class Reply extends Emitter {
     return null;
   }
 
-  #finish(url, reason) {
+  async #finish(url, reason) {
     const s = this.stats;
     s.durationMs = now() - this.started;
-    s.wireBytes = wireBytes(url, this.started);
+    // The resource timing entry is added just after the body ends.
+    for (let i = 0; i < 10 && (s.wireBytes = wireBytes(url, this.started)) === null && globalThis.document; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
     if (reason) this.finishReason = reason;
     this.emit("stats", s);
     const result = { text: this.text, finishReason: this.finishReason ?? null, usage: this.usage ?? null, stats: s, id: this.id };

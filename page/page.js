@@ -121,6 +121,9 @@ function ask(content) {
   reply.on("reconnect", ({ attempt }) => {
     stat("status").textContent = `reconnecting (${attempt})`;
   });
+  reply.on("resumed", () => {
+    stat("status").textContent = "resumed";
+  });
   reply.on("token", ({ t }) => {
     if (msg.dataset.state !== "streaming") {
       skeleton.remove();
@@ -137,7 +140,10 @@ function ask(content) {
     stat("tokens").textContent = s.tokens;
     stat("rate").textContent = s.tokensPerSec === null ? "–" : s.tokensPerSec.toFixed(1);
     stat("decoded").textContent = s.decodedBytes;
-    if (s.server) stat("server-ttft").textContent = s.server.ttft_ms;
+    if (s.server) {
+      stat("server-ttft").textContent = s.server.ttft_ms;
+      stat("server-tokens").textContent = s.server.tokens;
+    }
     drawChart();
   });
   reply.done
@@ -192,7 +198,7 @@ function note(msg, text) {
 }
 
 function resetPanel() {
-  for (const name of ["ttft", "tokens", "rate", "wire", "decoded", "ratio", "cache", "server-ttft"]) stat(name).textContent = "–";
+  for (const name of ["ttft", "tokens", "rate", "wire", "decoded", "ratio", "cache", "server-ttft", "server-tokens"]) stat(name).textContent = "–";
   stat("status").textContent = "sent";
 }
 

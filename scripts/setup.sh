@@ -18,6 +18,7 @@ BINARYEN_VERSION=132.0.0
 WORKER_BUILD_VERSION=0.8.7
 SMOLLM2_VERSION=0.1.2
 CARGO_FUZZ_VERSION=0.13.2
+PLAYWRIGHT_CORE_VERSION=1.65.1
 # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
 WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' "$ROOT/Cargo.lock")
 
@@ -112,14 +113,38 @@ setup_spin() {
   echo "export SPIN_HOST_BIN='$dir/tokenedge-spin-host'"
 }
 
+# The browser tests: Debian's Chromium (apt, as root; otherwise it must be
+# installed already) driven by playwright-core from npm.
+setup_browser() {
+  if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ]; then
+      log "installing Debian's chromium (apt)"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >&2 ||
+        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >&2; }
+    else
+      log "no /usr/bin/chromium: install Debian's chromium package (sudo apt-get install chromium) for the browser tests"
+    fi
+  fi
+  local dir="$CACHE/npm-playwright-core-$PLAYWRIGHT_CORE_VERSION"
+  if [ ! -f "$dir/node_modules/playwright-core/package.json" ]; then
+    log "installing playwright-core $PLAYWRIGHT_CORE_VERSION into $dir"
+    rm -rf "$dir"; mkdir -p "$dir"
+    (cd "$dir" && echo '{"private":true}' > package.json &&
+      npm install --no-audit --no-fund --loglevel=error "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2)
+  fi
+  echo "export PLAYWRIGHT_CORE='$dir/node_modules/playwright-core'"
+  echo "export CHROMIUM_BIN=/usr/bin/chromium"
+}
+
 case "$want" in
   python) setup_python ;;
   node) setup_node ;;
   rust) setup_rust ;;
   spin) setup_python; setup_rust; setup_spin ;;
   fuzz) setup_rust; setup_fuzz ;;
-  all) setup_python; setup_node; setup_rust; setup_spin; setup_fuzz ;;
-  *) echo "usage: $0 [all|python|node|rust|spin|fuzz]" >&2; exit 2 ;;
+  browser) setup_node; setup_browser ;;
+  all) setup_python; setup_node; setup_rust; setup_spin; setup_fuzz; setup_browser ;;
+  *) echo "usage: $0 [all|python|node|rust|spin|fuzz|browser]" >&2; exit 2 ;;
 esac
 echo "export CLOUDFLARE_CF_FETCH_ENABLED=false"
 echo "export WRANGLER_SEND_METRICS=false NO_UPDATE_NOTIFIER=1"

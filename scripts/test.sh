@@ -3,9 +3,9 @@
 # formatting, lints for every build, unit and vector tests, a fuzz smoke,
 # the client library's tests, benches compile,
 # docs, the worker and Spin component builds and their sizes, and the one
-# end-to-end suite run twice in front of the real local model: against the
-# worker under wrangler dev (workerd), and against the Spin component in the
-# wasmtime test host. The two runtimes' timings are printed side by side.
+# end-to-end suite (and the page in headless Chromium) run twice in front of
+# the real local model: against the worker under wrangler dev (workerd), and
+# against the Spin component in the wasmtime test host. The two runtimes' timings are printed side by side.
 # Installs whatever is missing first (scripts/setup.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,8 +29,8 @@ step "fuzz smoke: every committed crash input and seed, then each target for 30 
 (cd fuzz && cargo fmt --check)
 bash scripts/fuzz.sh "${FUZZ_SMOKE_SECONDS:-30}"
 step "client library (client/) and the page's markdown (page/): node's test runner"
-(cd client && node --test test/)
-(cd page && node --test test/)
+(cd client && node --test 'test/*.test.js')
+(cd page && node --test 'test/*.test.js')
 step "benches compile"
 cargo bench --no-run
 step "wasm CPU bench (bench/wasm-cpu) builds and runs once"
@@ -74,6 +74,9 @@ e2e() { # RUNTIME URL DEAD_URL FAULTS_URL NOKV_URL NOKEYS_URL
     TOKENEDGE_KEY=e2e-key-2 TOKENEDGE_KEY2=e2e-key-1 \
     TOKENEDGE_LINK_KEY=e2e-key-link MODEL_URL="http://127.0.0.1:$MODEL_PORT" TOKENEDGE_REPORT="$REPORT" \
     "$TOKENEDGE_PY" -m pytest -v -s tests/e2e
+  # The page at / in headless Chromium (screenshots in the logs folder).
+  TOKENEDGE_RUNTIME=$1 TOKENEDGE_URL=$2 TOKENEDGE_KEY=e2e-key-2 MODEL_URL="http://127.0.0.1:$MODEL_PORT" \
+    TOKENEDGE_LOGS="$TOKENEDGE_LOGS" node --test tests/browser/page.test.mjs
 }
 start_model "$MODEL_PORT"
 # Cuts streams whose request contains "cut-me" (on both of its ports), or a
