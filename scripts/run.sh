@@ -38,6 +38,7 @@ fi
 cat <<TXT
 
 tokenedge ($RUNTIME) is running on http://127.0.0.1:$PORT (Ctrl-C to stop).
+Open http://127.0.0.1:$PORT/ in a browser for the demo page.
 It is OPEN: no API keys, AUTH=off (a deployment without API_KEYS answers 503),
 and its answers say how they were served (DEBUG_HEADERS=on: X-Cache, Server-Timing). Try:
 

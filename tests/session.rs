@@ -32,6 +32,7 @@ fn streams_each_event_at_once_with_sse_headers() {
     );
     assert_eq!(w.header("cache-control"), Some("no-cache, no-transform"));
     assert_eq!(w.header("x-accel-buffering"), Some("no"));
+    assert_eq!(w.header("x-content-type-options"), Some("nosniff"));
     for h in ["connection", "transfer-encoding"] {
         assert!(w.header(h).is_none());
     }

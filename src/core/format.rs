@@ -13,6 +13,8 @@
 //! reasoning) become `event: delta` / `{"delta":...}` with the upstream's
 //! JSON; `text` refuses requests that could produce them. Errors after the
 //! head: `event: error` / `{"error":...}` / a final `[error] ...` line.
+//! Status events (`crate::core::status`): `event: status` /
+//! `{"status":...}` / an SSE comment in `openai` / nothing in `text`.
 
 use std::fmt::Write as _;
 

@@ -200,6 +200,10 @@ impl Response {
         ];
         if kind == Kind::Events {
             headers.push(("x-accel-buffering".into(), "no".into()));
+            // iOS's URLSession holds back the first 512 bytes of a body it
+            // may sniff; a stream's first token must not wait for them
+            // (docs/clients.md).
+            headers.push(("x-content-type-options".into(), "nosniff".into()));
         }
         if let Some(t) = meta.timing {
             headers.push(("server-timing".into(), t));
