@@ -7,25 +7,12 @@ use bytes::Bytes;
 use common::*;
 use serde_json::Value;
 use tokenedge::core::config::Config;
-use tokenedge::core::http::RequestHead;
 use tokenedge::core::session::Session;
 
 const PROGRESS: &str = include_str!("vectors/llamacpp_chat_progress.sse");
 
 fn with_format(cfg: Config, format: &str) -> (Session, World) {
-    let mut s = Session::new(cfg);
-    let mut w = World::default();
-    let head = RequestHead::new(
-        "POST",
-        "/v1/chat/completions",
-        vec![
-            ("content-type".into(), "application/json".into()),
-            ("x-tokenedge-format".into(), format.into()),
-        ],
-    );
-    s.handle_request(0, head, Bytes::from(CHAT_STREAM));
-    w.pump(&mut s, 0);
-    (s, w)
+    requesting(cfg, &[("x-tokenedge-format", format)])
 }
 
 /// The JSON of each `event: status` (compact) or `{"status":…}` line

@@ -209,9 +209,8 @@ pub fn sse_head() -> Vec<(String, String)> {
     vec![("content-type".into(), "text/event-stream".into())]
 }
 
-/// A JSON stream request with `extra` headers, answered by an upstream SSE
-/// head at t=1.
-pub fn streaming_with(cfg: Config, extra: &[(&str, &str)]) -> (Session, World) {
+/// A JSON stream request with `extra` headers, not answered yet.
+pub fn requesting(cfg: Config, extra: &[(&str, &str)]) -> (Session, World) {
     let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
     headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let mut s = Session::new(cfg);
@@ -221,6 +220,13 @@ pub fn streaming_with(cfg: Config, extra: &[(&str, &str)]) -> (Session, World) {
         RequestHead::new("POST", "/v1/chat/completions", headers),
         Bytes::from(CHAT_STREAM),
     );
+    w.pump(&mut s, 0);
+    (s, w)
+}
+
+/// [`requesting`], answered by an upstream SSE head at t=1.
+pub fn streaming_with(cfg: Config, extra: &[(&str, &str)]) -> (Session, World) {
+    let (mut s, mut w) = requesting(cfg, extra);
     s.handle_upstream_head(1, 200, &sse_head());
     w.pump(&mut s, 1);
     (s, w)
