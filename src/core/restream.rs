@@ -13,7 +13,7 @@
 //! event the session writes with `Restream::write_end`.
 //!
 //! Prefill progress chunks (llama.cpp's `prompt_progress`) are status, not
-//! content: they are reported in [`Output::progress`] and go nowhere else
+//! content: they are reported in `Output::progress` and go nowhere else
 //! (see `crate::core::status`).
 //!
 //! It can also hand each event to a cache `Recorder` (so a recorded
