@@ -294,6 +294,9 @@ pub struct Config {
     pub resume: bool,
     /// Whether the demo page is served at `/` (`PAGE`, on by default).
     pub page: bool,
+    /// Whether the runtime accepts WebSockets (`/v1/ws`): set by the
+    /// adapter, not a variable.
+    pub sockets: bool,
     /// How long a stream can be resumed after it started.
     pub resume_ttl_secs: u64,
     /// How long a generation goes on after its client left.
@@ -342,6 +345,7 @@ impl Default for Config {
             max_streams_per_key: 0,
             resume: true,
             page: true,
+            sockets: false,
             resume_ttl_secs: DEFAULT_RESUME_TTL_SECS,
             resume_grace_secs: DEFAULT_RESUME_GRACE_SECS,
             failover_budget: DEFAULT_FAILOVER_BUDGET,
@@ -466,6 +470,7 @@ impl Config {
                     "off" | "0" | "false" | "no"
                 )
             }),
+            sockets: false,
             resume_ttl_secs: number(vars::RESUME_TTL_SECS, DEFAULT_RESUME_TTL_SECS)
                 .clamp(1, MAX_RESUME_TTL_SECS),
             failover_budget: number(vars::FAILOVER_BUDGET, u64::from(DEFAULT_FAILOVER_BUDGET))

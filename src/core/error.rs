@@ -34,6 +34,10 @@ pub(crate) enum ErrorKind {
     NotFound { path: String },
     /// 405: the route exists but not for this method.
     MethodNotAllowed { method: String, path: String },
+    /// 426: `/v1/ws` asked for without `Upgrade: websocket`.
+    UpgradeRequired,
+    /// 501: the runtime cannot serve this route (WebSockets on Spin).
+    NotImplemented { detail: String },
     /// 413: the body is larger than the configured limit.
     PayloadTooLarge { limit: usize },
     /// 400: the request body could not be read to its end.
@@ -114,13 +118,17 @@ impl Error {
             | BodyUnreadable { .. }
             | UnsupportedMediaType { .. }
             | RateLimited { .. }
+            | UpgradeRequired
             | StreamNotFound { .. } => Source::Downstream,
             UpstreamStatus { .. }
             | UpstreamUnreachable { .. }
             | UpstreamAuthFailed
             | UpstreamTimeout { .. }
             | UpstreamStreamBroken { .. } => Source::Upstream,
-            Misconfigured { .. } | AuthNotConfigured | StreamStoreUnavailable => Source::Internal,
+            Misconfigured { .. }
+            | AuthNotConfigured
+            | StreamStoreUnavailable
+            | NotImplemented { .. } => Source::Internal,
         }
     }
 
@@ -146,6 +154,8 @@ impl Error {
             NotFound { .. } => 404,
             MethodNotAllowed { .. } => 405,
             PayloadTooLarge { .. } => 413,
+            UpgradeRequired => 426,
+            NotImplemented { .. } => 501,
             BodyUnreadable { .. } => 400,
             UnsupportedMediaType { .. } => 415,
             UpstreamStatus { status, .. } => *status,
@@ -183,6 +193,8 @@ impl Error {
             }
             PayloadTooLarge { limit } => format!("Request body exceeds the limit of {limit} bytes"),
             BodyUnreadable { detail } => format!("The request body could not be read: {detail}"),
+            UpgradeRequired => "This route is a WebSocket: connect with `Upgrade: websocket`.".into(),
+            NotImplemented { detail } => detail.clone(),
             UnsupportedMediaType { content_type } => format!(
                 "Content-Type must be application/json (got {})",
                 content_type.as_deref().unwrap_or("none")
@@ -234,6 +246,8 @@ impl Error {
             | PayloadTooLarge { .. }
             | BodyUnreadable { .. }
             | UnsupportedMediaType { .. }
+            | UpgradeRequired
+            | NotImplemented { .. }
             | StreamNotFound { .. } => "invalid_request_error".into(),
             InvalidApiKey => "authentication_error".into(),
             UpstreamStatus {
@@ -262,6 +276,8 @@ impl Error {
             PayloadTooLarge { .. } => "payload_too_large",
             BodyUnreadable { .. } => "body_unreadable",
             UnsupportedMediaType { .. } => "unsupported_media_type",
+            UpgradeRequired => "upgrade_required",
+            NotImplemented { .. } => "not_implemented",
             UpstreamStatus { .. } => "upstream_status",
             UpstreamUnreachable { .. } => "upstream_unreachable",
             UpstreamAuthFailed => "upstream_auth_failed",

@@ -27,6 +27,7 @@ pub mod restream;
 pub(crate) mod resume;
 pub mod route;
 pub mod session;
+pub mod socket;
 pub mod sse;
 pub(crate) mod status;
 pub mod write_once;

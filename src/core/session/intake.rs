@@ -20,6 +20,7 @@ use crate::core::page;
 use crate::core::prefetch;
 use crate::core::prefix;
 use crate::core::resume;
+use crate::core::socket;
 
 /// What the request asks the function to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub(super) enum Route {
     ReadStream,
     /// `POST /v1/streams/{id}/cancel`.
     CancelStream,
+    /// `GET /v1/ws`: a WebSocket (`crate::core::socket`).
+    Socket,
     /// `GET /` and the files it loads (`crate::core::page`), no key needed.
     Page(&'static page::Asset),
 }
@@ -80,7 +83,9 @@ impl Intake {
     /// Reads `req`: the route, or why the request is refused before its
     /// body is read, and the rest of the facts.
     pub(super) fn read(config: &Config, req: &RequestHead) -> (Result<Route, Error>, Self) {
-        let key = access::bearer(req).map(str::to_owned);
+        let key = access::bearer(req)
+            .or_else(|| (req.path == socket::PATH).then(|| socket::key(req)).flatten())
+            .map(str::to_owned);
         let route = route(config, req, key.as_deref());
         let intake = Self {
             cors: access::cors_headers(&config.cors_origins, req),
@@ -178,6 +183,7 @@ fn route(config: &Config, req: &RequestHead, key: Option<&str>) -> Result<Route,
         ),
         "/v1/chat/completions" => (generate(Endpoint::Chat), "POST"),
         "/v1/completions" => (generate(Endpoint::Completions), "POST"),
+        socket::PATH => (Route::Socket, "GET"),
         path => match resume::parse_path(path) {
             Some((_, resume::Ask::Read)) => (Route::ReadStream, "GET"),
             Some((_, resume::Ask::Cancel)) => (Route::CancelStream, "POST"),

@@ -84,6 +84,7 @@ use crate::core::prefetch;
 use crate::core::quota::{Lease, Verdict};
 use crate::core::restream::Restream;
 use crate::core::route::Health;
+use crate::core::socket;
 use crate::core::Millis;
 
 pub use action::{Action, KvRead};
@@ -465,12 +466,34 @@ impl Session {
                 }
                 self.admit(now, Box::new(intake), route);
             }
+            Route::Socket => self.accept_socket(req),
             // No body to check: it is read (within the limit) and ignored.
             Route::ReadStream | Route::CancelStream => {
                 self.route = Some(route);
                 self.admit(now, Box::new(intake), route);
             }
         }
+    }
+
+    /// `/v1/ws`: accepted (status 101, for the adapter to upgrade) where
+    /// the runtime takes WebSockets.
+    fn accept_socket(&mut self, req: &RequestHead) {
+        if !self.config.sockets {
+            return self.fail(Error::new(ErrorKind::NotImplemented {
+                detail: "This runtime does not accept WebSockets: stream with \
+                         POST /v1/chat/completions instead."
+                    .into(),
+            }));
+        }
+        if !socket::is_upgrade(req) {
+            return self.fail(Error::new(ErrorKind::UpgradeRequired));
+        }
+        let head = ResponseHead {
+            status: 101,
+            headers: socket::accept_headers(req),
+        };
+        self.actions.push_back(Action::Respond(head, Bytes::new()));
+        self.finish();
     }
 
     pub(super) fn on_request_body(&mut self, now: Millis, body: &[u8]) {
@@ -490,7 +513,11 @@ impl Session {
             Route::Generate { endpoint, .. } => self.generate(now, *intake, endpoint, body),
             Route::ReadStream => self.read_stream(now, *intake),
             Route::CancelStream => self.cancel_stream(now, *intake),
-            Route::Preflight | Route::Health | Route::Models | Route::Page(_) => {}
+            Route::Preflight
+            | Route::Health
+            | Route::Models
+            | Route::Page(_)
+            | Route::Socket => {}
         }
     }
 

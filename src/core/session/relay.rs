@@ -115,6 +115,7 @@ impl Session {
             | Route::Models
             | Route::Page(_)
             | Route::Preflight
+            | Route::Socket
             | Route::ReadStream
             | Route::CancelStream => {
                 let content_type = header(headers, "content-type").unwrap_or("application/json");
