@@ -218,6 +218,7 @@ export class Reply extends Emitter {
   constructor(client, body, options) {
     super();
     this.client = client;
+    this.options = options;
     this.body = body;
     this.format = options.format || client.format;
     this.id = null;
@@ -237,7 +238,8 @@ export class Reply extends Emitter {
     };
     this.tokenTimes = [];
     this.decoder = new Decoder(this.format);
-    this.done = this.#run();
+    this.transport = "fetch";
+    this.done = this.#start();
     // Handled here so an unobserved failure is not an unhandled rejection;
     // `done` still rejects for whoever awaits it.
     this.done.catch(() => {});
@@ -248,6 +250,11 @@ export class Reply extends Emitter {
   async stop() {
     if (this.stopped) return;
     this.stopped = true;
+    if (this.socket) {
+      // The socket cancels it and answers with the cancelled end.
+      this.socket.send({ type: "cancel", id: this.id });
+      return;
+    }
     if (this.id) {
       try {
         await this.client.post(`/v1/streams/${this.id}/cancel`, {});
@@ -259,6 +266,77 @@ export class Reply extends Emitter {
       }
     }
     this.controller.abort();
+  }
+
+  /** Over a WebSocket only: stops the generation and goes on with the
+   * conversation — the text so far as the assistant's turn, then
+   * `message` — under the same reply (a `steered` event marks the turn). */
+  steer(message) {
+    if (!this.socket) throw new TokenedgeError("steer needs the websocket transport", { code: "not_supported" });
+    this.socket.send({ type: "steer", id: this.id, message });
+  }
+
+  async #start() {
+    let socket;
+    try {
+      socket = await this.client.socketFor(this.options);
+    } catch (e) {
+      return this.#fail(e);
+    }
+    if (!socket) return this.#run();
+    this.transport = "websocket";
+    return this.#runSocket(socket);
+  }
+
+  /** The request over the client's socket: its messages as events. */
+  #runSocket(socket) {
+    this.started = now();
+    this.socket = socket;
+    this.id = socket.nextId();
+    return new Promise((resolve, reject) => {
+      socket.calls.set(this.id, (frame) => {
+        const size = frame.raw.length;
+        this.stats.decodedBytes += size;
+        this.stats.wireBytes = (this.stats.wireBytes || 0) + size;
+        let event;
+        switch (frame.type) {
+          case "token":
+            event = { type: "token", text: frame.text };
+            break;
+          case "status": {
+            const { type, id, raw, ...status } = frame;
+            event = { type: "status", ...status };
+            break;
+          }
+          case "delta":
+            event = { type: "delta", delta: frame.delta };
+            break;
+          case "done":
+            if (frame.finish_reason === "steered") {
+              this.emit("steered", { text: this.text });
+              return;
+            }
+            event = { type: "done", finishReason: frame.finish_reason, usage: frame.usage ?? null, stats: frame.stats ?? null };
+            break;
+          case "error":
+            socket.calls.delete(this.id);
+            reject(this.#failed(TokenedgeError.from(frame.status || 502, { error: frame.error })));
+            return;
+          case "closed":
+            socket.calls.delete(this.id);
+            reject(this.#failed(new TokenedgeError(`the socket closed: ${frame.reason || frame.code}`, { retryable: true })));
+            return;
+          default:
+            return;
+        }
+        if (this.#handle([event])) {
+          socket.calls.delete(this.id);
+          this.#finish(null).then(resolve, reject);
+        }
+      });
+      this.emit("open", { id: this.id, cache: null, status: 101, transport: "websocket" });
+      socket.send({ type: "request", id: this.id, ...this.body });
+    });
   }
 
   async #run() {
@@ -411,7 +489,7 @@ export class Reply extends Emitter {
     const s = this.stats;
     s.durationMs = now() - this.started;
     // The resource timing entry is added just after the body ends.
-    for (let i = 0; i < 10 && (s.wireBytes = wireBytes(url, this.started)) === null && globalThis.document; i++) {
+    for (let i = 0; url && i < 10 && (s.wireBytes = wireBytes(url, this.started)) === null && globalThis.document; i++) {
       await new Promise((r) => setTimeout(r, 10));
     }
     if (reason) this.finishReason = reason;
@@ -422,8 +500,12 @@ export class Reply extends Emitter {
   }
 
   #fail(error) {
+    throw this.#failed(error);
+  }
+
+  #failed(error) {
     this.emit("error", error);
-    throw error;
+    return error;
   }
 }
 
@@ -439,9 +521,61 @@ function wireBytes(url, since) {
   return e && e.encodedBodySize ? e.encodedBodySize : null;
 }
 
+/** One WebSocket to `/v1/ws` (Workers), shared by a client's replies:
+ * each request under an id of its own. */
+class Socket {
+  constructor(url, protocols, WS) {
+    this.calls = new Map();
+    this.count = 0;
+    this.ws = new WS(url, protocols);
+    this.opened = new Promise((resolve, reject) => {
+      this.ws.onopen = () => resolve(this);
+      this.ws.onerror = () => reject(new TokenedgeError("the websocket could not be opened", { retryable: true }));
+      this.ws.onclose = (e) => {
+        reject(new TokenedgeError(`the websocket closed: ${e.code}`, { retryable: true }));
+        this.closed = true;
+        for (const deliver of [...this.calls.values()]) deliver({ type: "closed", code: e.code, reason: e.reason, raw: "" });
+        this.calls.clear();
+      };
+    });
+    this.ws.onmessage = (e) => {
+      if (typeof e.data !== "string") return;
+      let frame;
+      try {
+        frame = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      frame.raw = e.data;
+      const deliver = this.calls.get(frame.id);
+      if (deliver) deliver(frame);
+    };
+  }
+
+  nextId() {
+    this.count += 1;
+    return `r${this.count}`;
+  }
+
+  send(message) {
+    this.ws.send(JSON.stringify(message));
+  }
+
+  close() {
+    this.ws.close(1000, "done");
+  }
+}
+
 /** A client of one tokenedge deployment. */
 export class Tokenedge {
-  constructor({ baseUrl = "", apiKey = null, format = "compact", fetch: f, reconnect = {} } = {}) {
+  /** `transport`: `fetch` (the default; resumes after a network drop),
+   * `websocket` (one socket for every request, with `steer`; Workers
+   * only), or `auto` (the socket where the deployment has one, else
+   * fetch). */
+  constructor({ baseUrl = "", apiKey = null, format = "compact", fetch: f, reconnect = {}, transport = "fetch", WebSocket: WS } = {}) {
+    this.transport = transport;
+    this.WebSocket = WS || globalThis.WebSocket;
+    this.socket = null;
     this.baseUrl = baseUrl.replace(/\/$/, "");
     this.apiKey = apiKey;
     this.format = format;
@@ -478,6 +612,37 @@ export class Tokenedge {
    * is set for you). */
   chat(body, options = {}) {
     return new Reply(this, body, options);
+  }
+
+  /** The open socket a reply should use, or null for fetch. */
+  async socketFor(options = {}) {
+    const transport = options.transport || this.transport;
+    if (transport === "fetch" || !this.WebSocket || (transport === "auto" && this.noSocket)) return null;
+    if (!this.socket || this.socket.closed) {
+      const base = new URL(this.baseUrl || ".", globalThis.location ? globalThis.location.href : undefined);
+      base.protocol = base.protocol === "https:" ? "wss:" : "ws:";
+      base.pathname = base.pathname.replace(/\/$/, "") + "/v1/ws";
+      const protocols = ["tokenedge"];
+      if (this.apiKey) protocols.push(`tokenedge.key.${this.apiKey}`);
+      this.socket = new Socket(base.href, protocols, this.WebSocket);
+    }
+    try {
+      return await this.socket.opened;
+    } catch (e) {
+      this.socket = null;
+      if (transport === "auto") {
+        // No socket here (Spin answers 501): fetch from now on.
+        this.noSocket = true;
+        return null;
+      }
+      throw e;
+    }
+  }
+
+  /** Closes the socket, if one is open. */
+  close() {
+    if (this.socket) this.socket.close();
+    this.socket = null;
   }
 
   /** A function to call as the user types, with the request the app would

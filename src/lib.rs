@@ -56,6 +56,8 @@ mod adapters {
     mod pump;
     #[cfg(feature = "workers")]
     mod quota_object;
+    #[cfg(feature = "workers")]
+    mod socket;
     #[cfg(feature = "spin")]
     mod spin;
     #[cfg(feature = "workers")]

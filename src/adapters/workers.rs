@@ -38,6 +38,7 @@ use crate::core::http::{ClientInfo, RequestHead, UpstreamRequest};
 use crate::core::quota::{Ask, Lease, Verdict};
 use crate::core::resume;
 use crate::core::session::Session;
+use crate::core::socket;
 use crate::core::Millis;
 
 /// The KV namespace binding (optional) unless `KV_STORE` names another.
@@ -56,13 +57,13 @@ const RTT_HEADER: &str = "x-tokenedge-client-rtt";
 /// Where work past the response runs: under the client request's
 /// `waitUntil`, or in the object that owns the stream.
 #[derive(Clone)]
-enum Background {
+pub(super) enum Background {
     Request(Rc<Context>),
     Object(Rc<worker::State>),
 }
 
 impl Background {
-    fn run(&self, work: impl std::future::Future<Output = ()> + 'static) {
+    pub(super) fn run(&self, work: impl std::future::Future<Output = ()> + 'static) {
         match self {
             Background::Request(ctx) => ctx.wait_until(work),
             Background::Object(state) => state.wait_until(work),
@@ -71,7 +72,7 @@ impl Background {
 }
 
 /// The Workers side of the pump.
-struct Workers {
+pub(super) struct Workers {
     background: Background,
     /// The client's request body, until the session asks for it.
     request_body: Option<pump::BodyStream>,
@@ -227,7 +228,7 @@ impl Platform for Workers {
 extern "C" {
     /// The platform's secure random source.
     #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
-    fn get_random_values(buf: &mut [u8]);
+    pub(super) fn get_random_values(buf: &mut [u8]);
 }
 
 /// Sends one line to a key's limits record and returns its answer.
@@ -315,7 +316,7 @@ fn path_of(url: &worker::Url) -> String {
 }
 
 /// The platform's I/O for one session.
-fn platform(
+pub(super) fn platform(
     env: &Env,
     config: &Config,
     background: Background,
@@ -359,16 +360,25 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     let mut head = RequestHead::new(&method, &path_of(&url), headers);
     head.client = client_info(&req);
     get_random_values(&mut head.nonce);
-    let config = config(&env);
+    let mut config = config(&env);
+    config.sockets = true;
     let background = Background::Request(Rc::new(ctx));
-    let mut platform = platform(&env, &config, background, None, None);
+    let mut platform = platform(&env, &config, background.clone(), None, None);
     if let Some(owners) = platform.owners.as_ref() {
         if resume::owned(&method, url.path()) {
             return hand_over(owners, &head, &req).await;
         }
     }
     platform.request_body = body_of(&mut req, &method);
-    serve(platform, config, head).await
+    let upgrade = (head.path == socket::PATH).then(|| (env, head.clone(), background));
+    let accepted = config.clone();
+    let response = serve(platform, config, head).await?;
+    match upgrade {
+        Some((env, head, background)) if response.status_code() == 101 => {
+            super::socket::accept(env, &accepted, &head, background, response.headers().clone())
+        }
+        _ => Ok(response),
+    }
 }
 
 /// Whether a header is one the Worker sets for a stream's owner.
