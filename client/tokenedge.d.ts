@@ -63,6 +63,8 @@ export interface ReplyEvents {
   resumed: { attempt: number; lastEventId: string | null };
   done: Result;
   error: TokenedgeError;
+  /** Over a WebSocket: the answer was steered; the new turn follows. */
+  steered: { text: string };
 }
 
 export declare class Reply {
@@ -70,10 +72,20 @@ export declare class Reply {
   readonly text: string;
   readonly stats: Stats;
   readonly done: Promise<Result>;
+  /** The transport this reply went over. */
+  readonly transport: Transport;
   on<K extends keyof ReplyEvents>(name: K, fn: (value: ReplyEvents[K]) => void): this;
   off<K extends keyof ReplyEvents>(name: K, fn: (value: ReplyEvents[K]) => void): this;
   stop(): Promise<void>;
+  /** WebSocket only: stop and go on with the conversation with this user
+   * message. */
+  steer(message: string): void;
 }
+
+/** `fetch` resumes after a network drop; `websocket` (Workers only) carries
+ * every request on one socket and can steer; `auto` takes the socket where
+ * the deployment has one. */
+export type Transport = "fetch" | "websocket" | "auto";
 
 export interface ChatRequest {
   model: string;
@@ -89,12 +101,18 @@ export interface Options {
   /** A streaming fetch (React Native: `fetch` from `expo/fetch`). */
   fetch?: typeof fetch;
   reconnect?: { attempts?: number; delayMs?: number };
+  /** Default `fetch`. */
+  transport?: Transport;
+  /** A WebSocket constructor where the platform has none of its own. */
+  WebSocket?: typeof WebSocket;
 }
 
 export declare class Tokenedge {
   constructor(options?: Options);
   readonly bandwidthKbps: number | null;
-  chat(body: ChatRequest, options?: { format?: Format }): Reply;
+  chat(body: ChatRequest, options?: { format?: Format; transport?: Transport }): Reply;
+  /** Closes the client's socket, if one is open. */
+  close(): void;
   prefetcher(options?: { delayMs?: number; onWarmed?: (answer: unknown) => void }): (body: ChatRequest) => void;
 }
 

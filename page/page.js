@@ -7,7 +7,7 @@ import { Progressive } from "/markdown.js";
 
 const $ = (sel) => document.querySelector(sel);
 const stat = (name) => document.querySelector(`[data-stat="${name}"]`);
-const settings = ["key", "model", "max-tokens", "temperature", "format"];
+const settings = ["key", "model", "max-tokens", "temperature", "format", "transport"];
 const COLORS = { miss: "#c2410c", prefix: "#1d4ed8", hit: "#15803d" };
 
 for (const id of settings) {
@@ -22,9 +22,9 @@ let reply = null;
 let series = []; // the last few answers' arrivals, for the chart
 
 const client = () =>
-  new Tokenedge({ baseUrl: "", apiKey: $("#key").value || null, format: $("#format").value });
+  new Tokenedge({ baseUrl: "", apiKey: $("#key").value || null, format: $("#format").value, transport: $("#transport").value });
 let edge = client();
-for (const id of ["key", "format"]) $(`#${id}`).addEventListener("change", () => (edge = client()));
+for (const id of ["key", "format", "transport"]) $(`#${id}`).addEventListener("change", () => (edge = client()));
 
 function request(content) {
   return {

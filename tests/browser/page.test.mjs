@@ -227,3 +227,30 @@ test("a network drop mid-answer ends with the whole answer", async () => {
   const api = await apiAnswer(prompt, 160);
   assert.deepEqual(words(got.text), words(api.text));
 });
+
+test("with transport auto the page streams over a WebSocket where the runtime has one", async () => {
+  await page.goto(`${URL}/`);
+  const sockets = [];
+  page.on("websocket", (ws) => sockets.push(ws.url()));
+  await page.click("#settings summary");
+  for (const [id, value] of [["#key", KEY], ["#max-tokens", "64"], ["#temperature", "0"]]) {
+    await page.fill(id, value);
+    await page.dispatchEvent(id, "change");
+  }
+  await page.selectOption("#transport", "auto");
+  await watch();
+  const prompt = `Describe a windmill in three sentences. (${Date.now()})`;
+  await ask(prompt);
+  const got = await finished();
+  assert.equal(got.state, "done", got.note);
+  assert.ok(got.watch.states.length >= 10, `the answer grew through ${got.watch.states.length} states`);
+  // workerd upgrades (the page's CSP lets it: connect-src 'self'); Spin
+  // answers 501 and the page falls back to fetch.
+  assert.equal(sockets.length, RUNTIME === "workerd" ? 1 : sockets.length);
+  if (RUNTIME === "workerd") assert.match(sockets[0], /\/v1\/ws$/);
+  const api = await apiAnswer(prompt);
+  assert.deepEqual(words(got.text), words(api.text));
+  const firstVisible = got.watch.states[0].t - got.watch.enter;
+  console.log(`page over ${sockets.length ? "a WebSocket" : "fetch"} (${RUNTIME}): first character ${firstVisible.toFixed(0)} ms after Enter`);
+  await page.selectOption("#transport", "fetch");
+});
