@@ -80,6 +80,9 @@ e2e() { # RUNTIME URL DEAD_URL FAULTS_URL NOKV_URL NOKEYS_URL
   # The page at / in headless Chromium (screenshots in the logs folder).
   TOKENEDGE_RUNTIME=$1 TOKENEDGE_URL=$2 TOKENEDGE_KEY=e2e-key-2 MODEL_URL="http://127.0.0.1:$MODEL_PORT" \
     TOKENEDGE_LOGS="$TOKENEDGE_LOGS" node --test tests/browser/page.test.mjs
+  # A smoke of the browser benchmark (bench/browser.sh runs it in full).
+  node bench/browser.mjs --model "http://127.0.0.1:$MODEL_PORT" --target "$1=$2" --key e2e-key-2 \
+    --rounds 1 --long-tokens 64
 }
 start_model "$MODEL_PORT"
 # Cuts streams whose request contains "cut-me" (on both of its ports), or a
