@@ -4,7 +4,7 @@
 # (scripts/test.sh); this is the run whose executions and coverage the docs
 # quote.
 #
-#   bench/fuzz.sh                 # all six targets, ~60 min
+#   bench/fuzz.sh                 # all seven targets, ~70 min
 #   bench/fuzz.sh session         # one
 set -euo pipefail
 exec bash "$(dirname "$0")/../scripts/fuzz.sh" "${FUZZ_SECONDS:-600}" "$@"

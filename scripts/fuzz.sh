@@ -15,7 +15,7 @@ CACHE=${TOKENEDGE_CACHE:-$HOME/.cache/tokenedge}
 SECONDS_EACH=${1:-30}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sse_parser restream deflate kv_records request session)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(sse_parser restream deflate kv_records request session socket)
 
 # -s none: the crate forbids unsafe code, so a sanitizer finds nothing the
 # panics do not; -a: debug assertions (overflow checks) on.
