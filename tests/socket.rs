@@ -25,7 +25,10 @@ fn upgrade(extra: &[(&str, &str)]) -> RequestHead {
     let mut headers = vec![
         ("Upgrade".to_string(), "websocket".to_string()),
         ("Connection".to_string(), "Upgrade".to_string()),
-        ("Sec-WebSocket-Key".to_string(), "dGhlIHNhbXBsZSBub25jZQ==".to_string()),
+        (
+            "Sec-WebSocket-Key".to_string(),
+            "dGhlIHNhbXBsZSBub25jZQ==".to_string(),
+        ),
     ];
     headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     RequestHead::new("GET", "/v1/ws", headers)
@@ -72,7 +75,10 @@ fn drain(socket: &mut Socket) -> Outs {
 }
 
 fn open() -> Socket {
-    Socket::new(&keyed(), &upgrade(&[("Sec-WebSocket-Protocol", "tokenedge, tokenedge.key.k1")]))
+    Socket::new(
+        &keyed(),
+        &upgrade(&[("Sec-WebSocket-Protocol", "tokenedge, tokenedge.key.k1")]),
+    )
 }
 
 fn request(id: &str, content: &str) -> String {
@@ -153,15 +159,26 @@ fn the_upgrade_is_checked_like_any_request() {
     assert_eq!(w.status(), 101);
     assert_eq!(w.header("sec-websocket-protocol"), None);
     // A wrong key, no key, no upgrade, another method.
-    let w = answer(keyed(), upgrade(&[("Sec-WebSocket-Protocol", "tokenedge.key.k2")]));
+    let w = answer(
+        keyed(),
+        upgrade(&[("Sec-WebSocket-Protocol", "tokenedge.key.k2")]),
+    );
     assert_eq!(w.status(), 401);
     let w = answer(keyed(), upgrade(&[]));
     assert_eq!(w.status(), 401);
-    let plain = RequestHead::new("GET", "/v1/ws", vec![("authorization".into(), "Bearer k1".into())]);
+    let plain = RequestHead::new(
+        "GET",
+        "/v1/ws",
+        vec![("authorization".into(), "Bearer k1".into())],
+    );
     let w = answer(keyed(), plain);
     assert_eq!(w.status(), 426);
     assert_eq!(w.json()["error"]["code"], "upgrade_required");
-    let post = RequestHead::new("POST", "/v1/ws", vec![("authorization".into(), "Bearer k1".into())]);
+    let post = RequestHead::new(
+        "POST",
+        "/v1/ws",
+        vec![("authorization".into(), "Bearer k1".into())],
+    );
     assert_eq!(answer(keyed(), post).status(), 405);
 }
 
@@ -247,7 +264,10 @@ fn a_cancel_drops_its_session_and_leaves_the_other() {
     socket.handle_text(&json!({"type": "cancel", "id": "a"}).to_string());
     let outs = drain(&mut socket);
     assert_eq!(outs.cancels, ["a"]);
-    assert_eq!(outs.frames, [json!({"type": "done", "id": "a", "finish_reason": "cancelled"})]);
+    assert_eq!(
+        outs.frames,
+        [json!({"type": "done", "id": "a", "finish_reason": "cancelled"})]
+    );
     // What a's session still wrote before it was dropped is not sent.
     for (i, event) in LLAMA_CHAT.split_inclusive("\n\n").enumerate() {
         for run in runs.iter_mut() {
@@ -276,7 +296,10 @@ fn a_steer_goes_on_with_the_text_so_far_and_the_new_message() {
     socket.handle_text(&json!({"type": "steer", "id": "a", "message": "shorter"}).to_string());
     let outs = drain(&mut socket);
     assert_eq!(outs.cancels, ["a"]);
-    assert_eq!(outs.frames, [json!({"type": "done", "id": "a", "finish_reason": "steered"})]);
+    assert_eq!(
+        outs.frames,
+        [json!({"type": "done", "id": "a", "finish_reason": "steered"})]
+    );
     assert_eq!(outs.starts.len(), 1);
     let body: Value = serde_json::from_slice(&outs.starts[0].2).unwrap();
     assert_eq!(
@@ -299,7 +322,9 @@ fn a_steer_goes_on_with_the_text_so_far_and_the_new_message() {
     socket.handle_text(&json!({"type": "steer", "id": "q"}).to_string());
     let errors = drain(&mut socket).frames;
     assert_eq!(errors.len(), 2);
-    assert!(errors.iter().all(|f| f["type"] == "error" && f["status"] == 400));
+    assert!(errors
+        .iter()
+        .all(|f| f["type"] == "error" && f["status"] == 400));
 }
 
 #[test]

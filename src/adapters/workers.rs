@@ -374,9 +374,13 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
     let accepted = config.clone();
     let response = serve(platform, config, head).await?;
     match upgrade {
-        Some((env, head, background)) if response.status_code() == 101 => {
-            super::socket::accept(env, &accepted, &head, background, response.headers().clone())
-        }
+        Some((env, head, background)) if response.status_code() == 101 => super::socket::accept(
+            env,
+            &accepted,
+            &head,
+            background,
+            response.headers().clone(),
+        ),
         _ => Ok(response),
     }
 }

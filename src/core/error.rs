@@ -193,7 +193,9 @@ impl Error {
             }
             PayloadTooLarge { limit } => format!("Request body exceeds the limit of {limit} bytes"),
             BodyUnreadable { detail } => format!("The request body could not be read: {detail}"),
-            UpgradeRequired => "This route is a WebSocket: connect with `Upgrade: websocket`.".into(),
+            UpgradeRequired => {
+                "This route is a WebSocket: connect with `Upgrade: websocket`.".into()
+            }
             NotImplemented { detail } => detail.clone(),
             UnsupportedMediaType { content_type } => format!(
                 "Content-Type must be application/json (got {})",

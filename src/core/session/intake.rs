@@ -84,7 +84,11 @@ impl Intake {
     /// body is read, and the rest of the facts.
     pub(super) fn read(config: &Config, req: &RequestHead) -> (Result<Route, Error>, Self) {
         let key = access::bearer(req)
-            .or_else(|| (req.path == socket::PATH).then(|| socket::key(req)).flatten())
+            .or_else(|| {
+                (req.path == socket::PATH)
+                    .then(|| socket::key(req))
+                    .flatten()
+            })
             .map(str::to_owned);
         let route = route(config, req, key.as_deref());
         let intake = Self {

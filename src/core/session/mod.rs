@@ -513,11 +513,7 @@ impl Session {
             Route::Generate { endpoint, .. } => self.generate(now, *intake, endpoint, body),
             Route::ReadStream => self.read_stream(now, *intake),
             Route::CancelStream => self.cancel_stream(now, *intake),
-            Route::Preflight
-            | Route::Health
-            | Route::Models
-            | Route::Page(_)
-            | Route::Socket => {}
+            Route::Preflight | Route::Health | Route::Models | Route::Page(_) | Route::Socket => {}
         }
     }
 
