@@ -35,7 +35,7 @@ const HARNESS = `<!doctype html><meta charset="utf-8"><div id="out"></div>
 <script type="module">
 import { Tokenedge } from "/tokenedge.js";
 import { Progressive } from "/markdown.js";
-window.ask = async ({ baseUrl, format, body, apiKey }) => {
+window.ask = async ({ baseUrl, format, body, apiKey, headers }) => {
   const out = document.querySelector("#out");
   out.textContent = "";
   const view = new Progressive(out);
@@ -43,7 +43,7 @@ window.ask = async ({ baseUrl, format, body, apiKey }) => {
   const painted = () => new Promise((r) => requestAnimationFrame(() => r(performance.now())));
   const t0 = performance.now();
   let first = null, last = null, pending = null;
-  const reply = edge.chat(body);
+  const reply = edge.chat(body, { headers });
   reply.on("token", () => {
     view.update(reply.text);
     if (!pending) pending = painted().then((t) => { first ??= t - t0; last = t - t0; pending = null; });
@@ -98,7 +98,8 @@ const body = (content, max_tokens = 64) => ({
 });
 const results = {}; // row → [{first, last}]
 const record = (row, r) => (results[row] ??= []).push(r);
-const ask = (t, baseUrl, format, b) => t.page.evaluate((a) => window.ask(a), { baseUrl, format, body: b, apiKey: baseUrl === MODEL ? null : KEY });
+const ask = (t, baseUrl, format, b, headers = {}) =>
+  t.page.evaluate((a) => window.ask(a), { baseUrl, format, body: b, headers, apiKey: baseUrl === MODEL ? null : KEY });
 
 for (let round = 0; round < ROUNDS; round++) {
   // Each question opens with its own nonce, so none reuses another's
@@ -116,6 +117,16 @@ for (let round = 0; round < ROUNDS; round++) {
       record(`${name}: gzip`, { ...gz, encoding: gzipTab.encodings.at(-1) });
       const hit = await ask(gzipTab, url, "compact", b);
       if (hit.cache === "hit") record(`${name}: cache hit`, { ...hit, encoding: gzipTab.encodings.at(-1) });
+    });
+    jobs.push(async () => {
+      // Sampled, so not exact-cacheable: the second asking starts with
+      // the first's stored opening.
+      const b = { ...q(`${name} prefix`), temperature: 0.7 };
+      const on = { "X-Tokenedge-Prefix": "on" };
+      const miss = await ask(gzipTab, url, "compact", b, on);
+      record(`${name}: sampled, miss`, { ...miss, encoding: gzipTab.encodings.at(-1) });
+      const hit = await ask(gzipTab, url, "compact", b, on);
+      if (hit.cache === "prefix") record(`${name}: prefix hit`, { ...hit, encoding: gzipTab.encodings.at(-1) });
     });
   }
   for (let i = 0; i < jobs.length; i++) await jobs[(i + round) % jobs.length]();

@@ -110,7 +110,7 @@ export interface Options {
 export declare class Tokenedge {
   constructor(options?: Options);
   readonly bandwidthKbps: number | null;
-  chat(body: ChatRequest, options?: { format?: Format; transport?: Transport }): Reply;
+  chat(body: ChatRequest, options?: { format?: Format; transport?: Transport; headers?: Record<string, string> }): Reply;
   /** Closes the client's socket, if one is open. */
   close(): void;
   prefetcher(options?: { delayMs?: number; onWarmed?: (answer: unknown) => void }): (body: ChatRequest) => void;

@@ -347,7 +347,7 @@ export class Reply extends Emitter {
     try {
       res = await this.client.fetch(url, {
         method: "POST",
-        headers: this.client.headers({ "Content-Type": "application/json", "X-Tokenedge-Format": this.format }),
+        headers: this.client.headers({ ...this.options.headers, "Content-Type": "application/json", "X-Tokenedge-Format": this.format }),
         body: JSON.stringify({ ...this.body, stream: true }),
         signal: this.controller.signal,
       });
@@ -609,7 +609,8 @@ export class Tokenedge {
   }
 
   /** Streams a chat completion. `body` is an OpenAI chat request (`stream`
-   * is set for you). */
+   * is set for you). `options`: `format`, `transport`, and `headers` to add
+   * to this request (such as `X-Tokenedge-Prefix: on`; fetch only). */
   chat(body, options = {}) {
     return new Reply(this, body, options);
   }

@@ -19,6 +19,9 @@ WORKER_BUILD_VERSION=0.8.7
 SMOLLM2_VERSION=0.1.2
 CARGO_FUZZ_VERSION=0.13.2
 PLAYWRIGHT_CORE_VERSION=1.65.1
+# The peers bench/peers.sh compares against (not needed by tests).
+PORTKEY_VERSION=1.15.2
+LITELLM_VERSION=1.108.7
 # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
 WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' "$ROOT/Cargo.lock")
 
@@ -55,6 +58,27 @@ setup_node() {
   echo "export WASM_OPT_BIN='$dir/node_modules/.bin/wasm-opt'"
   # worker-build would otherwise download esbuild; wrangler ships the same one.
   echo "export ESBUILD_BIN='$dir/node_modules/@esbuild/linux-x64/bin/esbuild'"
+}
+
+setup_peers() {
+  # Portkey's gateway answers 500 to every stream unless @hono/node-server
+  # is held at 1.14.1 (npm overrides).
+  local pk="$CACHE/peers-portkey$PORTKEY_VERSION"
+  if [ ! -f "$pk/node_modules/@portkey-ai/gateway/build/start-server.js" ]; then
+    log "installing Portkey's gateway $PORTKEY_VERSION into $pk"
+    rm -rf "$pk"; mkdir -p "$pk"
+    (cd "$pk" && echo '{"private":true,"overrides":{"@hono/node-server":"1.14.1"}}' > package.json &&
+      npm install --no-audit --no-fund --loglevel=error "@portkey-ai/gateway@$PORTKEY_VERSION" >&2)
+  fi
+  echo "export PORTKEY_START='$pk/node_modules/@portkey-ai/gateway/build/start-server.js'"
+  local ll="$CACHE/peers-litellm$LITELLM_VERSION"
+  if [ ! -x "$ll/bin/litellm" ]; then
+    log "installing LiteLLM $LITELLM_VERSION into $ll"
+    rm -rf "$ll"
+    python3 -m venv "$ll"
+    "$ll/bin/pip" install -q --disable-pip-version-check "litellm[proxy]==$LITELLM_VERSION" >&2
+  fi
+  echo "export LITELLM_BIN='$ll/bin/litellm'"
 }
 
 cargo_tool() { # name version binary
@@ -143,8 +167,9 @@ case "$want" in
   spin) setup_python; setup_rust; setup_spin ;;
   fuzz) setup_rust; setup_fuzz ;;
   browser) setup_node; setup_browser ;;
+  peers) setup_node; setup_peers ;;
   all) setup_python; setup_node; setup_rust; setup_spin; setup_fuzz; setup_browser ;;
-  *) echo "usage: $0 [all|python|node|rust|spin|fuzz|browser]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|python|node|rust|spin|fuzz|browser|peers]" >&2; exit 2 ;;
 esac
 echo "export CLOUDFLARE_CF_FETCH_ENABLED=false"
 echo "export WRANGLER_SEND_METRICS=false NO_UPDATE_NOTIFIER=1"

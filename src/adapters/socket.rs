@@ -76,9 +76,13 @@ async fn listen(conn: Rc<Conn>) {
         }
         carry_out(&conn);
         if conn.socket.borrow().is_closed() {
-            break;
+            return;
         }
     }
+    // The events ended without a close event: the socket is gone all the
+    // same.
+    conn.socket.borrow_mut().handle_closed();
+    carry_out(&conn);
 }
 
 /// Does what the socket's state asks, in order.

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# tokenedge against its peers and the runtime's floor, in one interleaved
+# run in front of a replay upstream (bench/peers/replay.mjs: 64 tokens 20 ms
+# apart), measured by a raw-socket client (bench/peers/load.mjs) at several
+# concurrencies: direct; tokenedge on bare workerd (the `workerd` binary
+# wrangler ships, config from wrangler.toml), under `wrangler dev`, and on
+# Spin (the test host); Portkey's gateway and LiteLLM's proxy (pinned,
+# installed by scripts/setup.sh peers); two JavaScript workers on bare
+# workerd (the body untouched, and through a TransformStream); and direct
+# again (the A/A null row). Results go to docs/BENCHMARKS.md.
+#
+#   bench/peers.sh [rounds] [concurrencies]     # default: 5 1,8,32,128
+#   PEERS=off bench/peers.sh 1 1,8              # without Portkey and LiteLLM (CI's smoke)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+eval "$("$ROOT/scripts/setup.sh" node)"
+eval "$("$ROOT/scripts/setup.sh" spin)"
+[ "${PEERS:-on}" = off ] || eval "$("$ROOT/scripts/setup.sh" peers)"
+source "$ROOT/scripts/lib.sh"
+ROUNDS=${1:-5}
+CS=${2:-1,8,32,128}
+REPLAY=http://127.0.0.1:28090
+
+node "$ROOT/bench/peers/replay.mjs" --port 28090 >"$TOKENEDGE_LOGS/replay.log" 2>&1 &
+_pids+=($!)
+wait_http "$REPLAY/health" 30
+
+# A JavaScript worker on bare workerd: start_js PORT FILE.
+start_js() {
+  local port=$1 dir="$TOKENEDGE_LOGS/js-$1"
+  mkdir -p "$dir"
+  cp "$ROOT/bench/peers/$2" "$dir/worker.js"
+  cat >"$dir/config.capnp" <<CAPNP
+using Workerd = import "/workerd/workerd.capnp";
+const config :Workerd.Config = (
+  services = [(name = "main", worker = .worker),
+    (name = "internet", network = (allow = ["public", "private", "local"]))],
+  sockets = [(name = "http", address = "127.0.0.1:$port", http = (), service = "main")],
+);
+const worker :Workerd.Worker = (
+  modules = [(name = "worker.js", esModule = embed "worker.js")],
+  compatibilityDate = "$(sed -n 's/^compatibility_date = "\(.*\)"$/\1/p' "$ROOT/wrangler.toml")",
+  bindings = [(name = "UPSTREAM", text = "$REPLAY")],
+  globalOutbound = "internet",
+);
+CAPNP
+  (cd "$dir" && exec workerd serve config.capnp </dev/null >"$TOKENEDGE_LOGS/js-$port.log" 2>&1) &
+  _pids+=($!)
+  JS_PID=$!
+}
+
+(cd "$ROOT" && worker-build --release --features workers >&2)
+vars=("UPSTREAM_URL=$REPLAY" "AUTH=off" "CACHE_TTL_SECS=0")
+start_workerd 28786 "${vars[@]}"
+WORKERD_PID=${_pids[-1]}
+start_wrangler 28787 29229 --var "UPSTREAM_URL:$REPLAY" --var "AUTH:off" --var "CACHE_TTL_SECS:0"
+# wrangler dev's CPU: its own process (the local proxy) and the workerd it
+# started, the newest one now.
+WRANGLER_PID="${_pids[-1]},$(pgrep -n -f "workerd serve")"
+build_spin
+start_spin 28797 "UPSTREAM_URL=$REPLAY" "UPSTREAM_ORIGIN=$REPLAY" "AUTH=off" "CACHE_TTL_SECS=0"
+SPIN_PID=${_pids[-1]}
+start_js 28788 floor-pass.js
+PASS_PID=$JS_PID
+start_js 28789 floor-transform.js
+TRANSFORM_PID=$JS_PID
+
+targets=(--target "direct=$REPLAY"
+  --target "tokenedge-workerd=http://127.0.0.1:28786@$WORKERD_PID"
+  --target "tokenedge-wrangler-dev=http://127.0.0.1:28787@$WRANGLER_PID"
+  --target "tokenedge-spin=http://127.0.0.1:28797@$SPIN_PID"
+  --target "js-passthrough-workerd=http://127.0.0.1:28788@$PASS_PID"
+  --target "js-transformstream-workerd=http://127.0.0.1:28789@$TRANSFORM_PID")
+if [ "${PEERS:-on}" != off ]; then
+  node "$PORTKEY_START" --port=28791 --headless >"$TOKENEDGE_LOGS/portkey.log" 2>&1 &
+  _pids+=($!)
+  PORTKEY_PID=$!
+  cat >"$TOKENEDGE_LOGS/litellm.yaml" <<YAML
+model_list:
+  - model_name: replay
+    litellm_params:
+      model: openai/replay
+      api_base: $REPLAY/v1
+      api_key: none
+YAML
+  "$LITELLM_BIN" --config "$TOKENEDGE_LOGS/litellm.yaml" --host 127.0.0.1 --port 28792 --num_workers 1 \
+    >"$TOKENEDGE_LOGS/litellm.log" 2>&1 &
+  _pids+=($!)
+  LITELLM_PID=$!
+  wait_http "http://127.0.0.1:28791/" 60
+  wait_http "http://127.0.0.1:28792/health/liveliness" 180
+  targets+=(--target "portkey=http://127.0.0.1:28791@$PORTKEY_PID#x-portkey-provider:openai|x-portkey-custom-host:$REPLAY/v1|authorization:Bearer none"
+    --target "litellm=http://127.0.0.1:28792@$LITELLM_PID#authorization:Bearer none")
+fi
+targets+=(--target "direct-again=$REPLAY")
+node "$ROOT/bench/peers/load.mjs" --rounds "$ROUNDS" --c "$CS" "${targets[@]}" --json "$TOKENEDGE_LOGS/peers.json"
+echo "raw results: $TOKENEDGE_LOGS/peers.json"
