@@ -133,3 +133,7 @@ KV_DUMP="$TOKENEDGE_LOGS/spin-18798-keys.txt" KV_WRITES="$TOKENEDGE_LOGS/spin-18
 
 step "end-to-end timings, both runtimes"
 "$TOKENEDGE_PY" tests/e2e/report.py "$REPORT"
+
+step "peers benchmark smoke: one round at C=1 and 8, without Portkey and LiteLLM (bench/peers.sh runs it all)"
+stop_services
+PEERS=off TOKENEDGE_LOGS="$TOKENEDGE_LOGS/peers" bash bench/peers.sh 1 1,8

@@ -142,6 +142,13 @@ pub(crate) struct Pump<P: Platform + 'static> {
     admission: Option<Boxed<Verdict>>,
     /// A chunk went to the platform; its next pull means it was taken.
     chunk_out: bool,
+    /// The platform timer under way and the time it was set for. Re-armed
+    /// only when the session's deadline comes earlier than that: a later
+    /// deadline lets it fire early, which the session takes as a timeout
+    /// with nothing due. Most inputs push a deadline back (the idle
+    /// timeout, the keep-alive), so a stream sets a timer now and then
+    /// instead of one per chunk.
+    alarm: Option<(Millis, Boxed<()>)>,
 }
 
 /// How the platform answers the client.
@@ -166,6 +173,7 @@ impl<P: Platform + 'static> Pump<P> {
             kv_reads: Vec::new(),
             admission: None,
             chunk_out: false,
+            alarm: None,
         };
         let now = pump.platform.now();
         pump.session.handle_request_head(now, req);
@@ -282,12 +290,18 @@ impl<P: Platform + 'static> Pump<P> {
 
     /// Waits for the upstream, a KV read or the deadline, whichever first.
     async fn wait(&mut self, deadline: Option<Millis>) -> Wake {
+        if let Some(at) = deadline {
+            if self.alarm.as_ref().is_none_or(|(armed, _)| at < *armed) {
+                let ms = at.saturating_sub(self.platform.now());
+                self.alarm = Some((at, self.platform.sleep(ms)));
+            }
+        }
         let Pump {
             head,
             body,
             kv_reads,
             admission,
-            platform,
+            alarm,
             ..
         } = self;
         let upstream = async {
@@ -313,9 +327,11 @@ impl<P: Platform + 'static> Pump<P> {
                 None => pending().await,
             }
         };
+        // With no deadline, a timer still set fires as a timeout with
+        // nothing due.
         let timer = async {
-            match deadline {
-                Some(at) => platform.sleep(at.saturating_sub(platform.now())).await,
+            match alarm.as_mut() {
+                Some((_, sleep)) => sleep.await,
                 None => pending().await,
             }
             Wake::Timer
@@ -339,7 +355,10 @@ impl<P: Platform + 'static> Pump<P> {
     fn wake(&mut self, wake: Wake) {
         let t = self.platform.now();
         match wake {
-            Wake::Timer => self.session.handle_timeout(t),
+            Wake::Timer => {
+                self.alarm = None;
+                self.session.handle_timeout(t);
+            }
             Wake::Head(Ok(response)) => {
                 self.head = None;
                 self.session
@@ -450,6 +469,7 @@ impl<P: Platform + 'static> Drop for Pump<P> {
                 kv_reads: std::mem::take(&mut self.kv_reads),
                 admission: self.admission.take(),
                 chunk_out: false,
+                alarm: None,
             };
             self.platform.spawn(Box::pin(rest.run_to_end()));
             return;

@@ -241,7 +241,25 @@ async fn ask_record(ns: &ObjectNamespace, key: &str, line: String) -> Option<Str
     response.text().await.ok()
 }
 
+thread_local! {
+    /// The deployment's configuration, read once per isolate: an isolate
+    /// runs one version of the worker, whose variables and secrets do not
+    /// change under it, and reading them costs some forty calls into
+    /// JavaScript per request.
+    static CONFIG: std::cell::RefCell<Option<Config>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The deployment's configuration (see [`CONFIG`]).
 fn config(env: &Env) -> Config {
+    if let Some(config) = CONFIG.with(|c| c.borrow().clone()) {
+        return config;
+    }
+    let config = read_config(env);
+    CONFIG.with(|c| *c.borrow_mut() = Some(config.clone()));
+    config
+}
+
+fn read_config(env: &Env) -> Config {
     let mut config = Config::from_lookup(|name| {
         debug_assert!(vars::ALL.contains(&name));
         env.var(name)
@@ -487,7 +505,8 @@ async fn serve(platform: Workers, config: Config, head: RequestHead) -> Result<R
         }
         Reply::Stream(head, pump) => {
             let chunks = pump.into_chunks().map(|item| match item {
-                Ok(bytes) => Ok(bytes.to_vec()),
+                // No copy when the chunk's bytes are not shared.
+                Ok(bytes) => Ok(Vec::from(bytes)),
                 // An error item errors the body stream: workerd cuts
                 // the response instead of ending it.
                 Err(why) => Err(worker::Error::RustError(why.into())),
