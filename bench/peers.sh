@@ -17,6 +17,7 @@ eval "$("$ROOT/scripts/setup.sh" node)"
 eval "$("$ROOT/scripts/setup.sh" spin)"
 [ "${PEERS:-on}" = off ] || eval "$("$ROOT/scripts/setup.sh" peers)"
 source "$ROOT/scripts/lib.sh"
+mkdir -p "$TOKENEDGE_LOGS"
 ROUNDS=${1:-5}
 CS=${2:-1,8,32,128}
 REPLAY=http://127.0.0.1:28090

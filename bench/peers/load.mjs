@@ -208,4 +208,4 @@ for (const r of results) {
 }
 const out = one("json", null);
 if (out) writeFileSync(out, JSON.stringify(results, null, 1));
-if (results.some((r) => r.n === 0)) process.exitCode = 1;
+if (results.some((r) => r.n === 0 || r.errors > 0)) process.exitCode = 1;
