@@ -84,14 +84,17 @@ model_list:
       api_base: $REPLAY/v1
       api_key: none
 YAML
-  "$LITELLM_BIN" --config "$TOKENEDGE_LOGS/litellm.yaml" --host 127.0.0.1 --port 28792 --num_workers 1 \
+  # Its own cost map only (it would fetch one from the internet), no
+  # telemetry, and a master key, without which it does not start.
+  LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_TELEMETRY=False LITELLM_MASTER_KEY=sk-bench-peers \
+    "$LITELLM_BIN" --config "$TOKENEDGE_LOGS/litellm.yaml" --host 127.0.0.1 --port 28792 --num_workers 1 \
     >"$TOKENEDGE_LOGS/litellm.log" 2>&1 &
   _pids+=($!)
   LITELLM_PID=$!
   wait_http "http://127.0.0.1:28791/" 60
   wait_http "http://127.0.0.1:28792/health/liveliness" 180
   targets+=(--target "portkey=http://127.0.0.1:28791@$PORTKEY_PID#x-portkey-provider:openai|x-portkey-custom-host:$REPLAY/v1|authorization:Bearer none"
-    --target "litellm=http://127.0.0.1:28792@$LITELLM_PID#authorization:Bearer none")
+    --target "litellm=http://127.0.0.1:28792@$LITELLM_PID#authorization:Bearer sk-bench-peers")
 fi
 targets+=(--target "direct-again=$REPLAY")
 node "$ROOT/bench/peers/load.mjs" --rounds "$ROUNDS" --c "$CS" "${targets[@]}" --json "$TOKENEDGE_LOGS/peers.json"
