@@ -60,16 +60,24 @@ setup_node() {
   echo "export ESBUILD_BIN='$dir/node_modules/@esbuild/linux-x64/bin/esbuild'"
 }
 
+# npm_into DIR MARKER PACKAGE_JSON PACKAGE...: installs the packages into DIR
+# (with that package.json) unless DIR/MARKER is there already.
+npm_into() {
+  local dir=$1 marker=$2 manifest=$3
+  shift 3
+  [ ! -e "$dir/$marker" ] || return 0
+  log "installing $* into $dir"
+  rm -rf "$dir"; mkdir -p "$dir"
+  (cd "$dir" && echo "$manifest" > package.json &&
+    npm install --no-audit --no-fund --loglevel=error "$@" >&2)
+}
+
 setup_peers() {
   # Portkey's gateway answers 500 to every stream unless @hono/node-server
   # is held at 1.14.1 (npm overrides).
   local pk="$CACHE/peers-portkey$PORTKEY_VERSION"
-  if [ ! -f "$pk/node_modules/@portkey-ai/gateway/build/start-server.js" ]; then
-    log "installing Portkey's gateway $PORTKEY_VERSION into $pk"
-    rm -rf "$pk"; mkdir -p "$pk"
-    (cd "$pk" && echo '{"private":true,"overrides":{"@hono/node-server":"1.14.1"}}' > package.json &&
-      npm install --no-audit --no-fund --loglevel=error "@portkey-ai/gateway@$PORTKEY_VERSION" >&2)
-  fi
+  npm_into "$pk" node_modules/@portkey-ai/gateway/build/start-server.js \
+    '{"private":true,"overrides":{"@hono/node-server":"1.14.1"}}' "@portkey-ai/gateway@$PORTKEY_VERSION"
   echo "export PORTKEY_START='$pk/node_modules/@portkey-ai/gateway/build/start-server.js'"
   local ll="$CACHE/peers-litellm$LITELLM_VERSION"
   if [ ! -x "$ll/bin/litellm" ]; then
@@ -150,12 +158,7 @@ setup_browser() {
     fi
   fi
   local dir="$CACHE/npm-playwright-core-$PLAYWRIGHT_CORE_VERSION"
-  if [ ! -f "$dir/node_modules/playwright-core/package.json" ]; then
-    log "installing playwright-core $PLAYWRIGHT_CORE_VERSION into $dir"
-    rm -rf "$dir"; mkdir -p "$dir"
-    (cd "$dir" && echo '{"private":true}' > package.json &&
-      npm install --no-audit --no-fund --loglevel=error "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2)
-  fi
+  npm_into "$dir" node_modules/playwright-core/package.json '{"private":true}' "playwright-core@$PLAYWRIGHT_CORE_VERSION"
   echo "export PLAYWRIGHT_CORE='$dir/node_modules/playwright-core'"
   echo "export CHROMIUM_BIN=/usr/bin/chromium"
 }
