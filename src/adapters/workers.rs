@@ -388,17 +388,15 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
         }
     }
     platform.request_body = body_of(&mut req, &method);
-    let upgrade = (head.path == socket::PATH).then(|| (env, head.clone(), background));
-    let accepted = config.clone();
+    // What a socket needs if the session accepts one (101).
+    let upgrade =
+        (head.path == socket::PATH).then(|| (env, head.clone(), background, config.clone()));
     let response = serve(platform, config, head).await?;
     match upgrade {
-        Some((env, head, background)) if response.status_code() == 101 => super::socket::accept(
-            env,
-            &accepted,
-            &head,
-            background,
-            response.headers().clone(),
-        ),
+        Some((env, head, background, config)) if response.status_code() == 101 => {
+            let headers = response.headers().clone();
+            super::socket::accept(env, &config, &head, background, headers)
+        }
         _ => Ok(response),
     }
 }

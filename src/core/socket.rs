@@ -64,11 +64,14 @@ const NOT_INHERITED: &[&str] = &[
     crate::core::format::HEADER,
 ];
 
-/// The API key a `tokenedge.key.<key>` subprotocol carries, if any.
+/// The API key an upgrade carries: its bearer token, else a
+/// `tokenedge.key.<key>` subprotocol.
 pub(crate) fn key(req: &RequestHead) -> Option<&str> {
-    protocols(req)
-        .find_map(|p| p.strip_prefix(KEY_PROTOCOL))
-        .filter(|k| !k.is_empty())
+    crate::core::access::bearer(req).or_else(|| {
+        protocols(req)
+            .find_map(|p| p.strip_prefix(KEY_PROTOCOL))
+            .filter(|k| !k.is_empty())
+    })
 }
 
 /// Whether the request asks to be upgraded to a WebSocket.
@@ -158,8 +161,7 @@ impl Socket {
             })
             .cloned()
             .collect();
-        let key = crate::core::access::bearer(upgrade).or_else(|| key(upgrade));
-        if let Some(key) = key {
+        if let Some(key) = key(upgrade) {
             headers.push(("authorization".into(), format!("Bearer {key}")));
         }
         headers.push(("content-type".into(), "application/json".into()));
@@ -355,7 +357,8 @@ impl Socket {
     }
 
     fn start(&mut self, id: String, body: Map<String, Value>) {
-        let bytes = Bytes::from(Value::Object(body.clone()).to_string());
+        // Serialising a map of JSON values cannot fail.
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         let mut head = self.template.clone();
         head.headers
             .push(("content-length".into(), bytes.len().to_string()));

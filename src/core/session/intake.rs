@@ -83,13 +83,12 @@ impl Intake {
     /// Reads `req`: the route, or why the request is refused before its
     /// body is read, and the rest of the facts.
     pub(super) fn read(config: &Config, req: &RequestHead) -> (Result<Route, Error>, Self) {
-        let key = access::bearer(req)
-            .or_else(|| {
-                (req.path == socket::PATH)
-                    .then(|| socket::key(req))
-                    .flatten()
-            })
-            .map(str::to_owned);
+        let key = if req.path == socket::PATH {
+            socket::key(req)
+        } else {
+            access::bearer(req)
+        }
+        .map(str::to_owned);
         let route = route(config, req, key.as_deref());
         let intake = Self {
             cors: access::cors_headers(&config.cors_origins, req),
