@@ -121,7 +121,11 @@ test("an answer appears as it is generated, and matches the API's", async () => 
   const firstVisible = w.states[0].t - w.enter;
   const serverTtft = Number(got.panel["server-ttft"]);
   assert.ok(serverTtft > 0, JSON.stringify(got.panel));
-  assert.ok(firstVisible <= serverTtft + 100, `first character after ${firstVisible.toFixed(0)} ms, the function's TTFT ${serverTtft} ms`);
+  // Enter → request, the way back, decoding and a paint, on a 2-core CI
+  // machine that also runs the model and the runtime: seen at +57, +98 and
+  // +102 ms. A stream held back (a sniffing buffer, a whole-body read) would
+  // show up as the whole answer's time, about a second here.
+  assert.ok(firstVisible <= serverTtft + 250, `first character after ${firstVisible.toFixed(0)} ms, the function's TTFT ${serverTtft} ms`);
   const api = await apiAnswer(prompt);
   assert.deepEqual(words(got.text), words(api.text));
   // The panel agrees with the response.
