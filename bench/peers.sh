@@ -6,7 +6,9 @@
 # wrangler ships, config from wrangler.toml), under `wrangler dev`, and on
 # Spin (the test host); Portkey's gateway and LiteLLM's proxy (pinned,
 # installed by scripts/setup.sh peers); two JavaScript workers on bare
-# workerd (the body untouched, and through a TransformStream); and direct
+# workerd (the body untouched; through a TransformStream; read chunk by
+# chunk into a pull ReadableStream; read chunk by chunk and written into
+# an IdentityTransformStream); and direct
 # again (the A/A null row). Results go to docs/BENCHMARKS.md.
 #
 #   bench/peers.sh [rounds] [concurrencies]     # default: 5 1,8,32,128
@@ -65,13 +67,19 @@ start_js 28788 floor-pass.js
 PASS_PID=$JS_PID
 start_js 28789 floor-transform.js
 TRANSFORM_PID=$JS_PID
+start_js 28780 floor-pull.js
+PULL_PID=$JS_PID
+start_js 28781 floor-identity.js
+IDENTITY_PID=$JS_PID
 
 targets=(--target "direct=$REPLAY"
   --target "tokenedge-workerd=http://127.0.0.1:28786@$WORKERD_PID"
   --target "tokenedge-wrangler-dev=http://127.0.0.1:28787@$WRANGLER_PID"
   --target "tokenedge-spin=http://127.0.0.1:28797@$SPIN_PID"
   --target "js-passthrough-workerd=http://127.0.0.1:28788@$PASS_PID"
-  --target "js-transformstream-workerd=http://127.0.0.1:28789@$TRANSFORM_PID")
+  --target "js-transformstream-workerd=http://127.0.0.1:28789@$TRANSFORM_PID"
+  --target "js-pull-workerd=http://127.0.0.1:28780@$PULL_PID"
+  --target "js-identity-workerd=http://127.0.0.1:28781@$IDENTITY_PID")
 if [ "${PEERS:-on}" != off ]; then
   node "$PORTKEY_START" --port=28791 --headless >"$TOKENEDGE_LOGS/portkey.log" 2>&1 &
   _pids+=($!)

@@ -16,6 +16,7 @@
 //! `PUT` (with `x-tokenedge-ttl`) or `DELETE` of [`STORE_PATH`], the key in
 //! `x-tokenedge-key`. A missing key is 404.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use worker::wasm_bindgen::JsValue;
@@ -34,11 +35,18 @@ const KEY_HEADER: &str = "x-tokenedge-key";
 /// The header giving a stored value's lifetime, in seconds.
 const TTL_HEADER: &str = "x-tokenedge-ttl";
 
+/// How far past the latest expiry the alarm is set, so that a stream's
+/// checkpoints (every 100 ms, each pushing its expiry on) move it about
+/// once a minute instead of at every write.
+const ALARM_SLACK_MS: i64 = 60_000;
+
 /// The owner of one stream: its generation and its record.
 #[durable_object]
 pub struct StreamOwner {
     state: Rc<State>,
     env: Env,
+    /// The alarm as this instance last set or read it (0: not known).
+    alarm: Rc<Cell<i64>>,
 }
 
 impl DurableObject for StreamOwner {
@@ -46,6 +54,7 @@ impl DurableObject for StreamOwner {
         Self {
             state: Rc::new(state),
             env,
+            alarm: Rc::default(),
         }
     }
 
@@ -53,20 +62,29 @@ impl DurableObject for StreamOwner {
         if req.path() == STORE_PATH {
             return self.store(req).await;
         }
-        super::workers::serve_owned(req, self.env.clone(), self.state.clone()).await
+        super::workers::serve_owned(req, self.env.clone(), self.own()).await
     }
 
     /// The stream expired: everything it kept goes.
     async fn alarm(&self) -> Result<Response> {
         self.state.storage().delete_all().await?;
+        self.alarm.set(0);
         Response::ok("")
     }
 }
 
 impl StreamOwner {
+    /// This object's storage, as its sessions and store requests use it.
+    fn own(&self) -> Own {
+        Own {
+            state: self.state.clone(),
+            alarm: self.alarm.clone(),
+        }
+    }
+
     async fn store(&self, mut req: Request) -> Result<Response> {
         let key = req.headers().get(KEY_HEADER)?.unwrap_or_default();
-        let storage = Own(self.state.clone());
+        let storage = self.own();
         match req.method() {
             Method::Get => match storage.get(&key).await {
                 Some(value) => Response::from_bytes(value),
@@ -89,13 +107,17 @@ impl StreamOwner {
 
 /// A stream owner's own storage.
 #[derive(Clone)]
-pub(super) struct Own(pub(super) Rc<State>);
+pub(super) struct Own {
+    pub(super) state: Rc<State>,
+    /// The object's alarm as last set or read (0: not known).
+    alarm: Rc<Cell<i64>>,
+}
 
 impl Own {
     /// A value not past its expiry (each is stored with it in front: the
     /// object's storage keeps values until they are deleted).
     pub(super) async fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let storage = self.0.storage();
+        let storage = self.state.storage();
         let value = JsFuture::from(storage.as_raw().get(key).ok()?).await.ok()?;
         if value.is_undefined() || value.is_null() {
             return None;
@@ -104,24 +126,31 @@ impl Own {
         expiring::unexpired(&stored, Date::now().as_millis()).map(<[u8]>::to_vec)
     }
 
-    /// Writes with its expiry, and moves the object's alarm (which deletes
-    /// everything) to the latest expiry.
+    /// Writes with its expiry, and keeps the object's alarm (which deletes
+    /// everything) past the latest expiry: it is read once per instance
+    /// and moved only when an expiry passes it, to [`ALARM_SLACK_MS`]
+    /// beyond.
     pub(super) async fn put(&self, key: &str, value: &[u8], ttl_secs: u64) {
-        let storage = self.0.storage();
+        let storage = self.state.storage();
         let expiry = expiring::after(Date::now().as_millis(), ttl_secs);
         let bytes = js_sys::Uint8Array::from(&expiring::stored(value, expiry)[..]);
         if storage.put_raw(key, JsValue::from(bytes)).await.is_err() {
             return;
         }
         let at = i64::try_from(expiry).unwrap_or(i64::MAX);
-        let alarm = storage.get_alarm().await.ok().flatten();
-        if alarm.is_none_or(|current| current < at) {
-            let _ = storage.set_alarm(at).await;
+        if self.alarm.get() == 0 {
+            let current = storage.get_alarm().await.ok().flatten().unwrap_or(0);
+            self.alarm.set(self.alarm.get().max(current));
+        }
+        if self.alarm.get() < at {
+            let later = at.saturating_add(ALARM_SLACK_MS);
+            self.alarm.set(later);
+            let _ = storage.set_alarm(later).await;
         }
     }
 
     pub(super) async fn delete(&self, key: &str) {
-        let _ = self.0.storage().delete(key).await;
+        let _ = self.state.storage().delete(key).await;
     }
 }
 

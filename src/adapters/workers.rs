@@ -433,13 +433,9 @@ async fn hand_over(
     stub.fetch_with_request(forwarded).await
 }
 
-/// A request the Worker handed to the stream's owner `state`: served there,
-/// with the stream's record in the object's storage.
-pub(super) async fn serve_owned(
-    mut req: Request,
-    env: Env,
-    state: Rc<worker::State>,
-) -> Result<Response> {
+/// A request the Worker handed to the stream's owner: served there, with
+/// the stream's record in the object's storage (`own`).
+pub(super) async fn serve_owned(mut req: Request, env: Env, own: Own) -> Result<Response> {
     let url = req.url()?;
     let method = req.method().to_string();
     let all: Vec<(String, String)> = req.headers().entries().collect();
@@ -470,14 +466,9 @@ pub(super) async fn serve_owned(
     };
     let config = config(&env);
     let request_body = body_of(&mut req, &method);
-    let own = (resume::new_id(&head.nonce), Own(state.clone()));
-    let platform = platform(
-        &env,
-        &config,
-        Background::Object(state),
-        request_body,
-        Some(own),
-    );
+    let background = Background::Object(own.state.clone());
+    let own = (resume::new_id(&head.nonce), own);
+    let platform = platform(&env, &config, background, request_body, Some(own));
     serve(platform, config, head).await
 }
 

@@ -34,6 +34,8 @@ pub(crate) struct Deflater {
     /// Per history position: the previous position + 1 with the same hash.
     chain: Vec<u16>,
     max_chain: usize,
+    /// Matches longer than this have only their first position hashed.
+    max_insert: usize,
     bits: u64,
     nbits: u32,
 }
@@ -46,6 +48,7 @@ impl Deflater {
             head: vec![0; HASH_SIZE],
             chain: vec![0; HISTORY],
             max_chain: chain_for(level),
+            max_insert: insert_for(level),
             bits: 0,
             nbits: 0,
         }
@@ -54,6 +57,7 @@ impl Deflater {
     /// Changes the search effort for the following writes.
     pub(crate) fn set_level(&mut self, level: u32) {
         self.max_chain = chain_for(level);
+        self.max_insert = insert_for(level);
     }
 
     /// Compresses `input` into one block ended by a sync flush: a
@@ -95,7 +99,12 @@ impl Deflater {
             };
             if len >= MIN_MATCH {
                 self.put_match(len, dist);
-                for q in p..p + len {
+                // As zlib's fast levels do: the inside of a long match is
+                // not hashed. A token event is mostly one or two long
+                // matches against the event before, whose starts are
+                // what the next event matches again.
+                let hashed = if len <= self.max_insert { len } else { 1 };
+                for q in p..p + hashed {
                     if q + MIN_MATCH <= end {
                         self.insert(q);
                     }
@@ -108,7 +117,11 @@ impl Deflater {
                 }
                 p += 1;
             }
-            self.drain(out);
+            if self.nbits >= 32 {
+                out.extend_from_slice(&(self.bits as u32).to_le_bytes());
+                self.bits >>= 32;
+                self.nbits -= 32;
+            }
         }
     }
 
@@ -138,11 +151,7 @@ impl Deflater {
             }
             // Cheap reject: a longer match must agree at the current best.
             if hist[q + best.0.min(limit - 1)] == hist[p + best.0.min(limit - 1)] {
-                let len = hist[q..q + limit]
-                    .iter()
-                    .zip(&hist[p..p + limit])
-                    .take_while(|(a, b)| a == b)
-                    .count();
+                let len = common_prefix(&hist[q..q + limit], &hist[p..p + limit]);
                 if len > best.0 {
                     best = (len, dist);
                     if len == limit {
@@ -237,6 +246,33 @@ fn chain_for(level: u32) -> usize {
         8 => 128,
         _ => 256,
     }
+}
+
+/// How long a match may be and still have every position hashed
+/// (zlib's `max_insert_length` for its fast levels); deeper levels hash
+/// every position.
+fn insert_for(level: u32) -> usize {
+    match level {
+        0 | 1 => 4,
+        2 => 5,
+        3 => 6,
+        _ => MAX_MATCH,
+    }
+}
+
+/// How many leading bytes `a` and `b` (of equal length) share, eight at a
+/// time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let mut n = 0;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let x = u64::from_le_bytes(x.try_into().unwrap_or_default());
+        let y = u64::from_le_bytes(y.try_into().unwrap_or_default());
+        if x != y {
+            return n + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    n + a[n..].iter().zip(&b[n..]).take_while(|(x, y)| x == y).count()
 }
 
 fn reverse(code: u32, len: u32) -> u32 {
