@@ -5,11 +5,10 @@
 # concurrencies: direct; tokenedge on bare workerd (the `workerd` binary
 # wrangler ships, config from wrangler.toml), under `wrangler dev`, and on
 # Spin (the test host); Portkey's gateway and LiteLLM's proxy (pinned,
-# installed by scripts/setup.sh peers); two JavaScript workers on bare
+# installed by scripts/setup.sh peers); four JavaScript workers on bare
 # workerd (the body untouched; through a TransformStream; read chunk by
 # chunk into a pull ReadableStream; read chunk by chunk and written into
-# an IdentityTransformStream); and direct
-# again (the A/A null row). Results go to docs/BENCHMARKS.md.
+# an IdentityTransformStream); and direct again (the A/A null row). Results go to docs/BENCHMARKS.md.
 #
 #   bench/peers.sh [rounds] [concurrencies]     # default: 5 1,8,32,128
 #   PEERS=off bench/peers.sh 1 1,8              # without Portkey and LiteLLM (CI's smoke)
