@@ -53,6 +53,8 @@ pub mod core;
 /// shared pump.
 #[cfg(all(target_arch = "wasm32", any(feature = "workers", feature = "spin")))]
 mod adapters {
+    #[cfg(feature = "workers")]
+    mod body;
     mod pump;
     #[cfg(feature = "workers")]
     mod quota_object;

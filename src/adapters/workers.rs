@@ -17,6 +17,7 @@
 //! object's storage. Without it, the session runs here and its records in
 //! KV.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -25,11 +26,12 @@ use futures_util::StreamExt;
 use worker::kv::KvStore;
 use worker::{
     event, js_sys, AbortController, Context, Date, EncodeBody, Env, Fetch, Headers, Method,
-    ObjectNamespace, Request, RequestInit, Response, Result,
+    ObjectNamespace, Request, RequestInit, Response, ResponseBody, Result,
 };
 
 use worker::wasm_bindgen::prelude::wasm_bindgen;
 
+use super::body;
 use super::pump::{self, Boxed, Platform, Pump, Reply, UpstreamResponse};
 use super::quota_object::{ask_line, release_line, verdict_of};
 use super::stream_object::{Own, Store};
@@ -79,8 +81,8 @@ pub(super) struct Workers {
     kv: Option<KvStore>,
     /// The per-key limits records.
     quota: Option<ObjectNamespace>,
-    /// Aborts the upstream fetch under way.
-    abort: Option<AbortController>,
+    /// Aborts the upstream fetch under way; whether it has answered.
+    abort: Option<(AbortController, Rc<Cell<bool>>)>,
     /// The stream owners, when the deployment has them.
     owners: Option<ObjectNamespace>,
     /// The stream whose owner this session runs in, and its storage.
@@ -124,16 +126,18 @@ impl Platform for Workers {
         let request = Request::new_with_init(&req.url, &init).map_err(|e| e.to_string())?;
         let controller = AbortController::default();
         let signal = controller.signal();
-        self.abort = Some(controller);
+        let answered = Rc::new(Cell::new(false));
+        self.abort = Some((controller, answered.clone()));
         Ok(Box::pin(async move {
-            let mut response = Fetch::Request(request)
+            let response = Fetch::Request(request)
                 .send_with_signal(&signal)
                 .await
                 .map_err(|e| e.to_string())?;
-            let body = response.stream().ok().map(|s| {
-                let chunks = s.map(|c| c.map(Bytes::from).map_err(|e| e.to_string()));
-                Box::pin(chunks) as pump::BodyStream
-            });
+            answered.set(true);
+            let body = match response.body() {
+                ResponseBody::Stream(stream) => body::read(stream),
+                _ => None,
+            };
             Ok(UpstreamResponse {
                 status: response.status_code(),
                 headers: response.headers().entries().collect(),
@@ -142,9 +146,14 @@ impl Platform for Workers {
         }))
     }
 
+    /// Only a request not answered yet: once it has answered, dropping
+    /// its body cancelled it (see [`body`]), and an abort would only make
+    /// an error for nobody.
     fn abort(&mut self) {
-        if let Some(controller) = self.abort.take() {
-            controller.abort();
+        if let Some((controller, answered)) = self.abort.take() {
+            if !answered.get() {
+                controller.abort();
+            }
         }
     }
 
@@ -315,13 +324,10 @@ fn client_info(req: &Request) -> ClientInfo {
 }
 
 /// The request's body as the pump reads it (none for methods without).
-fn body_of(req: &mut Request, method: &str) -> Option<pump::BodyStream> {
+fn body_of(req: &Request, method: &str) -> Option<pump::BodyStream> {
     match method {
         "GET" | "HEAD" | "OPTIONS" => None,
-        _ => req.stream().ok().map(|s| {
-            let chunks = s.map(|c| c.map(Bytes::from).map_err(|e| e.to_string()));
-            Box::pin(chunks) as pump::BodyStream
-        }),
+        _ => body::read(&req.inner().body()?),
     }
 }
 
@@ -358,7 +364,7 @@ pub(super) fn platform(
 }
 
 #[event(fetch)]
-async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let url = req.url()?;
     let method = req.method().to_string();
     let mut headers: Vec<(String, String)> = req
@@ -387,7 +393,7 @@ async fn fetch(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
             return hand_over(owners, &head, &req).await;
         }
     }
-    platform.request_body = body_of(&mut req, &method);
+    platform.request_body = body_of(&req, &method);
     // What a socket needs if the session accepts one (101).
     let upgrade =
         (head.path == socket::PATH).then(|| (env, head.clone(), background, config.clone()));
@@ -435,7 +441,7 @@ async fn hand_over(
 
 /// A request the Worker handed to the stream's owner: served there, with
 /// the stream's record in the object's storage (`own`).
-pub(super) async fn serve_owned(mut req: Request, env: Env, own: Own) -> Result<Response> {
+pub(super) async fn serve_owned(req: Request, env: Env, own: Own) -> Result<Response> {
     let url = req.url()?;
     let method = req.method().to_string();
     let all: Vec<(String, String)> = req.headers().entries().collect();
@@ -465,7 +471,7 @@ pub(super) async fn serve_owned(mut req: Request, env: Env, own: Own) -> Result<
         tcp_rtt_ms: rtt,
     };
     let config = config(&env);
-    let request_body = body_of(&mut req, &method);
+    let request_body = body_of(&req, &method);
     let background = Background::Object(own.state.clone());
     let own = (resume::new_id(&head.nonce), own);
     let platform = platform(&env, &config, background, request_body, Some(own));

@@ -1,0 +1,110 @@
+//! A body the runtime hands over as a JavaScript `ReadableStream` (the
+//! client's request body, an upstream response's body), read chunk by
+//! chunk as the pump's [`BodyStream`].
+//!
+//! Why not the `ByteStream` of the `worker` crate: dropping it releases its
+//! reader's lock, and a release rejects the reader's `closed` promise with
+//! a new `TypeError` — an error object and its stack trace for every body,
+//! read to its end or not — and it cancels a body left unread through a
+//! callback it leaks. Here the reader is never released: at the end there
+//! is nothing left to release, and a body dropped before its end is
+//! cancelled, which is all the runtime needs to stop reading it (for an
+//! upstream response, to close its connection).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use worker::wasm_bindgen::closure::Closure;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{js_sys, web_sys};
+
+use super::pump::BodyStream;
+
+/// One body's reader and the read under way.
+struct Body {
+    reader: web_sys::ReadableStreamDefaultReader,
+    read: Option<JsFuture>,
+    /// Read to its end, or failed: nothing to cancel.
+    over: bool,
+}
+
+/// `stream` as the pump reads it.
+pub(super) fn read(stream: &web_sys::ReadableStream) -> Option<BodyStream> {
+    let reader = stream.get_reader().dyn_into().ok()?;
+    Some(Box::pin(Body {
+        reader,
+        read: None,
+        over: false,
+    }))
+}
+
+impl Body {
+    fn finish(&mut self) {
+        self.over = true;
+    }
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes, String>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.over {
+            return Poll::Ready(None);
+        }
+        let reader = &this.reader;
+        let read = this
+            .read
+            .get_or_insert_with(|| JsFuture::from(reader.read()));
+        let result = ready!(Pin::new(read).poll(cx));
+        this.read = None;
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => {
+                this.finish();
+                return Poll::Ready(Some(Err(describe(&e))));
+            }
+        };
+        let field = |name: &str| js_sys::Reflect::get(&result, &JsValue::from_str(name));
+        if field("done").map_or(true, |done| done.is_truthy()) {
+            this.finish();
+            return Poll::Ready(None);
+        }
+        match field("value").map(|v| v.dyn_into::<js_sys::Uint8Array>()) {
+            Ok(Ok(chunk)) => Poll::Ready(Some(Ok(Bytes::from(chunk.to_vec())))),
+            _ => {
+                this.finish();
+                Poll::Ready(Some(Err("the body gave something other than bytes".into())))
+            }
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if !self.over {
+            IGNORE.with(|ignore| {
+                let _ = self.reader.cancel().catch(ignore);
+            });
+        }
+    }
+}
+
+thread_local! {
+    /// A callback that drops its argument: what a cancel's outcome gets.
+    static IGNORE: Closure<dyn FnMut(JsValue)> = Closure::new(|_: JsValue| {});
+}
+
+/// A failed read's reason, as text.
+fn describe(e: &JsValue) -> String {
+    match e.dyn_ref::<js_sys::Error>() {
+        Some(error) => String::from(error.message()),
+        None => e
+            .as_string()
+            .unwrap_or_else(|| "the body could not be read".into()),
+    }
+}
