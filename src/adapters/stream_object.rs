@@ -9,7 +9,8 @@
 //! object's own storage: the generating session reads and writes them
 //! there directly; a reader's or a cancel's session, which runs in the
 //! Worker, reaches them with the store requests below. The object deletes
-//! everything when its alarm rings, `RESUME_TTL_SECS` after the last write.
+//! everything when its alarm rings, a minute past `RESUME_TTL_SECS` after
+//! the last write (`ALARM_SLACK_MS`).
 //!
 //! Store requests (only the Worker sends them; the Worker hands the object
 //! nothing but generation paths, so a client cannot reach them): `GET`,
