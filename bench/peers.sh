@@ -8,7 +8,9 @@
 # installed by scripts/setup.sh peers); four JavaScript workers on bare
 # workerd (the body untouched; through a TransformStream; read chunk by
 # chunk into a pull ReadableStream; read chunk by chunk and written into
-# an IdentityTransformStream); and direct again (the A/A null row). Results go to docs/BENCHMARKS.md.
+# an IdentityTransformStream) and a Rust one on tokenedge's toolchain that
+# only relays (bench/peers/floor-rust); and direct again (the A/A null
+# row). Results go to docs/BENCHMARKS.md.
 #
 #   bench/peers.sh [rounds] [concurrencies]     # default: 5 1,8,32,128
 #   PEERS=off bench/peers.sh 1 1,8              # without Portkey and LiteLLM (CI's smoke)
@@ -51,7 +53,33 @@ CAPNP
   JS_PID=$!
 }
 
+# The Rust floor: a worker on tokenedge's toolchain that only relays.
+start_rust() {
+  local port=$1 dir="$TOKENEDGE_LOGS/rust-$1"
+  mkdir -p "$dir"
+  cp "$ROOT/bench/peers/floor-rust/build/index.js" "$ROOT/bench/peers/floor-rust/build/index_bg.wasm" "$dir/"
+  cat >"$dir/config.capnp" <<CAPNP
+using Workerd = import "/workerd/workerd.capnp";
+const config :Workerd.Config = (
+  services = [(name = "main", worker = .worker),
+    (name = "internet", network = (allow = ["public", "private", "local"]))],
+  sockets = [(name = "http", address = "127.0.0.1:$port", http = (), service = "main")],
+);
+const worker :Workerd.Worker = (
+  modules = [(name = "index.js", esModule = embed "index.js"),
+    (name = "index_bg.wasm", wasm = embed "index_bg.wasm")],
+  compatibilityDate = "$(sed -n 's/^compatibility_date = "\(.*\)"$/\1/p' "$ROOT/wrangler.toml")",
+  bindings = [(name = "UPSTREAM", text = "$REPLAY")],
+  globalOutbound = "internet",
+);
+CAPNP
+  (cd "$dir" && exec workerd serve config.capnp </dev/null >"$TOKENEDGE_LOGS/rust-$port.log" 2>&1) &
+  _pids+=($!)
+  RUST_PID=$!
+}
+
 (cd "$ROOT" && worker-build --release --features workers >&2)
+(cd "$ROOT/bench/peers/floor-rust" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/floor-rust" worker-build --release >&2)
 vars=("UPSTREAM_URL=$REPLAY" "AUTH=off" "CACHE_TTL_SECS=0")
 start_workerd 28786 "${vars[@]}"
 WORKERD_PID=${_pids[-1]}
@@ -70,6 +98,7 @@ start_js 28780 floor-pull.js
 PULL_PID=$JS_PID
 start_js 28781 floor-identity.js
 IDENTITY_PID=$JS_PID
+start_rust 28782
 
 targets=(--target "direct=$REPLAY"
   --target "tokenedge-workerd=http://127.0.0.1:28786@$WORKERD_PID"
@@ -78,7 +107,8 @@ targets=(--target "direct=$REPLAY"
   --target "js-passthrough-workerd=http://127.0.0.1:28788@$PASS_PID"
   --target "js-transformstream-workerd=http://127.0.0.1:28789@$TRANSFORM_PID"
   --target "js-pull-workerd=http://127.0.0.1:28780@$PULL_PID"
-  --target "js-identity-workerd=http://127.0.0.1:28781@$IDENTITY_PID")
+  --target "js-identity-workerd=http://127.0.0.1:28781@$IDENTITY_PID"
+  --target "rust-relay-workerd=http://127.0.0.1:28782@$RUST_PID")
 if [ "${PEERS:-on}" != off ]; then
   node "$PORTKEY_START" --port=28791 --headless >"$TOKENEDGE_LOGS/portkey.log" 2>&1 &
   _pids+=($!)
