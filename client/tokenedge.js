@@ -336,6 +336,8 @@ export class Reply extends Emitter {
       });
       this.emit("open", { id: this.id, cache: null, status: 101, transport: "websocket" });
       socket.send({ type: "request", id: this.id, ...this.body });
+      // Stopped while the socket was opening: the cancel had no id then.
+      if (this.stopped) socket.send({ type: "cancel", id: this.id });
     });
   }
 

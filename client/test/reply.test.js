@@ -172,3 +172,35 @@ test("prefetch waits for typing to pause, and sends a conversation once", async 
   assert.deepEqual(JSON.parse(srv.seen[0].body), { model: "m", messages: [{ role: "user", content: "What" }] });
   assert.deepEqual(warmed, [{ object: "prefetch", status: "accepted" }]);
 });
+
+/** A WebSocket that opens when the test says, records what is sent, and
+ * answers a cancel with the cancelled end (as the function does). */
+class SlowSocket {
+  static last = null;
+  constructor() {
+    this.sent = [];
+    SlowSocket.last = this;
+  }
+  open() {
+    this.onopen();
+  }
+  send(text) {
+    const message = JSON.parse(text);
+    this.sent.push(message);
+    if (message.type === "cancel") {
+      const done = { type: "done", id: message.id, finish_reason: "cancelled" };
+      setTimeout(() => this.onmessage({ data: JSON.stringify(done) }), 0);
+    }
+  }
+  close() {}
+}
+
+test("a stop before the socket has opened cancels the request once it is sent", async () => {
+  const client = new Tokenedge({ baseUrl: "http://127.0.0.1:9", transport: "websocket", WebSocket: SlowSocket });
+  const reply = client.chat({ model: "m", messages: [{ role: "user", content: "hi" }] });
+  await reply.stop();
+  SlowSocket.last.open();
+  const end = await Promise.race([reply.done, new Promise((r) => setTimeout(() => r("still running"), 500))]);
+  assert.deepEqual(SlowSocket.last.sent.map((m) => m.type), ["request", "cancel"]);
+  assert.equal(end.finishReason, "cancelled");
+});
