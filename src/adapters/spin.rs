@@ -12,7 +12,8 @@
 //! expiry time in front (8 bytes, milliseconds since the epoch, big-endian);
 //! an expired value reads as absent and is deleted, and every write goes
 //! through its scope's `Keyspace` (at most `MAX_KEYS_PER_SCOPE` values per
-//! API key; expired ones swept). Writes start at once, one after another
+//! API key; expired ones swept) — except a rewrite of a key whose listing
+//! already outlasts it (`Listed`). Writes start at once, one after another
 //! in a spawned task (a stream's record is rewritten while it streams, in
 //! order), and are finished before the body ends, because a Spin host may
 //! stop the instance once the response is complete.
@@ -50,7 +51,7 @@ use super::pump::{self, Boxed, Platform, Pump, Reply, UpstreamResponse};
 use crate::core::config::{vars, Config};
 use crate::core::expiring;
 use crate::core::http::{ClientInfo, RequestHead, ResponseHead, UpstreamRequest};
-use crate::core::keyspace::{self, Keyspace};
+use crate::core::keyspace::{self, Keyspace, Listed};
 use crate::core::quota::{self, Ask, Lease, Tally, Verdict};
 use crate::core::session::Session;
 use crate::core::Millis;
@@ -61,6 +62,13 @@ const CLIENT_ADDR_HEADER: &str = "spin-client-addr";
 const SPIN_HEADER_PREFIX: &str = "spin-";
 /// The key-value store used unless `KV_STORE` names another.
 const DEFAULT_STORE: &str = "default";
+
+thread_local! {
+    /// What this instance listed in the scopes' indexes: a stream's record,
+    /// rewritten at every checkpoint, reads and rewrites its scope's index
+    /// (up to `MAX_KEYS_PER_SCOPE` lines) about once a minute instead.
+    static LISTED: std::cell::RefCell<Listed> = std::cell::RefCell::default();
+}
 
 fn now() -> Millis {
     SystemTime::now()
@@ -186,19 +194,26 @@ impl Platform for Spin {
             };
             let now = now();
             let expiry = expiring::after(now, ttl_secs);
-            let index_key = keyspace::index_key(&scope);
-            let stored = store.get(&index_key).await.ok().flatten();
-            let mut index = stored
-                .as_deref()
-                .and_then(|v| expiring::unexpired(v, now))
-                .map(Keyspace::decode)
-                .unwrap_or_default();
-            for gone in index.record(&key, expiry, now) {
-                let _ = store.delete(&gone).await;
+            let listing = LISTED.with(|l| l.borrow().listing(&key, expiry));
+            if let Some(until) = listing {
+                let index_key = keyspace::index_key(&scope);
+                let stored = store.get(&index_key).await.ok().flatten();
+                let mut index = stored
+                    .as_deref()
+                    .and_then(|v| expiring::unexpired(v, now))
+                    .map(Keyspace::decode)
+                    .unwrap_or_default();
+                for gone in index.record(&key, until, now) {
+                    LISTED.with(|l| l.borrow_mut().forget(&gone));
+                    let _ = store.delete(&gone).await;
+                }
+                let written = store
+                    .set(&index_key, &expiring::stored(&index.encode(), Millis::MAX))
+                    .await;
+                if written.is_ok() {
+                    LISTED.with(|l| l.borrow_mut().listed(&key, until));
+                }
             }
-            let _ = store
-                .set(&index_key, &expiring::stored(&index.encode(), Millis::MAX))
-                .await;
             let _ = store.set(&key, &expiring::stored(&value, expiry)).await;
         }));
     }
@@ -221,6 +236,7 @@ impl Platform for Spin {
 
     fn kv_delete(&mut self, key: String) {
         let store = self.store.clone();
+        LISTED.with(|l| l.borrow_mut().forget(&key));
         self.kv_writes.push(Box::pin(async move {
             if let Ok(store) = Store::open(&store).await {
                 let _ = store.delete(&key).await;

@@ -103,9 +103,86 @@ impl Keyspace {
     }
 }
 
+/// How far past its expiry a key written a second time is listed: a key
+/// written again and again (a stream's record, at every checkpoint) then
+/// has its index entry rewritten about once a minute, not at every write.
+pub const RELIST_SLACK_MS: Millis = 60_000;
+/// Most keys [`Listed`] remembers; past that it forgets them all (their
+/// next writes list them again).
+const MAX_LISTED: usize = 256;
+
+/// The keys one instance has listed in their scope's index, and until
+/// when: a write of a key listed past the new value's expiry needs no index
+/// read or write. A key's first listing is at its value's expiry (so a
+/// value written once is swept as soon as it expires); a key written again
+/// is listed [`RELIST_SLACK_MS`] past its expiry, and swept at most that
+/// late.
+#[derive(Debug, Default)]
+pub struct Listed {
+    keys: std::collections::HashMap<String, Millis>,
+}
+
+impl Listed {
+    /// The expiry to list `key` under, now written to expire at `expiry`;
+    /// `None` when its index entry already outlasts the value.
+    pub fn listing(&self, key: &str, expiry: Millis) -> Option<Millis> {
+        match self.keys.get(key) {
+            Some(&listed) if listed >= expiry => None,
+            Some(_) => Some(expiry.saturating_add(RELIST_SLACK_MS)),
+            None => Some(expiry),
+        }
+    }
+
+    /// The index now lists `key` until `until`.
+    pub fn listed(&mut self, key: &str, until: Millis) {
+        if self.keys.len() >= MAX_LISTED && !self.keys.contains_key(key) {
+            self.keys.clear();
+        }
+        self.keys.insert(key.to_owned(), until);
+    }
+
+    /// `key` was deleted: its next write lists it afresh.
+    pub fn forget(&mut self, key: &str) {
+        self.keys.remove(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_written_again_is_listed_a_minute_ahead_and_then_not_at_every_write() {
+        let mut l = Listed::default();
+        // First write: listed at its expiry, exactly.
+        assert_eq!(l.listing("rec", 1_000), Some(1_000));
+        l.listed("rec", 1_000);
+        // The same expiry or an earlier one: nothing to list.
+        assert_eq!(l.listing("rec", 1_000), None);
+        // Written again to expire later: listed with the slack.
+        assert_eq!(l.listing("rec", 1_100), Some(1_100 + RELIST_SLACK_MS));
+        l.listed("rec", 1_100 + RELIST_SLACK_MS);
+        // Every checkpoint within the slack: no index write.
+        for t in (1_200..1_100 + RELIST_SLACK_MS).step_by(100) {
+            assert_eq!(l.listing("rec", t), None, "at {t}");
+        }
+        assert!(l.listing("rec", 1_200 + RELIST_SLACK_MS).is_some());
+        // Another key, and a deleted one, are listed at their expiry.
+        assert_eq!(l.listing("other", 500), Some(500));
+        l.forget("rec");
+        assert_eq!(l.listing("rec", 2_000), Some(2_000));
+    }
+
+    #[test]
+    fn listed_keys_are_bounded() {
+        let mut l = Listed::default();
+        for i in 0..MAX_LISTED + 10 {
+            l.listed(&format!("k{i}"), 1_000);
+        }
+        assert!(l.keys.len() <= MAX_LISTED);
+        // A forgotten key is listed afresh, never skipped.
+        assert_eq!(l.listing("k0", 900), Some(900));
+    }
 
     #[test]
     fn expired_keys_are_swept_by_the_next_write() {

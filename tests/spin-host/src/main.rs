@@ -614,6 +614,11 @@ async fn main() -> Result<()> {
 
     let mut config = Config::new();
     config.wasm_component_model_async(true);
+    // `--perfmap`: names the component's compiled functions for `perf`
+    // (in /tmp/perf-PID.map), to see where the host's time goes.
+    if args.iter().any(|a| a == "--perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config)?;
     let component = Component::from_file(&engine, &source)
         .map_err(|e| format_err!("loading {source:?}: {e:?}"))?;
