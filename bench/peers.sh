@@ -6,11 +6,11 @@
 # wrangler ships, config from wrangler.toml), under `wrangler dev`, and on
 # Spin (the test host); Portkey's gateway and LiteLLM's proxy (pinned,
 # installed by scripts/setup.sh peers); four JavaScript workers on bare
-# workerd (the body untouched; through a TransformStream; read chunk by
-# chunk into a pull ReadableStream; read chunk by chunk and written into
-# an IdentityTransformStream) and a Rust one on tokenedge's toolchain that
-# only relays (bench/peers/floor-rust); and direct again (the A/A null
-# row). Results go to docs/BENCHMARKS.md.
+# workerd (bench/peers/floor.js: the body untouched; through a
+# TransformStream; read chunk by chunk into a pull ReadableStream; read
+# chunk by chunk and written into an IdentityTransformStream) and a Rust
+# one on tokenedge's toolchain that only relays (bench/peers/floor-rust);
+# and direct again (the A/A null row). Results go to docs/BENCHMARKS.md.
 #
 #   bench/peers.sh [rounds] [concurrencies]     # default: 5 1,8,32,128
 #   PEERS=off bench/peers.sh 1 1,8              # without Portkey and LiteLLM (CI's smoke)
@@ -29,11 +29,21 @@ node "$ROOT/bench/peers/replay.mjs" --port 28090 >"$TOKENEDGE_LOGS/replay.log" 2
 _pids+=($!)
 wait_http "$REPLAY/health" 30
 
-# A JavaScript worker on bare workerd: start_js PORT FILE.
-start_js() {
-  local port=$1 dir="$TOKENEDGE_LOGS/js-$1"
+# A floor worker on bare workerd: start_floor PORT js SHAPE (one of
+# bench/peers/floor.js's shapes) or start_floor PORT rust (the relay built
+# from bench/peers/floor-rust); sets FLOOR_PID.
+start_floor() {
+  local port=$1 dir="$TOKENEDGE_LOGS/floor-$1" modules bindings
   mkdir -p "$dir"
-  cp "$ROOT/bench/peers/$2" "$dir/worker.js"
+  bindings="(name = \"UPSTREAM\", text = \"$REPLAY\")"
+  if [ "$2" = js ]; then
+    cp "$ROOT/bench/peers/floor.js" "$dir/worker.js"
+    modules='(name = "worker.js", esModule = embed "worker.js")'
+    bindings="$bindings, (name = \"SHAPE\", text = \"$3\")"
+  else
+    cp "$ROOT/bench/peers/floor-rust/build/index.js" "$ROOT/bench/peers/floor-rust/build/index_bg.wasm" "$dir/"
+    modules='(name = "index.js", esModule = embed "index.js"), (name = "index_bg.wasm", wasm = embed "index_bg.wasm")'
+  fi
   cat >"$dir/config.capnp" <<CAPNP
 using Workerd = import "/workerd/workerd.capnp";
 const config :Workerd.Config = (
@@ -42,40 +52,15 @@ const config :Workerd.Config = (
   sockets = [(name = "http", address = "127.0.0.1:$port", http = (), service = "main")],
 );
 const worker :Workerd.Worker = (
-  modules = [(name = "worker.js", esModule = embed "worker.js")],
+  modules = [$modules],
   compatibilityDate = "$(sed -n 's/^compatibility_date = "\(.*\)"$/\1/p' "$ROOT/wrangler.toml")",
-  bindings = [(name = "UPSTREAM", text = "$REPLAY")],
+  bindings = [$bindings],
   globalOutbound = "internet",
 );
 CAPNP
-  (cd "$dir" && exec workerd serve config.capnp </dev/null >"$TOKENEDGE_LOGS/js-$port.log" 2>&1) &
+  (cd "$dir" && exec workerd serve config.capnp </dev/null >"$TOKENEDGE_LOGS/floor-$port.log" 2>&1) &
   _pids+=($!)
-  JS_PID=$!
-}
-
-# The Rust floor: a worker on tokenedge's toolchain that only relays.
-start_rust() {
-  local port=$1 dir="$TOKENEDGE_LOGS/rust-$1"
-  mkdir -p "$dir"
-  cp "$ROOT/bench/peers/floor-rust/build/index.js" "$ROOT/bench/peers/floor-rust/build/index_bg.wasm" "$dir/"
-  cat >"$dir/config.capnp" <<CAPNP
-using Workerd = import "/workerd/workerd.capnp";
-const config :Workerd.Config = (
-  services = [(name = "main", worker = .worker),
-    (name = "internet", network = (allow = ["public", "private", "local"]))],
-  sockets = [(name = "http", address = "127.0.0.1:$port", http = (), service = "main")],
-);
-const worker :Workerd.Worker = (
-  modules = [(name = "index.js", esModule = embed "index.js"),
-    (name = "index_bg.wasm", wasm = embed "index_bg.wasm")],
-  compatibilityDate = "$(sed -n 's/^compatibility_date = "\(.*\)"$/\1/p' "$ROOT/wrangler.toml")",
-  bindings = [(name = "UPSTREAM", text = "$REPLAY")],
-  globalOutbound = "internet",
-);
-CAPNP
-  (cd "$dir" && exec workerd serve config.capnp </dev/null >"$TOKENEDGE_LOGS/rust-$port.log" 2>&1) &
-  _pids+=($!)
-  RUST_PID=$!
+  FLOOR_PID=$!
 }
 
 (cd "$ROOT" && worker-build --release --features workers >&2)
@@ -90,15 +75,16 @@ WRANGLER_PID="${_pids[-1]},$(pgrep -n -f "workerd serve")"
 build_spin
 start_spin 28797 "UPSTREAM_URL=$REPLAY" "UPSTREAM_ORIGIN=$REPLAY" "AUTH=off" "CACHE_TTL_SECS=0"
 SPIN_PID=${_pids[-1]}
-start_js 28788 floor-pass.js
-PASS_PID=$JS_PID
-start_js 28789 floor-transform.js
-TRANSFORM_PID=$JS_PID
-start_js 28780 floor-pull.js
-PULL_PID=$JS_PID
-start_js 28781 floor-identity.js
-IDENTITY_PID=$JS_PID
-start_rust 28782
+start_floor 28788 js pass
+PASS_PID=$FLOOR_PID
+start_floor 28789 js transform
+TRANSFORM_PID=$FLOOR_PID
+start_floor 28780 js pull
+PULL_PID=$FLOOR_PID
+start_floor 28781 js identity
+IDENTITY_PID=$FLOOR_PID
+start_floor 28782 rust
+RUST_PID=$FLOOR_PID
 
 targets=(--target "direct=$REPLAY"
   --target "tokenedge-workerd=http://127.0.0.1:28786@$WORKERD_PID"
