@@ -18,6 +18,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 use worker::wasm_bindgen::closure::Closure;
+use worker::wasm_bindgen::prelude::wasm_bindgen;
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::{js_sys, web_sys};
@@ -42,10 +43,14 @@ pub(super) fn read(stream: &web_sys::ReadableStream) -> Option<BodyStream> {
     }))
 }
 
-impl Body {
-    fn finish(&mut self) {
-        self.over = true;
-    }
+#[wasm_bindgen(wasm_bindgen = worker::wasm_bindgen)]
+extern "C" {
+    /// What a read answers: `{ done, value }`.
+    type ReadResult;
+    #[wasm_bindgen(method, getter)]
+    fn done(this: &ReadResult) -> bool;
+    #[wasm_bindgen(method, getter)]
+    fn value(this: &ReadResult) -> JsValue;
 }
 
 impl Stream for Body {
@@ -62,22 +67,21 @@ impl Stream for Body {
             .get_or_insert_with(|| JsFuture::from(reader.read()));
         let result = ready!(Pin::new(read).poll(cx));
         this.read = None;
-        let result = match result {
-            Ok(result) => result,
+        let result: ReadResult = match result {
+            Ok(result) => result.unchecked_into(),
             Err(e) => {
-                this.finish();
+                this.over = true;
                 return Poll::Ready(Some(Err(describe(&e))));
             }
         };
-        let field = |name: &str| js_sys::Reflect::get(&result, &JsValue::from_str(name));
-        if field("done").map_or(true, |done| done.is_truthy()) {
-            this.finish();
+        if result.done() {
+            this.over = true;
             return Poll::Ready(None);
         }
-        match field("value").map(|v| v.dyn_into::<js_sys::Uint8Array>()) {
-            Ok(Ok(chunk)) => Poll::Ready(Some(Ok(Bytes::from(chunk.to_vec())))),
-            _ => {
-                this.finish();
+        match result.value().dyn_into::<js_sys::Uint8Array>() {
+            Ok(chunk) => Poll::Ready(Some(Ok(Bytes::from(chunk.to_vec())))),
+            Err(_) => {
+                this.over = true;
                 Poll::Ready(Some(Err("the body gave something other than bytes".into())))
             }
         }
