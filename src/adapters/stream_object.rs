@@ -10,7 +10,7 @@
 //! there directly; a reader's or a cancel's session, which runs in the
 //! Worker, reaches them with the store requests below. The object deletes
 //! everything when its alarm rings, a minute past `RESUME_TTL_SECS` after
-//! the last write (`ALARM_SLACK_MS`).
+//! the last write (`expiring::SWEEP_SLACK_MS`).
 //!
 //! Store requests (only the Worker sends them; the Worker hands the object
 //! nothing but generation paths, so a client cannot reach them): `GET`,
@@ -28,6 +28,7 @@ use worker::{
 };
 
 use crate::core::expiring;
+use crate::core::Millis;
 
 /// The path of store requests.
 const STORE_PATH: &str = "/__store";
@@ -36,18 +37,13 @@ const KEY_HEADER: &str = "x-tokenedge-key";
 /// The header giving a stored value's lifetime, in seconds.
 const TTL_HEADER: &str = "x-tokenedge-ttl";
 
-/// How far past the latest expiry the alarm is set, so that a stream's
-/// checkpoints (every 100 ms, each pushing its expiry on) move it about
-/// once a minute instead of at every write.
-const ALARM_SLACK_MS: i64 = 60_000;
-
 /// The owner of one stream: its generation and its record.
 #[durable_object]
 pub struct StreamOwner {
     state: Rc<State>,
     env: Env,
     /// The alarm as this instance last set or read it (0: not known).
-    alarm: Rc<Cell<i64>>,
+    alarm: Rc<Cell<Millis>>,
 }
 
 impl DurableObject for StreamOwner {
@@ -111,7 +107,7 @@ impl StreamOwner {
 pub(super) struct Own {
     pub(super) state: Rc<State>,
     /// The object's alarm as last set or read (0: not known).
-    alarm: Rc<Cell<i64>>,
+    alarm: Rc<Cell<Millis>>,
 }
 
 impl Own {
@@ -129,8 +125,8 @@ impl Own {
 
     /// Writes with its expiry, and keeps the object's alarm (which deletes
     /// everything) past the latest expiry: it is read once per instance
-    /// and moved only when an expiry passes it, to [`ALARM_SLACK_MS`]
-    /// beyond.
+    /// and moved only when an expiry passes it
+    /// ([`expiring::later_sweep`]).
     pub(super) async fn put(&self, key: &str, value: &[u8], ttl_secs: u64) {
         let storage = self.state.storage();
         let expiry = expiring::after(Date::now().as_millis(), ttl_secs);
@@ -138,15 +134,16 @@ impl Own {
         if storage.put_raw(key, JsValue::from(bytes)).await.is_err() {
             return;
         }
-        let at = i64::try_from(expiry).unwrap_or(i64::MAX);
         if self.alarm.get() == 0 {
             let current = storage.get_alarm().await.ok().flatten().unwrap_or(0);
+            let current = Millis::try_from(current).unwrap_or(0);
             self.alarm.set(self.alarm.get().max(current));
         }
-        if self.alarm.get() < at {
-            let later = at.saturating_add(ALARM_SLACK_MS);
+        if let Some(later) = expiring::later_sweep(self.alarm.get(), expiry) {
             self.alarm.set(later);
-            let _ = storage.set_alarm(later).await;
+            let _ = storage
+                .set_alarm(i64::try_from(later).unwrap_or(i64::MAX))
+                .await;
         }
     }
 

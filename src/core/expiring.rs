@@ -12,6 +12,18 @@ use crate::core::Millis;
 const LEN: usize = 8;
 
 /// When a value written at `now` to last `ttl_secs` expires.
+/// How late a store's sweep of an expired value may come (Spin's keyspace
+/// index, a Durable Object's alarm): when a value is written again, its
+/// sweep moves this far past the new expiry, so a value rewritten at every
+/// checkpoint moves it about once a minute instead of at every write.
+pub(crate) const SWEEP_SLACK_MS: Millis = 60_000;
+
+/// When to sweep a value written again to expire at `expiry`, its sweep
+/// being set for `set`: `None` while that comes late enough.
+pub(crate) fn later_sweep(set: Millis, expiry: Millis) -> Option<Millis> {
+    (set < expiry).then(|| expiry.saturating_add(SWEEP_SLACK_MS))
+}
+
 pub(crate) fn after(now: Millis, ttl_secs: u64) -> Millis {
     now.saturating_add(ttl_secs.saturating_mul(1000))
 }

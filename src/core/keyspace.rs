@@ -103,10 +103,6 @@ impl Keyspace {
     }
 }
 
-/// How far past its expiry a key written a second time is listed: a key
-/// written again and again (a stream's record, at every checkpoint) then
-/// has its index entry rewritten about once a minute, not at every write.
-pub const RELIST_SLACK_MS: Millis = 60_000;
 /// Most keys [`Listed`] remembers; past that it forgets them all (their
 /// next writes list them again).
 const MAX_LISTED: usize = 256;
@@ -115,8 +111,8 @@ const MAX_LISTED: usize = 256;
 /// when: a write of a key listed past the new value's expiry needs no index
 /// read or write. A key's first listing is at its value's expiry (so a
 /// value written once is swept as soon as it expires); a key written again
-/// is listed [`RELIST_SLACK_MS`] past its expiry, and swept at most that
-/// late.
+/// is listed `expiring::SWEEP_SLACK_MS` past its expiry, and swept at
+/// most that late.
 #[derive(Debug, Default)]
 pub struct Listed {
     keys: std::collections::HashMap<String, Millis>,
@@ -127,8 +123,7 @@ impl Listed {
     /// `None` when its index entry already outlasts the value.
     pub fn listing(&self, key: &str, expiry: Millis) -> Option<Millis> {
         match self.keys.get(key) {
-            Some(&listed) if listed >= expiry => None,
-            Some(_) => Some(expiry.saturating_add(RELIST_SLACK_MS)),
+            Some(&listed) => crate::core::expiring::later_sweep(listed, expiry),
             None => Some(expiry),
         }
     }
@@ -153,6 +148,7 @@ mod tests {
 
     #[test]
     fn a_key_written_again_is_listed_a_minute_ahead_and_then_not_at_every_write() {
+        use crate::core::expiring::SWEEP_SLACK_MS;
         let mut l = Listed::default();
         // First write: listed at its expiry, exactly.
         assert_eq!(l.listing("rec", 1_000), Some(1_000));
@@ -160,13 +156,13 @@ mod tests {
         // The same expiry or an earlier one: nothing to list.
         assert_eq!(l.listing("rec", 1_000), None);
         // Written again to expire later: listed with the slack.
-        assert_eq!(l.listing("rec", 1_100), Some(1_100 + RELIST_SLACK_MS));
-        l.listed("rec", 1_100 + RELIST_SLACK_MS);
+        assert_eq!(l.listing("rec", 1_100), Some(1_100 + SWEEP_SLACK_MS));
+        l.listed("rec", 1_100 + SWEEP_SLACK_MS);
         // Every checkpoint within the slack: no index write.
-        for t in (1_200..1_100 + RELIST_SLACK_MS).step_by(100) {
+        for t in (1_200..1_100 + SWEEP_SLACK_MS).step_by(100) {
             assert_eq!(l.listing("rec", t), None, "at {t}");
         }
-        assert!(l.listing("rec", 1_200 + RELIST_SLACK_MS).is_some());
+        assert!(l.listing("rec", 1_200 + SWEEP_SLACK_MS).is_some());
         // Another key, and a deleted one, are listed at their expiry.
         assert_eq!(l.listing("other", 500), Some(500));
         l.forget("rec");
