@@ -27,7 +27,7 @@ use futures_util::{stream, Stream, StreamExt};
 use crate::core::http::{RequestHead, ResponseHead, UpstreamRequest};
 use crate::core::quota::{Ask, Lease, Verdict};
 use crate::core::route::Health;
-use crate::core::session::{Action, KvRead, Session};
+use crate::core::session::{Action, Gate, KvRead, Session};
 use crate::core::write_once::WriteOnce;
 use crate::core::Millis;
 
@@ -96,6 +96,8 @@ thread_local! {
     static HEALTH: RefCell<Health> = RefCell::default();
     /// The stored answers written lately, each written once.
     static WRITTEN: RefCell<WriteOnce> = RefCell::default();
+    /// The values many requests rewrite, each written once a second at most.
+    static PACED: RefCell<WriteOnce> = RefCell::new(WriteOnce::with_window(1_000));
 }
 
 /// The deployment's replica health as this isolate or instance knows it.
@@ -121,8 +123,12 @@ pub(crate) enum Out {
 /// error; see `Action::RespondAbort`).
 pub(crate) const ABORTED: &str = "tokenedge: the upstream body was cut";
 
+/// Largest embeddings answer read (see `Action::Embed`).
+const MAX_EMBEDDING_BYTES: usize = 256 * 1024;
+
 /// What woke the pump up.
 enum Wake {
+    Embedding(Result<(u16, Bytes), String>),
     Head(Result<UpstreamResponse, String>),
     Chunk(Option<Result<Bytes, String>>),
     Kv(usize, KvRead, Option<Vec<u8>>),
@@ -140,6 +146,8 @@ pub(crate) struct Pump<P: Platform + 'static> {
     kv_reads: Vec<Boxed<(KvRead, Option<Vec<u8>>)>>,
     /// The limits store's verdict, while it is awaited.
     admission: Option<Boxed<Verdict>>,
+    /// The embeddings endpoint's whole answer, while it is awaited.
+    embedding: Option<Boxed<Result<(u16, Bytes), String>>>,
     /// A chunk went to the platform; its next pull means it was taken.
     chunk_out: bool,
     /// The platform timer under way and the time it was set for. Re-armed
@@ -172,6 +180,7 @@ impl<P: Platform + 'static> Pump<P> {
             body: None,
             kv_reads: Vec::new(),
             admission: None,
+            embedding: None,
             chunk_out: false,
             alarm: None,
         };
@@ -241,6 +250,7 @@ impl<P: Platform + 'static> Pump<P> {
                     }
                     Action::ReadBody { limit } => self.read_body(limit).await,
                     Action::SendUpstream(req) => self.send(req),
+                    Action::Embed(req) => self.embed(req),
                     Action::Admit { key, ask } => {
                         self.admission = Some(self.platform.admit(key, ask));
                     }
@@ -258,6 +268,7 @@ impl<P: Platform + 'static> Pump<P> {
                 && self.body.is_none()
                 && self.kv_reads.is_empty()
                 && self.admission.is_none()
+                && self.embedding.is_none()
             {
                 // Nothing can happen any more.
                 self.platform.settle().await;
@@ -301,6 +312,7 @@ impl<P: Platform + 'static> Pump<P> {
             body,
             kv_reads,
             admission,
+            embedding,
             alarm,
             ..
         } = self;
@@ -324,7 +336,10 @@ impl<P: Platform + 'static> Pump<P> {
         let admitted = async {
             match admission.as_mut() {
                 Some(verdict) => Wake::Admission(verdict.await),
-                None => pending().await,
+                None => match embedding.as_mut() {
+                    Some(answer) => Wake::Embedding(answer.await),
+                    None => pending().await,
+                },
             }
         };
         // With no deadline, a timer still set fires as a timeout with
@@ -381,6 +396,13 @@ impl<P: Platform + 'static> Pump<P> {
                 self.body = None;
                 self.session.handle_upstream_end(t);
             }
+            Wake::Embedding(answer) => {
+                self.embedding = None;
+                match answer {
+                    Ok((status, body)) => self.session.handle_embedding(t, status, &body),
+                    Err(_) => self.session.handle_embedding_failed(t),
+                }
+            }
             Wake::Admission(verdict) => {
                 self.admission = None;
                 self.session.handle_admission(t, verdict);
@@ -391,6 +413,31 @@ impl<P: Platform + 'static> Pump<P> {
                     .handle_kv_value(t, read, value.map(Bytes::from));
             }
         }
+    }
+
+    /// Starts the embeddings call; its whole body is read, up to
+    /// [`MAX_EMBEDDING_BYTES`].
+    fn embed(&mut self, req: UpstreamRequest) {
+        let head = match self.platform.fetch(req) {
+            Ok(head) => head,
+            Err(_) => {
+                let now = self.platform.now();
+                return self.session.handle_embedding_failed(now);
+            }
+        };
+        self.embedding = Some(Box::pin(async move {
+            let response = head.await?;
+            let mut body = BytesMut::new();
+            if let Some(mut chunks) = response.body {
+                while let Some(chunk) = chunks.next().await {
+                    body.extend_from_slice(&chunk?);
+                    if body.len() > MAX_EMBEDDING_BYTES {
+                        return Err("the embeddings answer is too large".into());
+                    }
+                }
+            }
+            Ok((response.status, body.freeze()))
+        }));
     }
 
     fn send(&mut self, req: UpstreamRequest) {
@@ -419,10 +466,18 @@ impl<P: Platform + 'static> Pump<P> {
                 value,
                 ttl_secs,
                 scope,
-                once,
+                gate,
             } => {
                 let now = self.platform.now();
-                if !once || WRITTEN.with(|w| w.borrow_mut().first(&key, now)) {
+                let first = |gate: &'static std::thread::LocalKey<RefCell<WriteOnce>>| {
+                    gate.with(|w| w.borrow_mut().first(&key, now))
+                };
+                let write = match gate {
+                    Gate::Free => true,
+                    Gate::Once => first(&WRITTEN),
+                    Gate::Paced => first(&PACED),
+                };
+                if write {
                     self.platform.kv_put(key, value, ttl_secs, scope);
                 }
             }
@@ -442,6 +497,7 @@ impl<P: Platform + 'static> Pump<P> {
             | Action::Admit { .. }
             | Action::ReadBody { .. }
             | Action::SendUpstream(_)
+            | Action::Embed(_)
             | Action::Respond(..)
             | Action::RespondHead(_)
             | Action::RespondChunk(_)
@@ -468,6 +524,7 @@ impl<P: Platform + 'static> Drop for Pump<P> {
                 body: self.body.take(),
                 kv_reads: std::mem::take(&mut self.kv_reads),
                 admission: self.admission.take(),
+                embedding: self.embedding.take(),
                 chunk_out: false,
                 alarm: None,
             };

@@ -133,6 +133,21 @@ pub mod vars {
     pub const STALL_SECS: &str = "STALL_SECS";
     /// `off`: no demo page at `/`.
     pub const PAGE: &str = "PAGE";
+    /// The embeddings endpoint of the semantic cache (unset: no semantic
+    /// cache).
+    pub const EMBEDDINGS_URL: &str = "EMBEDDINGS_URL";
+    /// The embedding model to name.
+    pub const EMBEDDINGS_MODEL: &str = "EMBEDDINGS_MODEL";
+    /// Bearer token for the embeddings endpoint (a secret).
+    pub const EMBEDDINGS_API_KEY: &str = "EMBEDDINGS_API_KEY";
+    /// Time the embeddings endpoint has to answer.
+    pub const EMBEDDINGS_TIMEOUT_MS: &str = "EMBEDDINGS_TIMEOUT_MS";
+    /// `off`, `on` or `request` ([`crate::core::semantic::Mode`]).
+    pub const SEMANTIC_CACHE: &str = "SEMANTIC_CACHE";
+    /// Similarity a stored question needs to answer another.
+    pub const SEMANTIC_THRESHOLD: &str = "SEMANTIC_THRESHOLD";
+    /// Most user turns in a conversation the semantic cache answers.
+    pub const SEMANTIC_MAX_TURNS: &str = "SEMANTIC_MAX_TURNS";
     /// Every name, for adapters that read them all at once.
     pub const ALL: &[&str] = &[
         UPSTREAM_URL,
@@ -164,6 +179,13 @@ pub mod vars {
         MIN_TOKENS_PER_SEC,
         STALL_SECS,
         PAGE,
+        EMBEDDINGS_URL,
+        EMBEDDINGS_MODEL,
+        EMBEDDINGS_API_KEY,
+        EMBEDDINGS_TIMEOUT_MS,
+        SEMANTIC_CACHE,
+        SEMANTIC_THRESHOLD,
+        SEMANTIC_MAX_TURNS,
     ];
 }
 
@@ -308,6 +330,8 @@ pub struct Config {
     pub min_tokens_per_sec: u64,
     /// The window a stall is measured over (0: never).
     pub stall_secs: u64,
+    /// The semantic cache's settings.
+    pub semantic: crate::core::semantic::Settings,
     /// Set by the adapter, not a variable: the store of stream records
     /// takes writes as often as they come (a Durable Object's storage,
     /// Spin's store), so records are written and followed more often than
@@ -351,6 +375,7 @@ impl Default for Config {
             failover_budget: DEFAULT_FAILOVER_BUDGET,
             min_tokens_per_sec: DEFAULT_MIN_TOKENS_PER_SEC,
             stall_secs: DEFAULT_STALL_SECS,
+            semantic: Default::default(),
             fast_stream_store: false,
             problem: None,
         }
@@ -478,6 +503,7 @@ impl Config {
             min_tokens_per_sec: number(vars::MIN_TOKENS_PER_SEC, DEFAULT_MIN_TOKENS_PER_SEC)
                 .min(1_000),
             stall_secs: number(vars::STALL_SECS, DEFAULT_STALL_SECS).min(MAX_STALL_SECS),
+            semantic: crate::core::semantic::Settings::from_lookup(get),
             fast_stream_store: false,
             resume_grace_secs: number(vars::RESUME_GRACE_SECS, DEFAULT_RESUME_GRACE_SECS)
                 .min(MAX_RESUME_GRACE_SECS),

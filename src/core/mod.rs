@@ -26,6 +26,7 @@ pub mod quota;
 pub mod restream;
 pub(crate) mod resume;
 pub mod route;
+pub mod semantic;
 pub mod session;
 pub mod socket;
 pub mod sse;

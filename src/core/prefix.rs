@@ -145,7 +145,7 @@ pub(crate) fn plan(
 /// Whether the request constrains what may be written: one of
 /// [`CONSTRAINING_FIELDS`] (an empty list or `null` is none), any
 /// `guided_*` field, or a `response_format` other than plain text.
-fn constrained(body: &Map<String, Value>) -> bool {
+pub(crate) fn constrained(body: &Map<String, Value>) -> bool {
     let present = |v: &Value| match v {
         Value::Null => false,
         Value::Array(a) => !a.is_empty(),

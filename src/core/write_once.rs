@@ -17,19 +17,36 @@ pub const WINDOW_MS: Millis = 60_000;
 const MAX_KEYS: usize = 512;
 
 /// The keys written lately, oldest first.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct WriteOnce {
     written: VecDeque<(Millis, String)>,
+    window: Millis,
+}
+
+impl Default for WriteOnce {
+    fn default() -> Self {
+        Self::with_window(WINDOW_MS)
+    }
 }
 
 impl WriteOnce {
-    /// Whether a write of `key` at `now` is the first within
-    /// [`WINDOW_MS`]; if so it is remembered.
+    /// Remembers each written key for `window` instead of [`WINDOW_MS`]
+    /// (a second paces writes to Workers KV's limit per key).
+    pub fn with_window(window: Millis) -> Self {
+        Self {
+            written: VecDeque::new(),
+            window,
+        }
+    }
+
+    /// Whether a write of `key` at `now` is the first within the window
+    /// ([`WINDOW_MS`] by default); if so it is remembered.
     pub fn first(&mut self, key: &str, now: Millis) -> bool {
+        let window = self.window;
         while self
             .written
             .front()
-            .is_some_and(|(at, _)| now.saturating_sub(*at) >= WINDOW_MS)
+            .is_some_and(|(at, _)| now.saturating_sub(*at) >= window)
         {
             self.written.pop_front();
         }
@@ -56,6 +73,14 @@ mod tests {
         assert!(w.first("b", 10));
         assert!(!w.first("a", WINDOW_MS - 1));
         assert!(w.first("a", WINDOW_MS));
+    }
+
+    #[test]
+    fn a_paced_key_is_written_once_a_second() {
+        let mut w = WriteOnce::with_window(1_000);
+        assert!(w.first("a", 0));
+        assert!(!w.first("a", 999));
+        assert!(w.first("a", 1_000));
     }
 
     #[test]

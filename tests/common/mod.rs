@@ -43,6 +43,15 @@ pub struct World {
     pub quota_down: bool,
     pub quota_silent: bool,
     pub pending_admit: Option<(String, Ask)>,
+    /// The embeddings endpoint: its vector for each text (answered as a
+    /// JSON number list); a text it does not know is answered 500. The
+    /// requests it had, and whether it is down (the call fails) or silent
+    /// (the call never answers).
+    pub embeddings: std::collections::HashMap<String, Vec<f32>>,
+    pub embeds: Vec<UpstreamRequest>,
+    pub embeddings_down: bool,
+    pub embeddings_silent: bool,
+    pub pending_embed: Vec<UpstreamRequest>,
 }
 
 impl World {
@@ -61,6 +70,12 @@ impl World {
                     continue;
                 }
             }
+            if !self.embeddings_silent {
+                if let Some(req) = self.pending_embed.pop() {
+                    self.answer_embedding(s, now, &req);
+                    continue;
+                }
+            }
             if reads.is_empty() {
                 return;
             }
@@ -73,6 +88,22 @@ impl World {
                 self.kv_reads.push(key);
                 s.handle_kv_value(now, read, value);
             }
+        }
+    }
+
+    fn answer_embedding(&mut self, s: &mut Session, now: u64, req: &UpstreamRequest) {
+        if self.embeddings_down {
+            return s.handle_embedding_failed(now);
+        }
+        let asked: Value = serde_json::from_slice(&req.body).expect("a JSON embeddings request");
+        let text = asked["input"].as_str().unwrap_or_default();
+        match self.embeddings.get(text) {
+            Some(v) => {
+                let answer =
+                    serde_json::json!({"object": "list", "data": [{"index": 0, "embedding": v}]});
+                s.handle_embedding(now, 200, answer.to_string().as_bytes());
+            }
+            None => s.handle_embedding(now, 500, br#"{"error":{"message":"no"}}"#),
         }
     }
 
@@ -89,6 +120,10 @@ impl World {
             assert!(!(self.ended && to_client), "response after the end: {a:?}");
             match a {
                 Action::SendUpstream(r) => self.upstream.push(r),
+                Action::Embed(r) => {
+                    self.embeds.push(r.clone());
+                    self.pending_embed.push(r);
+                }
                 Action::CancelUpstream => self.cancelled = true,
                 Action::Respond(h, b) => {
                     assert!(self.head.is_none());

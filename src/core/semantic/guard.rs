@@ -32,14 +32,16 @@ const MAX_CHANGED_WORDS: usize = 6;
 const MAX_WORDS: usize = 96;
 
 /// Words that change how a question is asked, not what it asks about.
-/// Question words (`what`, `when`, `where`, …) are not among them: "when
-/// is payday" and "where is payday" are different questions.
+/// Question words (`what`, `when`, `where`, …) and directions (`to`,
+/// `from`) are not among them: "when is payday" and "where is payday" are
+/// different questions, and so are "copy a file to a USB drive" and "copy
+/// a file from a USB drive".
 const FUNCTION_WORDS: &[&str] = &[
     "a", "am", "an", "and", "any", "are", "as", "at", "be", "but", "by", "can", "could", "did",
-    "do", "does", "for", "from", "get", "got", "had", "has", "have", "i", "if", "in", "is", "it",
-    "its", "just", "me", "my", "of", "or", "our", "please", "shall", "should", "so", "some",
-    "than", "that", "the", "then", "there", "these", "this", "those", "to", "was", "we", "were",
-    "will", "with", "would", "you", "your",
+    "do", "does", "for", "get", "got", "had", "has", "have", "i", "if", "in", "is", "it", "its",
+    "just", "me", "my", "of", "or", "our", "please", "shall", "should", "so", "some", "than",
+    "that", "the", "then", "there", "these", "this", "those", "was", "we", "were", "will", "with",
+    "would", "you", "your",
 ];
 
 /// Whether two questions may share an answer, as far as their wording
@@ -124,9 +126,15 @@ mod tests {
     #[test]
     fn paraphrases_pass() {
         for (a, b) in [
-            ("how do I reset my password", "forgot my password, what now?"),
+            (
+                "how do I reset my password",
+                "forgot my password, what now?",
+            ),
             ("How do I reset my password?", "how can i reset my password"),
-            ("where is my order", "can you tell me the status of my order"),
+            (
+                "where is my order",
+                "can you tell me the status of my order",
+            ),
             ("same words", "same words"),
         ] {
             assert!(same_question(a, b), "{a} / {b}");
@@ -138,11 +146,20 @@ mod tests {
     fn minimal_pairs_do_not() {
         for (a, b) in [
             ("how do I reset my password", "how do I reset my username"),
-            ("flights from Paris to London", "flights from London to Paris"),
-            ("how do I turn on two-factor authentication", "how do I turn off two-factor authentication"),
+            (
+                "flights from Paris to London",
+                "flights from London to Paris",
+            ),
+            (
+                "how do I turn on two-factor authentication",
+                "how do I turn off two-factor authentication",
+            ),
             ("what is 15 percent of 200", "what is 25 percent of 200"),
             ("when is payday", "where is payday"),
-            ("is the hotel pool open in winter", "is the hotel pool open in summer"),
+            (
+                "is the hotel pool open in winter",
+                "is the hotel pool open in summer",
+            ),
         ] {
             assert!(!same_question(a, b), "{a} / {b}");
             assert!(!same_question(b, a), "{b} / {a}");

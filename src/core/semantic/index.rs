@@ -225,7 +225,10 @@ mod tests {
                 assert!((q - cosine(x, y)).abs() < 0.01, "{q} vs {}", cosine(x, y));
             }
         }
-        assert_eq!(Vector::new(&[1.0]).similarity(&Vector::new(&[1.0, 0.0])), 0.0);
+        assert_eq!(
+            Vector::new(&[1.0]).similarity(&Vector::new(&[1.0, 0.0])),
+            0.0
+        );
     }
 
     #[test]
@@ -234,7 +237,8 @@ mod tests {
         let near: Vec<f32> = a.iter().map(|x| x * 1.01).collect();
         assert_eq!(buckets(&a), buckets(&near));
         assert_ne!(buckets(&a), buckets(&far));
-        let used: std::collections::HashSet<u8> = (0..200).map(|s| buckets(&unit(s, 384))[0]).collect();
+        let used: std::collections::HashSet<u8> =
+            (0..200).map(|s| buckets(&unit(s, 384))[0]).collect();
         assert!(used.len() > 32, "{}", used.len());
     }
 

@@ -108,6 +108,7 @@ pub struct Settings {
     pub api_key: Option<String>,
     /// Time the endpoint has to answer; after it the request goes upstream.
     pub timeout_ms: u64,
+    /// When requests use it.
     pub mode: Mode,
     /// Similarity a stored question needs to answer.
     pub threshold: f32,
@@ -329,7 +330,11 @@ impl Search {
     }
 
     fn answer_key_of(&self, id: &[u8; 16]) -> String {
-        format!("{KEY_PREFIX}{}:a:{}", self.plan.context, crate::core::hex(id))
+        format!(
+            "{KEY_PREFIX}{}:a:{}",
+            self.plan.context,
+            crate::core::hex(id)
+        )
     }
 
     fn answer_id(&self) -> [u8; 16] {
@@ -346,7 +351,12 @@ impl Search {
 
     /// Table `table`'s bucket was read (`None`: absent or failed). Returns
     /// whether every table has been read.
-    pub(crate) fn bucket_read(&mut self, table: usize, value: Option<&[u8]>, now_secs: u64) -> bool {
+    pub(crate) fn bucket_read(
+        &mut self,
+        table: usize,
+        value: Option<&[u8]>,
+        now_secs: u64,
+    ) -> bool {
         if let Some(slot) = self.tables.get_mut(table) {
             *slot = Some(value.map_or_else(Bucket::default, |v| Bucket::decode(v, now_secs)));
         }
@@ -363,7 +373,9 @@ impl Search {
             .flatten()
             .flat_map(|b| &b.records)
             .map(|r| (r, r.vector.similarity(vector)))
-            .filter(|(r, s)| *s >= threshold && guard::same_question(&self.plan.question, &r.question))
+            .filter(|(r, s)| {
+                *s >= threshold && guard::same_question(&self.plan.question, &r.question)
+            })
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(r, similarity)| Found {
                 key: self.answer_key_of(&r.answer),

@@ -28,6 +28,12 @@ pub enum Action {
     /// [`Session::handle_upstream_end`], or a connection or read failure with
     /// [`Session::handle_upstream_failed`].
     SendUpstream(UpstreamRequest),
+    /// Send this request to the semantic cache's embeddings endpoint and
+    /// report its status and whole body (read up to 256 KiB) with
+    /// [`Session::handle_embedding`], or a failure (unreachable, a body
+    /// past that size) with [`Session::handle_embedding_failed`]. Nothing
+    /// waits for it past its timeout: a late answer is ignored.
+    Embed(UpstreamRequest),
     /// Read the request body, at most `limit` bytes, and report it with
     /// [`Session::handle_request_body`] — or, as soon as it passes the
     /// limit, stop reading and report [`Session::handle_request_body_too_large`];
@@ -96,10 +102,8 @@ pub enum Action {
         /// Whose write this is ([`keyspace`](crate::core::keyspace)): a
         /// hash of the caller's API key.
         scope: String,
-        /// A stored answer: written only if the deployment's
-        /// [`WriteOnce`] says it is the first write of `key` lately
-        /// (identical requests that ran together write it once).
-        once: bool,
+        /// How often the deployment writes `key` ([`Gate`]).
+        gate: Gate,
     },
     /// Delete this key, in the background. A failure is ignored.
     KvDelete {
@@ -124,6 +128,21 @@ pub enum Action {
     },
 }
 
+/// How often the deployment (an isolate or instance) writes one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Every time it is asked.
+    Free,
+    /// A stored answer: only if the deployment's [`WriteOnce`] says it is
+    /// the first write of the key lately (identical requests that ran
+    /// together write it once).
+    Once,
+    /// A value rewritten by many requests (a semantic-cache bucket): at
+    /// most once a second, Workers KV's limit per key; a write that comes
+    /// sooner is dropped.
+    Paced,
+}
+
 /// What a KV read is for, recorded when the session asked for it; the
 /// adapter hands it back with the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,4 +165,6 @@ pub(super) enum Purpose {
     /// The request of a stream whose generation was lost, for a reader
     /// that takes it over.
     StreamRequest,
+    /// One table's bucket of the semantic index.
+    SemanticBucket(u8),
 }

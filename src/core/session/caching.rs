@@ -9,8 +9,9 @@ use crate::core::cache::Entry;
 use crate::core::prefix;
 use crate::core::Millis;
 
-use super::action::Action;
+use super::action::{Action, Gate};
 use super::intake::Route;
+use super::lookup::Store;
 use super::upstream::Call;
 use super::{Phase, Session};
 
@@ -94,13 +95,17 @@ impl Session {
             return;
         };
         if let Some(entry) = c.finish(recorder) {
+            let semantic = c.store() == Store::Semantic;
             self.actions.push_back(Action::KvPut {
                 key: c.key().to_owned(),
                 value: entry.encode().into(),
                 ttl_secs: self.config.cache_ttl_secs,
                 scope: self.kv_scope.clone(),
-                once: true,
+                gate: Gate::Once,
             });
+            if semantic {
+                self.index_answer();
+            }
         }
     }
 
@@ -119,7 +124,7 @@ impl Session {
                 value: Bytes::from_static(b"1"),
                 ttl_secs: self.config.prefetch_window_secs,
                 scope: self.kv_scope.clone(),
-                once: false,
+                gate: Gate::Free,
             });
         }
         self.send_upstream(now, Call::post(endpoint.path(), body, false));

@@ -20,6 +20,7 @@ use crate::core::page;
 use crate::core::prefetch;
 use crate::core::prefix;
 use crate::core::resume;
+use crate::core::semantic;
 use crate::core::socket;
 
 /// What the request asks the function to do.
@@ -69,6 +70,8 @@ pub(super) struct Intake {
     pub(super) directives: Directives,
     /// The speculative-prefix switch the request sent, if any.
     pub(super) prefix_asked: Option<bool>,
+    /// What `X-Tokenedge-Cache` asks of the semantic cache.
+    pub(super) semantic_asked: Option<bool>,
     /// The stream a stream route names.
     pub(super) stream: Option<String>,
     /// The reader's cursor on a stream route (`?after=`, `Last-Event-ID`).
@@ -107,6 +110,7 @@ impl Intake {
             link: LinkEstimate::from_request(req),
             directives: Directives::parse(req.header("cache-control")),
             prefix_asked: prefix::asked(req.header(prefix::HEADER)),
+            semantic_asked: semantic::asked(req.header(semantic::HEADER)),
             stream: resume::parse_path(&req.path).map(|(id, _)| id),
             cursor: resume::cursor(req.query_param("after"), req.header("last-event-id")),
             nonce: req.nonce,

@@ -1,5 +1,5 @@
-//! The caches' part in one request — the exact cache or a speculative
-//! prefix, never both — as a state machine: reading the key while the
+//! The caches' part in one request — the exact cache, a speculative
+//! prefix or the semantic cache, never two — as a state machine: reading the key while the
 //! upstream request waits, then either answered (or opened) from what was
 //! stored, or gone upstream and recording the answer to store it once, or
 //! gone upstream with nothing to store. The KV reads and writes themselves
@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::core::cache::{self, Entry, Recorder};
 use crate::core::openai::{CompletionRequest, Endpoint};
+use crate::core::semantic::{Found, Search};
 use crate::core::Millis;
 
 /// Which store the request uses.
@@ -18,6 +19,9 @@ pub(super) enum Store {
     Exact,
     /// A speculative prefix ([`crate::core::prefix`]).
     Prefix,
+    /// The semantic cache ([`crate::core::semantic`]): its search rides
+    /// along in [`Lookup::search`].
+    Semantic,
 }
 
 #[derive(Debug)]
@@ -55,6 +59,10 @@ pub(super) struct Lookup {
     /// How long the read took, once it answered (or gave up).
     took: Option<Millis>,
     state: State,
+    /// The semantic cache's search, for [`Store::Semantic`].
+    pub(super) search: Option<Box<Search>>,
+    /// The stored question it matched, once one did.
+    pub(super) found: Option<Found>,
 }
 
 impl Lookup {
@@ -87,6 +95,8 @@ impl Lookup {
             started: now,
             took: None,
             state,
+            search: None,
+            found: None,
         }
     }
 
@@ -95,7 +105,7 @@ impl Lookup {
         let recorder = Recorder::new(received / 1000);
         State::Recording {
             recorder: Some(match store {
-                Store::Exact => recorder,
+                Store::Exact | Store::Semantic => recorder,
                 Store::Prefix => recorder.keep_pieces(prefix_tokens),
             }),
             body: Vec::new(),
@@ -184,7 +194,7 @@ impl Lookup {
             return None;
         };
         match (self.stream, self.store) {
-            (true, Store::Exact) => recorder.and_then(Recorder::finish),
+            (true, Store::Exact | Store::Semantic) => recorder.and_then(Recorder::finish),
             (true, Store::Prefix) => recorder
                 .and_then(Recorder::finish)
                 .filter(|e| !e.pieces.is_empty())
@@ -193,24 +203,28 @@ impl Lookup {
         }
     }
 
-    /// `X-Cache`: `hit`, `prefix` or `miss`.
+    /// `X-Cache`: `hit`, `prefix`, `semantic` or `miss`.
     pub(super) fn x_cache(&self) -> &'static str {
         match (self.is_hit(), self.store) {
             (true, Store::Prefix) => "prefix",
             (true, Store::Exact) => "hit",
+            (true, Store::Semantic) => "semantic",
             (false, _) => "miss",
         }
     }
 
     /// The `Server-Timing` entry: the lookup was all there was on a hit;
-    /// on a miss it comes after the edge and upstream entries.
+    /// on a miss it comes after the edge and upstream entries. A semantic
+    /// hit adds the matched question's similarity (`similarity;desc=0.953`).
     pub(super) fn timing(&self) -> Option<String> {
         let ms = self.took?;
-        let desc = match (self.is_hit(), self.store) {
-            (true, Store::Exact) => "hit",
-            (true, Store::Prefix) => "prefix",
-            (false, _) => "miss",
-        };
-        Some(format!("cache;desc={desc};dur={ms}"))
+        let desc = self.x_cache();
+        match (&self.found, self.is_hit()) {
+            (Some(found), true) => Some(format!(
+                "cache;desc={desc};dur={ms}, similarity;desc={:.3}",
+                found.similarity
+            )),
+            _ => Some(format!("cache;desc={desc};dur={ms}")),
+        }
     }
 }

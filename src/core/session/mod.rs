@@ -66,6 +66,7 @@ mod relay;
 mod request;
 mod response;
 mod resume;
+mod semantic;
 mod status;
 mod takeover;
 mod timers;
@@ -87,7 +88,7 @@ use crate::core::route::Health;
 use crate::core::socket;
 use crate::core::Millis;
 
-pub use action::{Action, KvRead};
+pub use action::{Action, Gate, KvRead};
 
 use action::Purpose;
 use intake::{Intake, Route};
@@ -382,6 +383,23 @@ impl Session {
         self.leave();
     }
 
+    /// The embeddings endpoint answered an [`Action::Embed`] with `status`
+    /// and this whole body.
+    pub fn handle_embedding(&mut self, now: Millis, status: u16, body: &[u8]) {
+        self.enter(now);
+        let ok = (200..300).contains(&status);
+        self.on_embedding(now, ok.then_some(body));
+        self.leave();
+    }
+
+    /// An [`Action::Embed`] failed: unreachable, or its body could not be
+    /// read whole.
+    pub fn handle_embedding_failed(&mut self, now: Millis) {
+        self.enter(now);
+        self.on_embedding(now, None);
+        self.leave();
+    }
+
     /// The time returned by [`Session::poll_timeout`] has come.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.enter(now);
@@ -535,19 +553,30 @@ impl Session {
                     }
                 }
             }
+            Purpose::SemanticBucket(table) => self.on_bucket(now, table, value),
             Purpose::Cache => {
                 let (Phase::CacheLookup, Some(c)) = (&self.phase, &self.cache) else {
                     return;
                 };
+                if c.store() == Store::Semantic && c.found.is_none() {
+                    return;
+                }
                 self.timers.stop(Timer::Lookup);
                 let entry = value.as_deref().and_then(Entry::decode);
                 if value.is_some() && entry.is_none() {
                     // Unreadable (an older format): drop it.
-                    let key = c.key().to_owned();
+                    let key = match &c.found {
+                        Some(found) => found.key.clone(),
+                        None => c.key().to_owned(),
+                    };
                     self.actions.push_back(Action::KvDelete { key });
                 }
                 match (entry, c.store()) {
                     (Some(entry), Store::Exact) => self.replay(now, entry),
+                    (Some(mut entry), Store::Semantic) => {
+                        Self::mark_semantic(&mut entry);
+                        self.replay(now, entry)
+                    }
                     (Some(entry), Store::Prefix) if !entry.pieces.is_empty() => {
                         self.speculate(now, entry)
                     }
@@ -568,7 +597,7 @@ impl Session {
         if self.timers.expired(Timer::Lookup, now) {
             self.timers.stop(Timer::Lookup);
             match self.phase {
-                Phase::CacheLookup => self.cache_missed(now, true),
+                Phase::CacheLookup => self.cache_missed(now, self.may_record()),
                 Phase::PrefetchLookup { .. } => self.warm(now),
                 Phase::StreamLookup => self.stream_lookup_timed_out(),
                 _ => {}

@@ -11,6 +11,7 @@ use crate::core::openai::{self, CompletionRequest, Endpoint};
 use crate::core::prefetch;
 use crate::core::prefix;
 use crate::core::route;
+use crate::core::semantic::{self, Search};
 use crate::core::Millis;
 
 use super::action::{Action, KvRead, Purpose};
@@ -20,6 +21,14 @@ use super::response::Meta;
 use super::timers::Timer;
 use super::upstream::Call;
 use super::{Phase, Session};
+
+/// Which cache a generation asks before the upstream.
+enum Planned {
+    /// The semantic cache: its key comes with its search.
+    Semantic(semantic::Plan),
+    /// The exact cache or a prefix, under this key; read first or not.
+    Keyed(Store, String, bool),
+}
 
 impl Session {
     /// Answers a prefetch at once, then looks up its debounce marker.
@@ -95,7 +104,14 @@ impl Session {
         let body: Bytes = request.upstream_body(self.config.dialect).into();
         match self.plan_lookup(&intake, &request) {
             None => self.send_upstream(now, Call::post(endpoint.path(), body, stream)),
-            Some((store, key, read)) => {
+            Some(Planned::Semantic(plan)) => {
+                let search = Search::new(plan);
+                let key = search.answer_key();
+                let tokens = self.config.prefix_tokens;
+                let lookup = Lookup::new(Store::Semantic, key, request, body, true, now, tokens);
+                self.start_semantic(now, lookup, search);
+            }
+            Some(Planned::Keyed(store, key, read)) => {
                 let tokens = self.config.prefix_tokens;
                 let lookup = Lookup::new(store, key, request, body.clone(), read, now, tokens);
                 if read {
@@ -127,19 +143,22 @@ impl Session {
     }
 
     /// Which store this request uses, under which key, and whether the key
-    /// is read first: the exact cache when the request is deterministic,
-    /// else a speculative prefix when it may have one.
-    fn plan_lookup(
-        &self,
-        intake: &Intake,
-        request: &CompletionRequest,
-    ) -> Option<(Store, String, bool)> {
+    /// is read first: the semantic cache when the request may use it,
+    /// else the exact cache when the
+    /// request is deterministic, else a speculative prefix when it may
+    /// have one.
+    fn plan_lookup(&self, intake: &Intake, request: &CompletionRequest) -> Option<Planned> {
         if self.config.cache_ttl_secs == 0 {
             return None;
         }
         let scope = intake.scope(&self.config);
+        let asked = intake.semantic_asked;
+        let semantic = &self.config.semantic;
+        if let Some(plan) = semantic::plan(semantic, asked, intake.directives, request, scope) {
+            return Some(Planned::Semantic(plan));
+        }
         if let Some(plan) = cache::plan(intake.directives, request, scope) {
-            return Some((Store::Exact, plan.key, plan.read));
+            return Some(Planned::Keyed(Store::Exact, plan.key, plan.read));
         }
         prefix::plan(
             intake.directives,
@@ -148,6 +167,6 @@ impl Session {
             &self.config,
             scope,
         )
-        .map(|key| (Store::Prefix, key, true))
+        .map(|key| Planned::Keyed(Store::Prefix, key, true))
     }
 }

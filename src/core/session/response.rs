@@ -17,7 +17,7 @@ use crate::core::link::{self, LinkEstimate, Remembered};
 use crate::core::pacing::{Pacer, Rule};
 use crate::core::Millis;
 
-use super::action::Action;
+use super::action::{Action, Gate};
 
 /// What the client has been sent so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,7 +182,7 @@ impl Response {
                 value: value.into(),
                 ttl_secs: link::REMEMBER_TTL_SECS,
                 scope: scope.to_owned(),
-                once: false,
+                gate: Gate::Free,
             });
         }
     }

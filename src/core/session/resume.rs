@@ -13,7 +13,7 @@ use crate::core::restream::Restream;
 use crate::core::resume::{self, End, Log, Record};
 use crate::core::Millis;
 
-use super::action::{Action, KvRead, Purpose};
+use super::action::{Action, Gate, KvRead, Purpose};
 use super::failover;
 use super::intake::{Intake, Route};
 use super::response::Sent;
@@ -153,7 +153,7 @@ impl Session {
                 value: record.into(),
                 ttl_secs: self.config.resume_ttl_secs,
                 scope: self.kv_scope.clone(),
-                once: false,
+                gate: Gate::Free,
             });
         }
     }
@@ -401,7 +401,7 @@ impl Session {
                     value: Bytes::from_static(b"1"),
                     ttl_secs: self.config.resume_ttl_secs,
                     scope: self.kv_scope.clone(),
-                    once: false,
+                    gate: Gate::Free,
                 });
                 (202, "cancelling")
             }
@@ -462,7 +462,7 @@ impl Session {
                 value: Bytes::from_static(b"1"),
                 ttl_secs,
                 scope: self.kv_scope.clone(),
-                once: false,
+                gate: Gate::Free,
             });
         }
         let object = reader.object.clone();

@@ -20,7 +20,7 @@ use crate::core::resume::{self, Log, Record};
 use crate::core::route;
 use crate::core::Millis;
 
-use super::action::{Action, KvRead, Purpose};
+use super::action::{Action, Gate, KvRead, Purpose};
 use super::failover;
 use super::intake::Route;
 use super::resume::{object_of, Resume};
@@ -44,7 +44,7 @@ impl Session {
             value: body.into(),
             ttl_secs: self.config.resume_ttl_secs,
             scope: self.kv_scope.clone(),
-            once: false,
+            gate: Gate::Free,
         });
     }
 
