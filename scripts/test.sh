@@ -62,6 +62,7 @@ done
 echo "test host WIT matches $(dirname "$sdk")"
 
 MODEL_PORT=18081
+EMBEDDINGS_PORT=18090
 CUT_PORT=18082
 CUT_PORT_2=18083
 keys="e2e-key-1,e2e-key-2,e2e-key-link"
@@ -85,6 +86,8 @@ e2e() { # RUNTIME URL DEAD_URL FAULTS_URL NOKV_URL NOKEYS_URL
     --rounds 1 --long-tokens 64
 }
 start_model "$MODEL_PORT"
+start_embeddings "$EMBEDDINGS_PORT"
+embeddings="http://127.0.0.1:$EMBEDDINGS_PORT"
 # Cuts streams whose request contains "cut-me" (on both of its ports), or a
 # "cut-once-<token>" the first time; passes the rest to the model.
 "$TOKENEDGE_PY" tests/e2e/cut_proxy.py --port "$CUT_PORT" --port "$CUT_PORT_2" --upstream "127.0.0.1:$MODEL_PORT" >"$TOKENEDGE_LOGS/cut-proxy.log" 2>&1 &
@@ -99,11 +102,15 @@ debug=(--var DEBUG_HEADERS:on)
 # A generation whose client left goes on 2 s (not 30): the disconnect and
 # limits tests see it stop soon after.
 grace=(--var RESUME_GRACE_SECS:2)
-start_wrangler 18787 19229 "${grace[@]}" --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" "${debug[@]}"
+start_wrangler 18787 19229 "${grace[@]}" --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" "${debug[@]}" \
+  --var "EMBEDDINGS_URL:$embeddings"
 # The same worker with its upstream on a port nothing listens on.
 start_wrangler 18788 19230 --var "UPSTREAM_URL:http://127.0.0.1:9" --var "API_KEYS:$keys"
-start_wrangler 18789 19231 "${grace[@]}" --var "UPSTREAM_URL:$faults" --var "API_KEYS:$keys" "${debug[@]}"
-start_wrangler 18790 19232 "${grace[@]}" --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" --var "KV_STORE:MISSING" "${debug[@]}"
+# Its embeddings endpoint is a port nothing listens on.
+start_wrangler 18789 19231 "${grace[@]}" --var "UPSTREAM_URL:$faults" --var "API_KEYS:$keys" "${debug[@]}" \
+  --var "EMBEDDINGS_URL:http://127.0.0.1:9"
+start_wrangler 18790 19232 "${grace[@]}" --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:$keys" --var "KV_STORE:MISSING" "${debug[@]}" \
+  --var "EMBEDDINGS_URL:$embeddings"
 # A key list with no usable key: the gateway must stay closed.
 start_wrangler 18791 19233 --var "UPSTREAM_URL:http://127.0.0.1:$MODEL_PORT" --var "API_KEYS:,"
 # Per-key limits: 4 requests a minute, one generation at a time.
@@ -115,7 +122,8 @@ e2e workerd http://127.0.0.1:18787 http://127.0.0.1:18788 http://127.0.0.1:18789
 step "end-to-end on Spin (the component in the wasmtime test host) with the local model"
 # Its store's writes are logged (test_store.py: identical requests write once).
 export SPIN_HOST_KV_DUMP="$TOKENEDGE_LOGS/spin-18797-keys.txt"
-start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" DEBUG_HEADERS=on RESUME_GRACE_SECS=2
+start_spin 18797 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" DEBUG_HEADERS=on RESUME_GRACE_SECS=2 \
+  "EMBEDDINGS_URL=$embeddings" "EMBEDDINGS_ORIGIN=$embeddings"
 unset SPIN_HOST_KV_DUMP
 # Its store's keys are listed in a file after every change, and its
 # prefetch markers live 2 s, so a test can see the store shrink.
@@ -123,8 +131,10 @@ export SPIN_HOST_KV_DUMP="$TOKENEDGE_LOGS/spin-18798-keys.txt"
 start_spin 18798 "UPSTREAM_URL=http://127.0.0.1:9" "UPSTREAM_ORIGIN=http://127.0.0.1:9" "API_KEYS=$keys" \
   "PREFETCH_WINDOW_SECS=2"
 unset SPIN_HOST_KV_DUMP
-start_spin 18799 "UPSTREAM_URL=$faults" "UPSTREAM_ORIGIN=http://127.0.0.1:*" "API_KEYS=$keys" DEBUG_HEADERS=on RESUME_GRACE_SECS=2
-start_spin 18800 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" "KV_STORE=missing" DEBUG_HEADERS=on RESUME_GRACE_SECS=2
+start_spin 18799 "UPSTREAM_URL=$faults" "UPSTREAM_ORIGIN=http://127.0.0.1:*" "API_KEYS=$keys" DEBUG_HEADERS=on RESUME_GRACE_SECS=2 \
+  "EMBEDDINGS_URL=http://127.0.0.1:9" "EMBEDDINGS_ORIGIN=http://127.0.0.1:9"
+start_spin 18800 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$keys" "KV_STORE=missing" DEBUG_HEADERS=on RESUME_GRACE_SECS=2 \
+  "EMBEDDINGS_URL=$embeddings" "EMBEDDINGS_ORIGIN=$embeddings"
 start_spin 18801 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=,"
 start_spin 18802 "UPSTREAM_URL=http://127.0.0.1:$MODEL_PORT" "UPSTREAM_ORIGIN=http://127.0.0.1:$MODEL_PORT" "API_KEYS=$limit_keys" \
   "RATE_LIMIT_RPM=4" "MAX_STREAMS_PER_KEY=1" RESUME_GRACE_SECS=2
