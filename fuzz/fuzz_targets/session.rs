@@ -27,6 +27,8 @@ struct Input {
     request: Request,
     limits: bool,
     speculate: bool,
+    /// The semantic cache on for every eligible request.
+    semantic: bool,
     ops: Vec<Op>,
 }
 
@@ -62,6 +64,14 @@ enum Op {
         bytes: Option<Vec<u8>>,
     },
     Admission(u8),
+    /// The embeddings endpoint answers: a vector (as a JSON number list),
+    /// or raw bytes, with a 2xx status or not; or the call fails.
+    Embedding {
+        ok: bool,
+        vector: Option<Vec<i8>>,
+        raw: Vec<u8>,
+        failed: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -196,6 +206,8 @@ struct World {
     admit: Option<(String, tokenedge::core::quota::Ask)>,
     tallies: std::collections::HashMap<String, Tally>,
     body_asked: bool,
+    /// Embeddings calls not answered yet.
+    embeds: usize,
 }
 
 impl World {
@@ -266,6 +278,7 @@ impl World {
                     s.handle_request_body(now, body.clone());
                 }
                 Action::SendUpstream(_) | Action::CancelUpstream => {}
+                Action::Embed(_) => self.embeds += 1,
                 Action::KvGet { key, read } => self.reads.push_back((key, read)),
                 Action::KvPut { key, value, .. } => {
                     if key.starts_with("cache:") || key.starts_with("prefix:") {
@@ -372,6 +385,15 @@ fuzz_target!(|input: Input| {
         fast_stream_store: input.limits,
         rate_limit_rpm: if input.limits { 2 } else { 0 },
         max_streams_per_key: u32::from(input.limits),
+        semantic: tokenedge::core::semantic::Settings {
+            url: Some("http://e:1/v1/embeddings".into()),
+            mode: if input.semantic {
+                tokenedge::core::semantic::Mode::On
+            } else {
+                tokenedge::core::semantic::Mode::Request
+            },
+            ..Default::default()
+        },
         ..Config::default()
     };
     let mut s = Session::new(config);
@@ -428,6 +450,27 @@ fuzz_target!(|input: Input| {
                         bytes.clone().map(Bytes::from)
                     };
                     s.handle_kv_value(now, read, value);
+                }
+            }
+            Op::Embedding {
+                ok,
+                vector,
+                raw,
+                failed,
+            } => {
+                if w.embeds > 0 {
+                    w.embeds -= 1;
+                    if *failed {
+                        s.handle_embedding_failed(now);
+                    } else {
+                        let body = match vector {
+                            Some(v) => serde_json::json!({"data": [{"embedding": v}]})
+                                .to_string()
+                                .into_bytes(),
+                            None => raw.clone(),
+                        };
+                        s.handle_embedding(now, if *ok { 200 } else { 500 }, &body);
+                    }
                 }
             }
             Op::Admission(v) => {

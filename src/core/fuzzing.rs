@@ -45,3 +45,24 @@ pub fn restream(format: crate::core::format::Format, pieces: &[&[u8]]) -> Vec<u8
     r.write_end(&mut out, crate::core::format::Stats::default());
     out.to_vec()
 }
+
+/// A semantic-cache bucket read from arbitrary KV bytes at `now_secs`,
+/// written back and read again: whether both reads agree, and how many
+/// records it holds.
+pub fn semantic_bucket(bytes: &[u8], now_secs: u64) -> (bool, usize) {
+    use crate::core::semantic::index::Bucket;
+    let bucket = Bucket::decode(bytes, now_secs);
+    let again = Bucket::decode(&bucket.encode(), now_secs);
+    (again == bucket, bucket.records.len())
+}
+
+/// The unit vector read from an arbitrary embeddings answer, if any.
+pub fn embedding_vector(answer: &[u8]) -> Option<Vec<f32>> {
+    crate::core::semantic::embedding::vector(answer)
+}
+
+/// Whether the semantic cache's wording check takes two texts as one
+/// question.
+pub fn same_question(a: &str, b: &str) -> bool {
+    crate::core::semantic::guard::same_question(a, b)
+}

@@ -45,20 +45,25 @@ const FUNCTION_WORDS: &[&str] = &[
 ];
 
 /// Whether two questions may share an answer, as far as their wording
-/// says (the embedding's similarity is checked apart).
+/// says (the embedding's similarity is checked apart). Symmetric: an
+/// alignment of the words may tie several ways, and each order is checked.
 pub(crate) fn same_question(a: &str, b: &str) -> bool {
     let (wa, wb) = (words(a), words(b));
-    if numbers(&wa) != numbers(&wb) {
+    one_way(&wa, &wb) && one_way(&wb, &wa)
+}
+
+fn one_way(wa: &[String], wb: &[String]) -> bool {
+    if numbers(wa) != numbers(wb) {
         return false;
     }
-    let (shared, kept_a, kept_b) = common_words(&wa, &wb);
+    let (shared, kept_a, kept_b) = common_words(wa, wb);
     let changed = |w: &[String], kept: &[bool]| {
         w.iter()
             .zip(kept)
             .filter(|(w, kept)| !**kept && !FUNCTION_WORDS.contains(&w.as_str()))
             .count()
     };
-    let changed = changed(&wa, &kept_a) + changed(&wb, &kept_b);
+    let changed = changed(wa, &kept_a) + changed(wb, &kept_b);
     if changed == 0 {
         return true;
     }

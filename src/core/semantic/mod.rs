@@ -39,9 +39,9 @@
 //! Nothing here does I/O; the session carries out the calls ([`Search`]
 //! says what to read and write).
 
-mod embedding;
-mod guard;
-mod index;
+pub(crate) mod embedding;
+pub(crate) mod guard;
+pub(crate) mod index;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
