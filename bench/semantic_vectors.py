@@ -4,14 +4,14 @@ byte per dimension, into tests/data/semantic_vectors.tsv: the scripted
 embedding table tests/semantic.rs answers the session's embedding calls
 from.
 
-    python bench/semantic_vectors.py http://127.0.0.1:18090 [model]
+    python bench/semantic_vectors.py http://127.0.0.1:18090 [--model M] [--out FILE]
 
 Columns: the question, then base64 of its int8 values (each value scaled so
 the largest is ±127, as the core quantises it).
 """
+import argparse
 import base64
 import json
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -46,16 +46,20 @@ def quantise(v):
 
 
 def main():
-    url = sys.argv[1]
-    model = sys.argv[2] if len(sys.argv) > 2 else "multilingual-e5-small"
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("--model", default="multilingual-e5-small")
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args()
+    url, model, out = args.url, args.model, Path(args.out)
     qs = questions()
     lines = ["# question\tbase64(int8 per dimension); written by bench/semantic_vectors.py"]
     for i in range(0, len(qs), 32):
         batch = qs[i:i + 32]
         for q, v in zip(batch, embed(url, model, batch)):
             lines.append(q + "\t" + base64.b64encode(quantise(v)).decode())
-    OUT.write_text("\n".join(lines) + "\n")
-    print(f"{len(qs)} questions -> {OUT}")
+    out.write_text("\n".join(lines) + "\n")
+    print(f"{len(qs)} questions -> {out}")
 
 
 if __name__ == "__main__":

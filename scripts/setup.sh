@@ -22,6 +22,8 @@ PLAYWRIGHT_CORE_VERSION=1.65.1
 # The peers bench/peers.sh compares against (not needed by tests).
 PORTKEY_VERSION=1.15.2
 LITELLM_VERSION=1.108.7
+# Plots for the benchmarks (bench/semantic.sh; not needed by tests).
+MATPLOTLIB_VERSION=3.9.2
 # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
 WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' "$ROOT/Cargo.lock")
 
@@ -87,6 +89,17 @@ setup_peers() {
     "$ll/bin/pip" install -q --disable-pip-version-check "litellm[proxy]==$LITELLM_VERSION" >&2
   fi
   echo "export LITELLM_BIN='$ll/bin/litellm'"
+}
+
+setup_plot() {
+  local venv="$CACHE/py-plot-matplotlib-$MATPLOTLIB_VERSION"
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    log "installing matplotlib $MATPLOTLIB_VERSION into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "matplotlib==$MATPLOTLIB_VERSION" >&2
+  fi
+  echo "export TOKENEDGE_PLOT_PY='$venv/bin/python'"
 }
 
 cargo_tool() { # name version binary
@@ -171,8 +184,9 @@ case "$want" in
   fuzz) setup_rust; setup_fuzz ;;
   browser) setup_node; setup_browser ;;
   peers) setup_node; setup_peers ;;
+  plot) setup_plot ;;
   all) setup_python; setup_node; setup_rust; setup_spin; setup_fuzz; setup_browser ;;
-  *) echo "usage: $0 [all|python|node|rust|spin|fuzz|browser|peers]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|python|node|rust|spin|fuzz|browser|peers|plot]" >&2; exit 2 ;;
 esac
 echo "export CLOUDFLARE_CF_FETCH_ENABLED=false"
 echo "export WRANGLER_SEND_METRICS=false NO_UPDATE_NOTIFIER=1"

@@ -33,7 +33,10 @@ fn semantic() -> Config {
 
 /// The recorded vectors, by question.
 fn table() -> HashMap<String, Vec<f32>> {
-    let text = include_str!("data/semantic_vectors.tsv");
+    table_from(include_str!("data/semantic_vectors.tsv"))
+}
+
+fn table_from(text: &str) -> HashMap<String, Vec<f32>> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
@@ -215,8 +218,21 @@ fn a_paraphrase_is_answered_from_the_first_answer_as_a_stream() {
         .expect("usage");
     assert_eq!(usage["completion_tokens"], 1);
     assert_eq!(usage["tokenedge"]["upstream_completion_tokens"], 0);
-    // A hit writes nothing.
-    assert!(second.kv_writes.is_empty());
+    // A hit writes one thing: the answer, a tier up (it lives the whole
+    // CACHE_TTL_SECS now, not half), under the key it was read from.
+    let stored_ttl = answers[0].2;
+    assert_eq!(stored_ttl, cfg.cache_ttl_secs / 2);
+    let [(key, value, ttl)] = second.kv_writes.as_slice() else {
+        panic!("{:?}", second.kv_writes)
+    };
+    assert_eq!((key, *ttl), (&answers[0].0, cfg.cache_ttl_secs));
+    let promoted = tokenedge::core::cache::Entry::decode(value).expect("an entry");
+    assert_eq!(promoted.hits, 1);
+    assert_eq!(
+        promoted.usage.as_ref().map(|u| u.get("tokenedge")),
+        Some(None),
+        "stored unmarked"
+    );
 
     // stream: false gets the same answer as JSON.
     let third = ask(
@@ -491,4 +507,111 @@ fn the_labelled_set_hits_paraphrases_and_not_near_misses() {
     eprintln!("hit rate {hit_rate:.3} ({hits}/{same}), false hits {false_rate:.3} ({false_hits}/{different}): {wrong:?}");
     assert!(false_rate <= 0.01, "false hits {false_rate}: {wrong:?}");
     assert!(hit_rate >= 0.5, "hit rate {hit_rate}");
+}
+
+/// For `bench/semantic.sh`: the labelled set through the session at a
+/// threshold of 0.5, so that every pair whose second question finds the
+/// first (same bucket, wording check passed) hits and reports its
+/// similarity; a hit at any higher threshold is one of these with a
+/// similarity at least that. Reads the vector table named by
+/// `SEMANTIC_VECTORS` (default: the committed one) and writes
+/// `label<TAB>found<TAB>similarity` lines to `SEMANTIC_CURVE_OUT`.
+#[test]
+#[ignore = "run by bench/semantic.sh"]
+fn labelled_set_similarities() {
+    let table = match std::env::var("SEMANTIC_VECTORS") {
+        Ok(path) => table_from(&std::fs::read_to_string(path).expect("the vector table")),
+        Err(_) => table(),
+    };
+    let mut cfg = semantic();
+    cfg.semantic.threshold = 0.5;
+    let mut out = String::new();
+    for (is_same, a, b) in pairs() {
+        let ask_a = Ask {
+            cfg: cfg.clone(),
+            kv: &HashMap::new(),
+            table: &table,
+            key: "k",
+            headers: &[],
+        };
+        let kv = ask(&ask_a, &body(&a, None, true), &a).kv;
+        let w = ask(&Ask { kv: &kv, ..ask_a }, &body(&b, None, true), &b);
+        let timing = w.header("server-timing").unwrap_or_default();
+        let similarity = timing
+            .split("similarity;desc=")
+            .nth(1)
+            .and_then(|s| s.split([',', ';']).next())
+            .unwrap_or("");
+        let found = w.header("x-cache") == Some("semantic");
+        let label = if is_same { "same" } else { "different" };
+        out.push_str(&format!("{label}\t{found}\t{similarity}\n"));
+    }
+    let path = std::env::var("SEMANTIC_CURVE_OUT").unwrap_or_else(|_| "semantic-curve.tsv".into());
+    std::fs::write(&path, out).expect("written");
+}
+
+/// For `bench/semantic.sh`: every question of the labelled set stored in
+/// one context, one after another; then each asked again. Prints the index
+/// size (bytes, records, bucket fill) and the KV reads and bytes of each
+/// lookup.
+#[test]
+#[ignore = "run by bench/semantic.sh"]
+fn index_size() {
+    let table = match std::env::var("SEMANTIC_VECTORS") {
+        Ok(path) => table_from(&std::fs::read_to_string(path).expect("the vector table")),
+        Err(_) => table(),
+    };
+    let mut questions: Vec<&String> = table.keys().collect();
+    questions.sort();
+    let cfg = semantic();
+    let mut kv = HashMap::new();
+    for q in &questions {
+        let a = Ask {
+            cfg: cfg.clone(),
+            kv: &kv,
+            table: &table,
+            key: "k",
+            headers: &[("X-Tokenedge-Cache", "semantic")],
+        };
+        kv = ask(&a, &body(q, None, true), q).kv;
+    }
+    let buckets: Vec<(&String, &Bytes)> = kv.iter().filter(|(k, _)| !k.contains(":a:")).collect();
+    let answers = kv.len() - buckets.len();
+    let bucket_bytes: usize = buckets.iter().map(|(_, v)| v.len()).sum();
+    let records: usize = buckets.iter().map(|(_, v)| usize::from(v[4])).sum();
+    let mut fill: Vec<usize> = buckets.iter().map(|(_, v)| usize::from(v[4])).collect();
+    fill.sort_unstable();
+    let mut lookups = Vec::new();
+    for q in &questions {
+        let a = Ask {
+            cfg: cfg.clone(),
+            kv: &kv,
+            table: &table,
+            key: "k",
+            headers: &[],
+        };
+        let w = ask(&a, &body(q, None, true), q);
+        let bytes: usize = w
+            .kv_reads
+            .iter()
+            .filter_map(|k| kv.get(k))
+            .map(Bytes::len)
+            .sum();
+        lookups.push((w.kv_reads.len(), bytes));
+    }
+    lookups.sort_by_key(|l| l.1);
+    let p = |f: f64| lookups[((lookups.len() - 1) as f64 * f) as usize];
+    println!(
+        "questions {} answers {answers} bucket values {} bucket bytes {bucket_bytes} records {records} \
+         bytes/record {:.0} fill min/median/max {}/{}/{} lookup reads/bytes p50 {:?} p95 {:?} max {:?}",
+        questions.len(),
+        buckets.len(),
+        bucket_bytes as f64 / records as f64,
+        fill[0],
+        fill[fill.len() / 2],
+        fill[fill.len() - 1],
+        p(0.5),
+        p(0.95),
+        p(1.0),
+    );
 }

@@ -190,6 +190,55 @@ pub struct Entry {
     /// The upstream's usage object, when it sent one.
     #[serde(default)]
     pub usage: Option<Value>,
+    /// Its tier: times it was served and written back, up to
+    /// [`TOP_TIER`] ([`tier_ttl`]).
+    #[serde(default)]
+    pub hits: u32,
+    /// Unix seconds when the store forgets it, as last written (0: not
+    /// known, an entry written before it was recorded).
+    #[serde(default)]
+    pub expires: u64,
+}
+
+/// The tier at which an entry lives longest ([`tier_ttl`]).
+pub const TOP_TIER: u32 = 3;
+
+/// How long an entry of tier `hits` lives, from `CACHE_TTL_SECS` (`base`):
+/// half of it when never served, the whole from its first hit, twice from
+/// its second, four times from its third (at most thirty days). Each hit
+/// that finds the entry below the top tier moves it up one, so an answer
+/// asked for often stays and one asked once makes room sooner.
+pub fn tier_ttl(base: u64, hits: u32) -> u64 {
+    let ttl = match hits {
+        0 => base / 2,
+        1 => base,
+        2 => base.saturating_mul(2),
+        _ => base.saturating_mul(4),
+    };
+    ttl.clamp(1, crate::core::config::MAX_CACHE_TTL_SECS.max(base))
+}
+
+impl Entry {
+    /// The entry as it is written back after serving it at `now_secs`,
+    /// with its TTL, when that moves it up a tier or it has used up half
+    /// its lifetime; `None` when the stored one is good as it is. So a
+    /// popular entry is rewritten three times while it climbs, then about
+    /// once per half lifetime, never once per hit.
+    pub(crate) fn promoted(&self, now_secs: u64, base: u64) -> Option<(Entry, u64)> {
+        let hits = (self.hits + 1).min(TOP_TIER);
+        let ttl = tier_ttl(base, hits);
+        let climbs = hits > self.hits;
+        let left = self.expires.saturating_sub(now_secs);
+        if !climbs && left >= ttl / 2 {
+            return None;
+        }
+        let entry = Entry {
+            hits,
+            expires: now_secs.saturating_add(ttl),
+            ..self.clone()
+        };
+        Some((entry, ttl))
+    }
 }
 
 impl Entry {
@@ -318,6 +367,8 @@ impl Entry {
             .or_else(|| choice.get("text"))?
             .as_str()?;
         Some(Entry {
+            hits: 0,
+            expires: 0,
             model: v.get("model").and_then(Value::as_str).unwrap_or("").into(),
             created,
             pieces: vec![text.to_owned()],
@@ -564,6 +615,42 @@ mod tests {
     }
 
     #[test]
+    fn entries_served_often_live_longer_and_are_rewritten_rarely() {
+        let base = 1000;
+        assert_eq!(
+            (0..=4).map(|h| tier_ttl(base, h)).collect::<Vec<_>>(),
+            [500, 1000, 2000, 4000, 4000]
+        );
+        assert_eq!(tier_ttl(1, 0), 1);
+        let max = crate::core::config::MAX_CACHE_TTL_SECS;
+        assert_eq!(tier_ttl(max, TOP_TIER), max);
+        // Stored at t=0 for half the base, then served every 10 s: each
+        // hit below the top tier writes it back a tier up; at the top, it
+        // is written only once half its life is gone.
+        let mut e = Entry {
+            expires: 500,
+            ..Entry::default()
+        };
+        let mut writes = Vec::new();
+        for now in (0..20_000).step_by(10) {
+            assert!(e.expires > now, "a served entry never expires");
+            if let Some((next, ttl)) = e.promoted(now, base) {
+                assert_eq!(next.expires, now + ttl);
+                writes.push((now, next.hits, ttl));
+                e = next;
+            }
+        }
+        assert_eq!(&writes[..3], [(0, 1, 1000), (10, 2, 2000), (20, 3, 4000)]);
+        let renewals: Vec<u64> = writes[2..].windows(2).map(|w| w[1].0 - w[0].0).collect();
+        assert!(
+            !renewals.is_empty() && renewals.iter().all(|&gap| gap == 2010),
+            "{renewals:?}"
+        );
+        // An entry stored before tiers: one write, then as any other.
+        assert!(Entry::default().promoted(10, base).is_some());
+    }
+
+    #[test]
     fn replays_as_stream_and_json() {
         let e = Entry {
             model: "smol".into(),
@@ -571,6 +658,7 @@ mod tests {
             pieces: vec!["Hel".into(), "lo".into()],
             finish_reason: "length".into(),
             usage: Some(serde_json::json!({"completion_tokens": 2})),
+            ..Entry::default()
         };
         let sse = String::from_utf8(e.to_sse(Endpoint::Chat)).unwrap();
         let mut again = Recorder::new(5);

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use crate::core::cache::Entry;
+use crate::core::cache::{self, Entry};
 use crate::core::prefix;
 use crate::core::Millis;
 
@@ -94,12 +94,19 @@ impl Session {
         let Some(c) = self.cache.as_deref_mut() else {
             return;
         };
-        if let Some(entry) = c.finish(recorder) {
+        if let Some(mut entry) = c.finish(recorder) {
             let semantic = c.store() == Store::Semantic;
+            // A prefix is not rewritten by the requests it serves: it
+            // keeps the whole base lifetime. Answers start a tier lower.
+            let ttl_secs = match c.store() {
+                Store::Prefix => self.config.cache_ttl_secs,
+                Store::Exact | Store::Semantic => cache::tier_ttl(self.config.cache_ttl_secs, 0),
+            };
+            entry.expires = self.last_now / 1000 + ttl_secs;
             self.actions.push_back(Action::KvPut {
                 key: c.key().to_owned(),
                 value: entry.encode().into(),
-                ttl_secs: self.config.cache_ttl_secs,
+                ttl_secs,
                 scope: self.kv_scope.clone(),
                 gate: Gate::Once,
             });
@@ -107,6 +114,29 @@ impl Session {
                 self.index_answer();
             }
         }
+    }
+
+    /// An answer read from the store is served: written back a tier up (or
+    /// with its lifetime renewed) when [`Entry::promoted`] says so, under
+    /// the key it was read from.
+    pub(super) fn promote(&mut self, now: Millis, entry: &Entry) {
+        let Some(c) = self.cache.as_deref() else {
+            return;
+        };
+        let key = match &c.found {
+            Some(found) => found.key.clone(),
+            None => c.key().to_owned(),
+        };
+        let Some((entry, ttl_secs)) = entry.promoted(now / 1000, self.config.cache_ttl_secs) else {
+            return;
+        };
+        self.actions.push_back(Action::KvPut {
+            key,
+            value: entry.encode().into(),
+            ttl_secs,
+            scope: self.kv_scope.clone(),
+            gate: Gate::Once,
+        });
     }
 
     /// Sends a prefetch's warming request, and marks its prefix as warmed.

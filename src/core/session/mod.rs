@@ -572,8 +572,12 @@ impl Session {
                     self.actions.push_back(Action::KvDelete { key });
                 }
                 match (entry, c.store()) {
-                    (Some(entry), Store::Exact) => self.replay(now, entry),
+                    (Some(entry), Store::Exact) => {
+                        self.promote(now, &entry);
+                        self.replay(now, entry)
+                    }
                     (Some(mut entry), Store::Semantic) => {
+                        self.promote(now, &entry);
                         Self::mark_semantic(&mut entry);
                         self.replay(now, entry)
                     }

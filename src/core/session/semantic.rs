@@ -135,7 +135,9 @@ impl Session {
         let Some(search) = self.cache.as_deref().and_then(|c| c.search.as_deref()) else {
             return;
         };
-        let ttl_secs = self.config.cache_ttl_secs;
+        // Records outlive the answers they point at, whatever tier those
+        // reach: a record whose answer expired reads as a miss.
+        let ttl_secs = cache::tier_ttl(self.config.cache_ttl_secs, cache::TOP_TIER);
         for (key, value) in search.additions(self.last_now / 1000, ttl_secs) {
             self.actions.push_back(Action::KvPut {
                 key,
