@@ -615,3 +615,81 @@ fn index_size() {
         p(1.0),
     );
 }
+
+/// `X-Tokenedge-Cache: semantic-prefix`: a match's first pieces are
+/// streamed at once and the upstream continues them for this question.
+#[test]
+fn a_match_can_open_the_answer_for_the_upstream_to_continue() {
+    let continuing = Config {
+        dialect: tokenedge::core::config::Dialect::LlamaCpp,
+        prefix_tokens: 2,
+        ..semantic()
+    };
+    let table = table();
+    let q = "how can I change my password";
+    let p = "what are the steps to update my password";
+    let a = Ask {
+        cfg: continuing.clone(),
+        kv: &HashMap::new(),
+        table: &table,
+        key: "k",
+        headers: &[],
+    };
+    let kv = ask(&a, &body(q, None, true), q).kv;
+    let opening = [("X-Tokenedge-Cache", "semantic-prefix")];
+
+    let mut s = Session::new(continuing.clone());
+    let mut w = World {
+        kv: kv.clone(),
+        embeddings: table.clone(),
+        ..World::default()
+    };
+    let headers = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        ("Authorization".to_string(), "Bearer k".to_string()),
+        (
+            "X-Tokenedge-Cache".to_string(),
+            "semantic-prefix".to_string(),
+        ),
+    ];
+    s.handle_request(
+        0,
+        RequestHead::new("POST", "/v1/chat/completions", headers),
+        Bytes::from(body(p, None, true)),
+    );
+    w.pump(&mut s, 0);
+    assert_eq!(w.header("x-cache"), Some("semantic-prefix"));
+    // The opening is out before the upstream said anything.
+    assert_eq!(text_of(&w.text()), "Answer to: ");
+    let [asked] = w.upstream.as_slice() else {
+        panic!("one upstream request")
+    };
+    let sent: Value = serde_json::from_slice(&asked.body).unwrap();
+    let last = sent["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last,
+        serde_json::json!({"role": "assistant", "content": "Answer to: "})
+    );
+    s.handle_upstream_head(5, 200, &sse_head());
+    w.pump(&mut s, 5);
+    feed(&mut s, &mut w, &answer_stream(p), 10);
+    assert!(w.ended);
+    assert_eq!(text_of(&w.text()), format!("Answer to: Answer to: {p}"));
+    // An opening is not an answer to store.
+    assert!(w
+        .kv_writes
+        .iter()
+        .all(|(k, ..)| !k.contains(":a:") || kv.contains_key(k)));
+
+    // Where the upstream cannot continue, the header asks for nothing.
+    let plain = Ask {
+        cfg: semantic(),
+        kv: &kv,
+        table: &table,
+        key: "k",
+        headers: &opening,
+    };
+    let w = ask(&plain, &body(p, None, true), p);
+    assert!(w.embeds.is_empty());
+    assert_eq!(w.header("x-cache"), Some("bypass"));
+}

@@ -142,6 +142,15 @@ pub(crate) fn plan(
     ))
 }
 
+/// Whether the upstream can continue an opening streamed to this request:
+/// a stream, with openings configured, whose chat upstream continues an
+/// assistant message (completions always continue).
+pub(crate) fn continues(request: &CompletionRequest, config: &Config) -> bool {
+    request.stream
+        && config.prefix_tokens > 0
+        && (request.endpoint == Endpoint::Completions || config.dialect != Dialect::OpenAi)
+}
+
 /// Whether the request constrains what may be written: one of
 /// [`CONSTRAINING_FIELDS`] (an empty list or `null` is none), any
 /// `guided_*` field, or a `response_format` other than plain text.

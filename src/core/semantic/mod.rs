@@ -27,6 +27,13 @@
 //! the request says `X-Tokenedge-Cache: exact`) or the request asks
 //! (`X-Tokenedge-Cache: semantic`).
 //!
+//! Partial reuse: with `X-Tokenedge-Cache: semantic-prefix` (or
+//! `SEMANTIC_CACHE=prefix`), a match is not the answer but its opening: the
+//! first `PREFIX_TOKENS` pieces are streamed at once while the upstream
+//! continues them for this question, as a speculative prefix does
+//! (`crate::core::prefix`); only streams whose upstream can continue an
+//! assistant message take part.
+//!
 //! What is embedded is the last user message alone. Everything else that
 //! shapes the answer — the scope (API key), the model, the system prompt,
 //! the earlier turns, the length limit and every other field but the
@@ -91,9 +98,25 @@ pub enum Mode {
     Off,
     /// For every eligible request, unless it says `X-Tokenedge-Cache: exact`.
     On,
-    /// Only for requests that say `X-Tokenedge-Cache: semantic`.
+    /// Only for requests that say `X-Tokenedge-Cache: semantic` (or
+    /// `semantic-prefix`).
     #[default]
     Request,
+    /// For every eligible request, a match only as a speculative opening
+    /// the upstream continues (as `X-Tokenedge-Cache: semantic-prefix`).
+    Prefix,
+}
+
+/// What a request's `X-Tokenedge-Cache` header asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// `semantic`: a match answers.
+    Answer,
+    /// `semantic-prefix`: a match's opening is streamed while the upstream
+    /// continues it for this question.
+    Opening,
+    /// `exact`: not the semantic cache.
+    Exact,
 }
 
 /// The deployment's semantic-cache settings.
@@ -160,6 +183,7 @@ impl Settings {
             {
                 Some("on" | "1" | "true" | "yes") => Mode::On,
                 Some("off" | "0" | "false" | "no") => Mode::Off,
+                Some("prefix") => Mode::Prefix,
                 _ => Mode::Request,
             },
             threshold: number(vars::SEMANTIC_THRESHOLD)
@@ -171,12 +195,12 @@ impl Settings {
     }
 }
 
-/// What the request's `X-Tokenedge-Cache` header asks: `Some(true)` for
-/// `semantic`, `Some(false)` for `exact`, else nothing.
-pub(crate) fn asked(value: Option<&str>) -> Option<bool> {
+/// What the request's `X-Tokenedge-Cache` header asks, if it says.
+pub(crate) fn asked(value: Option<&str>) -> Option<Asked> {
     match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-        Some("semantic") => Some(true),
-        Some("exact") => Some(false),
+        Some("semantic") => Some(Asked::Answer),
+        Some("semantic-prefix") => Some(Asked::Opening),
+        Some("exact") => Some(Asked::Exact),
         _ => None,
     }
 }
@@ -187,6 +211,9 @@ pub(crate) struct Plan {
     /// Hex SHA-256 of the scope and everything but the question.
     context: String,
     question: String,
+    /// A match only opens the answer (a speculative prefix), which the
+    /// upstream continues.
+    pub(crate) opening: bool,
 }
 
 /// The semantic-cache plan for a validated request, or `None` when it may
@@ -194,17 +221,17 @@ pub(crate) struct Plan {
 /// shared cache).
 pub(crate) fn plan(
     settings: &Settings,
-    asked: Option<bool>,
+    asked: Option<Asked>,
     directives: Directives,
     request: &CompletionRequest,
     scope: Option<&str>,
 ) -> Option<Plan> {
-    let wanted = match settings.mode {
-        Mode::Off => false,
-        Mode::On => asked != Some(false),
-        Mode::Request => asked == Some(true),
+    let opening = match (settings.mode, asked) {
+        (Mode::Off, _) | (_, Some(Asked::Exact)) | (Mode::Request, None) => return None,
+        (_, Some(Asked::Answer)) | (Mode::On, None) => false,
+        (_, Some(Asked::Opening)) | (Mode::Prefix, None) => true,
     };
-    if !wanted || settings.url.is_none() || directives.no_store || directives.no_cache {
+    if settings.url.is_none() || directives.no_store || directives.no_cache {
         return None;
     }
     let body = &request.body;
@@ -250,6 +277,7 @@ pub(crate) fn plan(
     Some(Plan {
         context: crate::core::hex(&hash.finalize()),
         question: question.to_owned(),
+        opening,
     })
 }
 

@@ -71,7 +71,7 @@ pub(super) struct Intake {
     /// The speculative-prefix switch the request sent, if any.
     pub(super) prefix_asked: Option<bool>,
     /// What `X-Tokenedge-Cache` asks of the semantic cache.
-    pub(super) semantic_asked: Option<bool>,
+    pub(super) semantic_asked: Option<semantic::Asked>,
     /// The stream a stream route names.
     pub(super) stream: Option<String>,
     /// The reader's cursor on a stream route (`?after=`, `Last-Event-ID`).

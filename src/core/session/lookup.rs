@@ -30,7 +30,8 @@ enum State {
     Reading {
         /// The upstream body, sent if the read finds nothing usable.
         upstream_body: Bytes,
-        /// The parsed request, to ask for a continuation on a prefix hit.
+        /// The parsed request, to ask for a continuation on a prefix (or
+        /// semantic opening) hit.
         request: Option<CompletionRequest>,
     },
     /// Gone upstream after a miss (or without reading, for `no-cache`):
@@ -63,6 +64,9 @@ pub(super) struct Lookup {
     pub(super) search: Option<Box<Search>>,
     /// The stored question it matched, once one did.
     pub(super) found: Option<Found>,
+    /// A semantic match only opens the answer, which the upstream
+    /// continues (`X-Tokenedge-Cache: semantic-prefix`).
+    pub(super) opening: bool,
 }
 
 impl Lookup {
@@ -82,7 +86,7 @@ impl Lookup {
         let state = if read {
             State::Reading {
                 upstream_body,
-                request: (store == Store::Prefix).then_some(request),
+                request: matches!(store, Store::Prefix | Store::Semantic).then_some(request),
             }
         } else {
             Self::recording(store, now, prefix_tokens)
@@ -97,6 +101,7 @@ impl Lookup {
             state,
             search: None,
             found: None,
+            opening: false,
         }
     }
 
@@ -203,11 +208,12 @@ impl Lookup {
         }
     }
 
-    /// `X-Cache`: `hit`, `prefix`, `semantic` or `miss`.
+    /// `X-Cache`: `hit`, `prefix`, `semantic`, `semantic-prefix` or `miss`.
     pub(super) fn x_cache(&self) -> &'static str {
         match (self.is_hit(), self.store) {
             (true, Store::Prefix) => "prefix",
             (true, Store::Exact) => "hit",
+            (true, Store::Semantic) if self.opening => "semantic-prefix",
             (true, Store::Semantic) => "semantic",
             (false, _) => "miss",
         }

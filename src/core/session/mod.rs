@@ -576,6 +576,11 @@ impl Session {
                         self.promote(now, &entry);
                         self.replay(now, entry)
                     }
+                    (Some(mut entry), Store::Semantic) if c.opening => {
+                        self.promote(now, &entry);
+                        entry.pieces.truncate(self.config.prefix_tokens);
+                        self.speculate(now, entry)
+                    }
                     (Some(mut entry), Store::Semantic) => {
                         self.promote(now, &entry);
                         Self::mark_semantic(&mut entry);

@@ -105,10 +105,13 @@ impl Session {
         match self.plan_lookup(&intake, &request) {
             None => self.send_upstream(now, Call::post(endpoint.path(), body, stream)),
             Some(Planned::Semantic(plan)) => {
+                let opening = plan.opening;
                 let search = Search::new(plan);
                 let key = search.answer_key();
                 let tokens = self.config.prefix_tokens;
-                let lookup = Lookup::new(Store::Semantic, key, request, body, true, now, tokens);
+                let mut lookup =
+                    Lookup::new(Store::Semantic, key, request, body, true, now, tokens);
+                lookup.opening = opening;
                 self.start_semantic(now, lookup, search);
             }
             Some(Planned::Keyed(store, key, read)) => {
@@ -154,7 +157,10 @@ impl Session {
         let scope = intake.scope(&self.config);
         let asked = intake.semantic_asked;
         let semantic = &self.config.semantic;
-        if let Some(plan) = semantic::plan(semantic, asked, intake.directives, request, scope) {
+        // A match used as an opening needs an upstream that continues it.
+        if let Some(plan) = semantic::plan(semantic, asked, intake.directives, request, scope)
+            .filter(|p| !p.opening || prefix::continues(request, &self.config))
+        {
             return Some(Planned::Semantic(plan));
         }
         if let Some(plan) = cache::plan(intake.directives, request, scope) {
