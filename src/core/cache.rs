@@ -35,8 +35,9 @@ const ENTRY_LEVEL: u32 = 9;
 /// How long a lookup may hold the request before it goes upstream anyway.
 pub(crate) const LOOKUP_TIMEOUT_MS: u64 = 300;
 /// Response header saying how the caches took part: `hit` (exact cache),
-/// `prefix` (speculative prefix), `miss` (looked up, not found) or `bypass`
-/// (not cacheable).
+/// `prefix` (speculative prefix), `semantic` (a semantic match),
+/// `semantic-prefix` (a semantic match's opening, continued upstream),
+/// `miss` (looked up, not found) or `bypass` (not cacheable).
 pub(crate) const X_CACHE: &str = "x-cache";
 
 /// Request fields that do not change the generated output.

@@ -115,3 +115,28 @@ def test_a_dead_embeddings_endpoint_or_store_only_means_upstream():
             h, e, done = stream(url, chat(question, system))
             assert h["x-cache"] == "miss", (url, h)
             assert done and text(e), url
+
+
+def test_a_match_can_open_the_answer_for_the_model_to_continue():
+    """X-Tokenedge-Cache: semantic-prefix (the local upstream is llama.cpp,
+    which continues an assistant message)."""
+    system = assistant()
+    (h1, e1), (h2, _, _) = answered_then(URL, system, PARAPHRASE)
+    assert h2["x-cache"] == "semantic", h2
+    events, done = [], False
+    with httpx.stream("POST", f"{URL}/v1/chat/completions", json=chat(PARAPHRASE, system), timeout=120,
+                      headers={"Authorization": f"Bearer {KEY}",
+                               "X-Tokenedge-Cache": "semantic-prefix"}) as r:
+        assert r.status_code == 200 and r.headers["x-cache"] == "semantic-prefix", r.headers
+        for line in r.iter_lines():
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    first = [text([e]) for e in e1 if text([e])]
+    # The first answer's first 16 pieces (PREFIX_TOKENS), then the model's
+    # continuation of them.
+    opening = "".join(first[:16])
+    assert text(events).startswith(opening) and done
+    usage = next(e["usage"] for e in reversed(events) if e.get("usage"))
+    assert usage["completion_tokens"] >= min(16, len(first)), usage
