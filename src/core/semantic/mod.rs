@@ -17,8 +17,8 @@
 //!              └─▶ replayed as a stream (X-Cache: semantic)
 //! ```
 //!
-//! What is eligible ([`plan`]): chat requests with one choice, whose last
-//! message is the user's, in plain text of at most [`MAX_QUESTION_BYTES`],
+//! What is eligible (`plan`): chat requests with one choice, whose last
+//! message is the user's, in plain text of at most `MAX_QUESTION_BYTES`,
 //! with at most `SEMANTIC_MAX_TURNS` user turns, nothing that constrains
 //! the output (tools, grammars, schemas, `stop`, `logit_bias`: the
 //! speculative prefix's list), and no `Cache-Control` `no-store` or
@@ -43,7 +43,7 @@
 //! fields (`temperature`, `seed`, …) are left out: a request that opts in
 //! accepts an earlier answer to its question, drawn once.
 //!
-//! Nothing here does I/O; the session carries out the calls ([`Search`]
+//! Nothing here does I/O; the session carries out the calls (`Search`
 //! says what to read and write).
 
 pub(crate) mod embedding;
