@@ -114,6 +114,23 @@ struct Ask<'a> {
     headers: &'a [(&'a str, &'a str)],
 }
 
+impl<'a> Ask<'a> {
+    /// Key `k`, no extra headers.
+    fn new(
+        cfg: &Config,
+        kv: &'a HashMap<String, Bytes>,
+        table: &'a HashMap<String, Vec<f32>>,
+    ) -> Self {
+        Ask {
+            cfg: cfg.clone(),
+            kv,
+            table,
+            key: "k",
+            headers: &[],
+        }
+    }
+}
+
 /// Asks `body`; answers upstream (if asked) with an answer to `question`.
 fn ask(a: &Ask, body: &str, question: &str) -> World {
     let mut s = Session::new(a.cfg.clone());
@@ -144,6 +161,44 @@ fn ask(a: &Ask, body: &str, question: &str) -> World {
     w
 }
 
+/// A store holding `question`'s answer, asked by key `k` of `cfg`.
+fn stored(
+    cfg: &Config,
+    table: &HashMap<String, Vec<f32>>,
+    question: &str,
+) -> HashMap<String, Bytes> {
+    let a = Ask {
+        cfg: cfg.clone(),
+        kv: &HashMap::new(),
+        table,
+        key: "k",
+        headers: &[],
+    };
+    ask(&a, &body(question, None, true), question).kv
+}
+
+/// `first` stored, then `second` asked: the second request's world.
+fn then_asked(cfg: &Config, table: &HashMap<String, Vec<f32>>, first: &str, second: &str) -> World {
+    let kv = stored(cfg, table, first);
+    let a = Ask {
+        cfg: cfg.clone(),
+        kv: &kv,
+        table,
+        key: "k",
+        headers: &[],
+    };
+    ask(&a, &body(second, None, true), second)
+}
+
+/// The vector table a benchmark names in `SEMANTIC_VECTORS`, else the
+/// committed one.
+fn bench_table() -> HashMap<String, Vec<f32>> {
+    match std::env::var("SEMANTIC_VECTORS") {
+        Ok(path) => table_from(&std::fs::read_to_string(path).expect("the vector table")),
+        Err(_) => table(),
+    }
+}
+
 fn text_of(body: &str) -> String {
     body.lines()
         .filter_map(|l| l.strip_prefix("data: "))
@@ -165,13 +220,7 @@ fn a_paraphrase_is_answered_from_the_first_answer_as_a_stream() {
     let (cfg, table) = keys(semantic());
     let first_q = "how can I change my password";
     let kv = HashMap::new();
-    let a = Ask {
-        cfg: cfg.clone(),
-        kv: &kv,
-        table: &table,
-        key: "k1",
-        headers: &[],
-    };
+    let a = Ask::new(&cfg, &kv, &table);
     let first = ask(&a, &body(first_q, None, true), first_q);
     assert_eq!(first.header("x-cache"), Some("miss"));
     assert_eq!(first.embeds.len(), 1);
@@ -251,15 +300,8 @@ fn a_paraphrase_is_answered_from_the_first_answer_as_a_stream() {
 fn near_misses_other_keys_and_other_assistants_miss() {
     let (cfg, table) = keys(semantic());
     let q = "how can I change my password";
-    let a = Ask {
-        cfg: cfg.clone(),
-        kv: &HashMap::new(),
-        table: &table,
-        key: "k1",
-        headers: &[],
-    };
-    let kv = ask(&a, &body(q, None, true), q).kv;
-    let a = Ask { kv: &kv, ..a };
+    let kv = stored(&cfg, &table, q);
+    let a = Ask::new(&cfg, &kv, &table);
     let paraphrase = "what are the steps to update my password";
     for (key, question, system) in [
         ("k1", "how do I change my email address", None),
@@ -288,18 +330,7 @@ fn near_misses_other_keys_and_other_assistants_miss() {
 fn who_may_use_it() {
     let (cfg, table) = keys(semantic());
     let q = "how can I change my password";
-    let kv = ask(
-        &Ask {
-            cfg: cfg.clone(),
-            kv: &HashMap::new(),
-            table: &table,
-            key: "k",
-            headers: &[],
-        },
-        &body(q, None, true),
-        q,
-    )
-    .kv;
+    let kv = stored(&cfg, &table, q);
     let p = "what are the steps to update my password";
     let tools = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"what are the steps to update my password"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#;
     let two_turns = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"what are the steps to update my password"}]}"#;
@@ -369,18 +400,7 @@ fn a_broken_embeddings_endpoint_or_store_only_means_upstream() {
     let (cfg, table) = keys(semantic());
     let q = "how can I change my password";
     let p = "what are the steps to update my password";
-    let kv = ask(
-        &Ask {
-            cfg: cfg.clone(),
-            kv: &HashMap::new(),
-            table: &table,
-            key: "k",
-            headers: &[],
-        },
-        &body(q, None, true),
-        q,
-    )
-    .kv;
+    let kv = stored(&cfg, &table, q);
     // Down, answering garbage (a text the table does not know: 500), or silent.
     for broken in ["down", "unknown", "silent"] {
         let mut s = Session::new(cfg.clone());
@@ -431,18 +451,7 @@ fn a_damaged_bucket_or_missing_answer_is_a_miss() {
     let (cfg, table) = keys(semantic());
     let q = "how can I change my password";
     let p = "what are the steps to update my password";
-    let mut kv = ask(
-        &Ask {
-            cfg: cfg.clone(),
-            kv: &HashMap::new(),
-            table: &table,
-            key: "k",
-            headers: &[],
-        },
-        &body(q, None, true),
-        q,
-    )
-    .kv;
+    let mut kv = stored(&cfg, &table, q);
     let answer_key = kv
         .keys()
         .find(|k| k.contains(":a:"))
@@ -456,13 +465,7 @@ fn a_damaged_bucket_or_missing_answer_is_a_miss() {
     }
     kv.remove(&answer_key);
     for store in [damaged, kv] {
-        let a = Ask {
-            cfg: cfg.clone(),
-            kv: &store,
-            table: &table,
-            key: "k",
-            headers: &[],
-        };
+        let a = Ask::new(&cfg, &store, &table);
         let w = ask(&a, &body(p, None, true), p);
         assert_eq!(w.header("x-cache"), Some("miss"));
         assert_eq!(text_of(&w.text()), format!("Answer to: {p}"));
@@ -478,15 +481,7 @@ fn the_labelled_set_hits_paraphrases_and_not_near_misses() {
     let (mut hits, mut same, mut false_hits, mut different) = (0, 0, 0, 0);
     let mut wrong = Vec::new();
     for (is_same, a, b) in pairs() {
-        let ask_a = Ask {
-            cfg: cfg.clone(),
-            kv: &HashMap::new(),
-            table: &table,
-            key: "k",
-            headers: &[],
-        };
-        let kv = ask(&ask_a, &body(&a, None, true), &a).kv;
-        let w = ask(&Ask { kv: &kv, ..ask_a }, &body(&b, None, true), &b);
+        let w = then_asked(&cfg, &table, &a, &b);
         let hit = w.header("x-cache") == Some("semantic");
         if hit {
             assert_eq!(text_of(&w.text()), format!("Answer to: {a}"));
@@ -519,23 +514,12 @@ fn the_labelled_set_hits_paraphrases_and_not_near_misses() {
 #[test]
 #[ignore = "run by bench/semantic.sh"]
 fn labelled_set_similarities() {
-    let table = match std::env::var("SEMANTIC_VECTORS") {
-        Ok(path) => table_from(&std::fs::read_to_string(path).expect("the vector table")),
-        Err(_) => table(),
-    };
+    let table = bench_table();
     let mut cfg = semantic();
     cfg.semantic.threshold = 0.5;
     let mut out = String::new();
     for (is_same, a, b) in pairs() {
-        let ask_a = Ask {
-            cfg: cfg.clone(),
-            kv: &HashMap::new(),
-            table: &table,
-            key: "k",
-            headers: &[],
-        };
-        let kv = ask(&ask_a, &body(&a, None, true), &a).kv;
-        let w = ask(&Ask { kv: &kv, ..ask_a }, &body(&b, None, true), &b);
+        let w = then_asked(&cfg, &table, &a, &b);
         let timing = w.header("server-timing").unwrap_or_default();
         let similarity = timing
             .split("similarity;desc=")
@@ -557,10 +541,7 @@ fn labelled_set_similarities() {
 #[test]
 #[ignore = "run by bench/semantic.sh"]
 fn index_size() {
-    let table = match std::env::var("SEMANTIC_VECTORS") {
-        Ok(path) => table_from(&std::fs::read_to_string(path).expect("the vector table")),
-        Err(_) => table(),
-    };
+    let table = bench_table();
     let mut questions: Vec<&String> = table.keys().collect();
     questions.sort();
     let cfg = semantic();
@@ -583,13 +564,7 @@ fn index_size() {
     fill.sort_unstable();
     let mut lookups = Vec::new();
     for q in &questions {
-        let a = Ask {
-            cfg: cfg.clone(),
-            kv: &kv,
-            table: &table,
-            key: "k",
-            headers: &[],
-        };
+        let a = Ask::new(&cfg, &kv, &table);
         let w = ask(&a, &body(q, None, true), q);
         let bytes: usize = w
             .kv_reads
@@ -628,14 +603,7 @@ fn a_match_can_open_the_answer_for_the_upstream_to_continue() {
     let table = table();
     let q = "how can I change my password";
     let p = "what are the steps to update my password";
-    let a = Ask {
-        cfg: continuing.clone(),
-        kv: &HashMap::new(),
-        table: &table,
-        key: "k",
-        headers: &[],
-    };
-    let kv = ask(&a, &body(q, None, true), q).kv;
+    let kv = stored(&continuing, &table, q);
     let opening = [("X-Tokenedge-Cache", "semantic-prefix")];
 
     let mut s = Session::new(continuing.clone());

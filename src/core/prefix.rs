@@ -47,10 +47,8 @@ use crate::core::openai::{CompletionRequest, Endpoint};
 /// Prefix of every stored prefix's key (v2: the key covers the whole
 /// request but its sampling fields; v1 keys covered only the prompt).
 pub(crate) const KEY_PREFIX: &str = "prefix:v2:";
-/// Fields that only change how tokens are drawn, not what may be written:
-/// requests differing only in these share a prefix. Every other field is
-/// part of the key.
-const SAMPLING_FIELDS: &[&str] = &[
+/// Fields that only change how tokens are drawn, not what may be written.
+pub(crate) const SAMPLING_FIELDS: &[&str] = &[
     "temperature",
     "top_p",
     "top_k",
@@ -60,6 +58,11 @@ const SAMPLING_FIELDS: &[&str] = &[
     "presence_penalty",
     "frequency_penalty",
     "repeat_penalty",
+];
+/// Fields besides the sampling ones that requests sharing a prefix may
+/// differ in: how much is written and how it is delivered. Every other
+/// field is part of the key.
+const LENGTH_AND_DELIVERY_FIELDS: &[&str] = &[
     "max_tokens",
     "max_completion_tokens",
     "n",
@@ -127,7 +130,10 @@ pub(crate) fn plan(
     }
     let kept: Map<String, Value> = body
         .iter()
-        .filter(|(k, _)| !SAMPLING_FIELDS.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            !SAMPLING_FIELDS.contains(&k.as_str())
+                && !LENGTH_AND_DELIVERY_FIELDS.contains(&k.as_str())
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let mut canonical = String::new();

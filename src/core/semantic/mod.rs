@@ -77,20 +77,6 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 300;
 pub const DEFAULT_MAX_TURNS: usize = 1;
 /// Default embedding model named in the request.
 pub const DEFAULT_MODEL: &str = "multilingual-e5-small";
-/// Fields left out of the context: they change how tokens are drawn, not
-/// what is asked.
-const SAMPLING_FIELDS: &[&str] = &[
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "typical_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "repeat_penalty",
-];
-
 /// When requests use the semantic cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -259,7 +245,7 @@ pub(crate) fn plan(
         .iter()
         .filter(|(k, _)| {
             !cache::IGNORED_FIELDS.contains(&k.as_str())
-                && !SAMPLING_FIELDS.contains(&k.as_str())
+                && !crate::core::prefix::SAMPLING_FIELDS.contains(&k.as_str())
                 && k.as_str() != "messages"
         })
         .map(|(k, v)| (k.clone(), v.clone()))
