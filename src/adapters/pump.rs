@@ -333,13 +333,14 @@ impl<P: Platform + 'static> Pump<P> {
                 Wake::Kv(i, read, value)
             }
         };
-        let admitted = async {
-            match admission.as_mut() {
-                Some(verdict) => Wake::Admission(verdict.await),
-                None => match embedding.as_mut() {
-                    Some(answer) => Wake::Embedding(answer.await),
-                    None => pending().await,
-                },
+        // The limits' verdict and the embeddings answer: each asked at most
+        // once, one after the other (the verdict before the body is read,
+        // the embedding after), so they wait in one slot.
+        let side = async {
+            match (admission.as_mut(), embedding.as_mut()) {
+                (Some(verdict), _) => Wake::Admission(verdict.await),
+                (None, Some(answer)) => Wake::Embedding(answer.await),
+                (None, None) => pending().await,
             }
         };
         // With no deadline, a timer still set fires as a timeout with
@@ -357,7 +358,7 @@ impl<P: Platform + 'static> Pump<P> {
             }
         };
         let io = async {
-            match select(pin!(io), pin!(admitted)).await {
+            match select(pin!(io), pin!(side)).await {
                 Either::Left((w, _)) | Either::Right((w, _)) => w,
             }
         };

@@ -300,6 +300,8 @@ pub(crate) struct Search {
     vector: Option<(Vector, [u8; TABLES])>,
     /// Each table's bucket, once read (`None`: not read, never written).
     tables: [Option<Bucket>; TABLES],
+    /// The stored question it matched, once one did.
+    found: Option<Found>,
 }
 
 impl Search {
@@ -308,6 +310,7 @@ impl Search {
             plan,
             vector: None,
             tables: Default::default(),
+            found: None,
         }
     }
 
@@ -377,12 +380,13 @@ impl Search {
         self.tables.iter().all(Option::is_some)
     }
 
-    /// The stored question most similar to this one among the buckets
-    /// read, if it reaches `threshold` and its wording does not make it
-    /// another question.
-    pub(crate) fn best(&self, threshold: f32) -> Option<Found> {
+    /// Chooses the stored question most similar to this one among the
+    /// buckets read, if it reaches `threshold` and its wording does not
+    /// make it another question; returns it.
+    pub(crate) fn choose(&mut self, threshold: f32) -> Option<&Found> {
         let (vector, _) = self.vector.as_ref()?;
-        self.tables
+        let best = self
+            .tables
             .iter()
             .flatten()
             .flat_map(|b| &b.records)
@@ -394,7 +398,20 @@ impl Search {
             .map(|(r, similarity)| Found {
                 key: self.answer_key_of(&r.answer),
                 similarity,
-            })
+            });
+        self.found = best;
+        self.found.as_ref()
+    }
+
+    /// The match chosen, once one was.
+    pub(crate) fn found(&self) -> Option<&Found> {
+        self.found.as_ref()
+    }
+
+    /// Whether a match only opens the answer (`semantic-prefix`), for the
+    /// upstream to continue.
+    pub(crate) fn opening(&self) -> bool {
+        self.plan.opening
     }
 
     /// The bucket values to write once this request's own answer is stored

@@ -123,10 +123,7 @@ impl Session {
         let Some(c) = self.cache.as_deref() else {
             return;
         };
-        let key = match &c.found {
-            Some(found) => found.key.clone(),
-            None => c.key().to_owned(),
-        };
+        let key = c.read_key().to_owned();
         let Some((entry, ttl_secs)) = entry.promoted(now / 1000, self.config.cache_ttl_secs) else {
             return;
         };

@@ -1,6 +1,6 @@
 //! The caches' part in one request — the exact cache, a speculative
-//! prefix or the semantic cache, never two — as a state machine: reading the key while the
-//! upstream request waits, then either answered (or opened) from what was
+//! prefix or the semantic cache, never two — as a state machine: reading
+//! the key while the upstream request waits, then either answered (or opened) from what was
 //! stored, or gone upstream and recording the answer to store it once, or
 //! gone upstream with nothing to store. The KV reads and writes themselves
 //! are the session's actions.
@@ -60,13 +60,9 @@ pub(super) struct Lookup {
     /// How long the read took, once it answered (or gave up).
     took: Option<Millis>,
     state: State,
-    /// The semantic cache's search, for [`Store::Semantic`].
+    /// The semantic cache's search (its match, whether a match only opens
+    /// the answer), for [`Store::Semantic`].
     pub(super) search: Option<Box<Search>>,
-    /// The stored question it matched, once one did.
-    pub(super) found: Option<Found>,
-    /// A semantic match only opens the answer, which the upstream
-    /// continues (`X-Tokenedge-Cache: semantic-prefix`).
-    pub(super) opening: bool,
 }
 
 impl Lookup {
@@ -100,8 +96,6 @@ impl Lookup {
             took: None,
             state,
             search: None,
-            found: None,
-            opening: false,
         }
     }
 
@@ -123,6 +117,23 @@ impl Lookup {
 
     pub(super) fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The semantic match, once one was chosen.
+    pub(super) fn found(&self) -> Option<&Found> {
+        self.search.as_deref().and_then(Search::found)
+    }
+
+    /// The key the answer being served was read from: the semantic match's,
+    /// or this request's own.
+    pub(super) fn read_key(&self) -> &str {
+        self.found().map_or(self.key.as_str(), |f| f.key.as_str())
+    }
+
+    /// A semantic match only opens the answer, which the upstream
+    /// continues (`X-Tokenedge-Cache: semantic-prefix`).
+    pub(super) fn opening(&self) -> bool {
+        self.search.as_deref().is_some_and(Search::opening)
     }
 
     pub(super) fn endpoint(&self) -> Endpoint {
@@ -213,7 +224,7 @@ impl Lookup {
         match (self.is_hit(), self.store) {
             (true, Store::Prefix) => "prefix",
             (true, Store::Exact) => "hit",
-            (true, Store::Semantic) if self.opening => "semantic-prefix",
+            (true, Store::Semantic) if self.opening() => "semantic-prefix",
             (true, Store::Semantic) => "semantic",
             (false, _) => "miss",
         }
@@ -225,7 +236,7 @@ impl Lookup {
     pub(super) fn timing(&self) -> Option<String> {
         let ms = self.took?;
         let desc = self.x_cache();
-        match (&self.found, self.is_hit()) {
+        match (self.found(), self.is_hit()) {
             (Some(found), true) => Some(format!(
                 "cache;desc={desc};dur={ms}, similarity;desc={:.3}",
                 found.similarity

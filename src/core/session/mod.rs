@@ -558,17 +558,14 @@ impl Session {
                 let (Phase::CacheLookup, Some(c)) = (&self.phase, &self.cache) else {
                     return;
                 };
-                if c.store() == Store::Semantic && c.found.is_none() {
+                if c.store() == Store::Semantic && c.found().is_none() {
                     return;
                 }
                 self.timers.stop(Timer::Lookup);
                 let entry = value.as_deref().and_then(Entry::decode);
                 if value.is_some() && entry.is_none() {
                     // Unreadable (an older format): drop it.
-                    let key = match &c.found {
-                        Some(found) => found.key.clone(),
-                        None => c.key().to_owned(),
-                    };
+                    let key = c.read_key().to_owned();
                     self.actions.push_back(Action::KvDelete { key });
                 }
                 match (entry, c.store()) {
@@ -576,7 +573,7 @@ impl Session {
                         self.promote(now, &entry);
                         self.replay(now, entry)
                     }
-                    (Some(mut entry), Store::Semantic) if c.opening => {
+                    (Some(mut entry), Store::Semantic) if c.opening() => {
                         self.promote(now, &entry);
                         entry.pieces.truncate(self.config.prefix_tokens);
                         self.speculate(now, entry)

@@ -105,13 +105,10 @@ impl Session {
         match self.plan_lookup(&intake, &request) {
             None => self.send_upstream(now, Call::post(endpoint.path(), body, stream)),
             Some(Planned::Semantic(plan)) => {
-                let opening = plan.opening;
                 let search = Search::new(plan);
                 let key = search.answer_key();
                 let tokens = self.config.prefix_tokens;
-                let mut lookup =
-                    Lookup::new(Store::Semantic, key, request, body, true, now, tokens);
-                lookup.opening = opening;
+                let lookup = Lookup::new(Store::Semantic, key, request, body, true, now, tokens);
                 self.start_semantic(now, lookup, search);
             }
             Some(Planned::Keyed(store, key, read)) => {
@@ -146,10 +143,9 @@ impl Session {
     }
 
     /// Which store this request uses, under which key, and whether the key
-    /// is read first: the semantic cache when the request may use it,
-    /// else the exact cache when the
-    /// request is deterministic, else a speculative prefix when it may
-    /// have one.
+    /// is read first: the semantic cache when the request may use it, else
+    /// the exact cache when the request is deterministic, else a
+    /// speculative prefix when it may have one.
     fn plan_lookup(&self, intake: &Intake, request: &CompletionRequest) -> Option<Planned> {
         if self.config.cache_ttl_secs == 0 {
             return None;

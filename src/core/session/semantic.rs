@@ -19,24 +19,20 @@ use crate::core::Millis;
 use super::action::{Action, Gate, KvRead, Purpose};
 use super::lookup::Lookup;
 use super::timers::Timer;
-use super::upstream::Call;
 use super::{Phase, Session};
 
 impl Session {
     /// Starts a semantic lookup: the question goes to the embeddings
     /// endpoint before anything else.
     pub(super) fn start_semantic(&mut self, now: Millis, mut lookup: Lookup, search: Search) {
-        let Some(request) = search.embedding_request(&self.config.semantic) else {
-            let call = Call::post(
-                lookup.endpoint().path(),
-                lookup.missed(now, false, 0),
-                lookup.stream(),
-            );
-            return self.send_upstream(now, call);
-        };
+        let request = search.embedding_request(&self.config.semantic);
         lookup.search = Some(Box::new(search));
         self.cache = Some(Box::new(lookup));
         self.phase = Phase::CacheLookup;
+        let Some(request) = request else {
+            // No endpoint (the plan needs one): as if it had failed.
+            return self.cache_missed(now, false);
+        };
         self.timers
             .set(Timer::Lookup, now, self.config.semantic.timeout_ms);
         self.actions.push_back(Action::Embed(request));
@@ -76,19 +72,14 @@ impl Session {
         {
             return;
         }
-        let found = search.best(threshold);
-        let Some(c) = self.cache.as_deref_mut() else {
-            return;
-        };
-        match found {
-            Some(found) => {
+        match search.choose(threshold).map(|f| f.key.clone()) {
+            Some(key) => {
                 self.timers
                     .set(Timer::Lookup, now, cache::LOOKUP_TIMEOUT_MS);
                 self.actions.push_back(Action::KvGet {
-                    key: found.key.clone(),
+                    key,
                     read: KvRead(Purpose::Cache),
                 });
-                c.found = Some(found);
             }
             None => {
                 self.timers.stop(Timer::Lookup);
@@ -103,7 +94,7 @@ impl Session {
             return None;
         }
         let c = self.cache.as_deref_mut()?;
-        if c.found.is_some() {
+        if c.found().is_some() {
             return None;
         }
         c.search.as_deref_mut()
