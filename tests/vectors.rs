@@ -13,6 +13,8 @@ use tokenedge::core::http::RequestHead;
 use tokenedge::core::session::{Action, Session};
 
 const REQUEST: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+/// The request of the Responses API vectors (`*_responses.sse`).
+const RESPONSES_REQUEST: &str = r#"{"model":"m","input":"hi","stream":true}"#;
 
 /// Drives a session with the upstream body cut into `chunks`; returns the
 /// client's body and whether the response ended.
@@ -22,6 +24,21 @@ fn drive(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
 
 /// [`drive`] with the client asking for `format` (`X-Tokenedge-Format`).
 fn drive_as(format: &str, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+    drive_at("/v1/chat/completions", REQUEST, format, chunks)
+}
+
+/// [`drive`] for the vector `name`: a Responses API request for the
+/// `*_responses` vectors, a chat one for the rest.
+fn drive_vector(name: &str, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+    if name.ends_with("_responses") {
+        drive_at("/v1/responses", RESPONSES_REQUEST, "openai", chunks)
+    } else {
+        drive(chunks)
+    }
+}
+
+/// [`drive`] with a request of `body` to `path`, in `format`.
+fn drive_at(path: &str, body: &'static str, format: &str, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
     let mut s = Session::new(Config {
         upstream_urls: vec!["http://up".into()],
         auth_off: true,
@@ -32,13 +49,13 @@ fn drive_as(format: &str, chunks: &[&[u8]]) -> (Vec<u8>, bool) {
     });
     let head = RequestHead::new(
         "POST",
-        "/v1/chat/completions",
+        path,
         vec![
             ("content-type".into(), "application/json".into()),
             ("x-tokenedge-format".into(), format.into()),
         ],
     );
-    s.handle_request(0, head, Bytes::from_static(REQUEST.as_bytes()));
+    s.handle_request(0, head, Bytes::from_static(body.as_bytes()));
     s.handle_upstream_head(
         1,
         200,
@@ -66,14 +83,14 @@ fn expected(name: &str, input: &[u8]) -> Vec<u8> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/");
     let path = format!("{dir}{name}.expected");
     if std::env::var_os("TOKENEDGE_BLESS").is_some() {
-        std::fs::write(&path, drive(&[input]).0).unwrap();
+        std::fs::write(&path, drive_vector(name, &[input]).0).unwrap();
     }
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (bless with TOKENEDGE_BLESS=1)"))
 }
 
 fn check_vector(name: &str, input: &[u8]) {
     let want = expected(name, input);
-    let (whole, ended) = drive(&[input]);
+    let (whole, ended) = drive_vector(name, &[input]);
     assert!(ended, "{name}: response did not end");
     assert_eq!(
         String::from_utf8_lossy(&whole),
@@ -81,7 +98,7 @@ fn check_vector(name: &str, input: &[u8]) {
         "{name}: whole"
     );
     for cut in 0..=input.len() {
-        let (got, _) = drive(&[&input[..cut], &input[cut..]]);
+        let (got, _) = drive_vector(name, &[&input[..cut], &input[cut..]]);
         assert!(got == want, "{name}: differs when split at byte {cut}");
     }
 }
@@ -118,7 +135,7 @@ macro_rules! vectors {
                         let want = expected(stringify!($name), INPUT);
                         let chunks = random_chunks(INPUT, &sizes);
                         let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-                        prop_assert_eq!(drive(&refs).0, want);
+                        prop_assert_eq!(drive_vector(stringify!($name), &refs).0, want);
                     }
                 }
             }
@@ -133,7 +150,9 @@ vectors!(
     openai_tool_calls,
     grammar_edge_cases,
     llamacpp_chat_multi_line,
-    llamacpp_chat_progress
+    llamacpp_chat_progress,
+    llamacpp_responses,
+    vllm_responses
 );
 
 /// The JSON of each event (`data:` or ndjson line) of a client body, and
@@ -185,6 +204,30 @@ fn multi_line_json_becomes_single_line_events_in_every_format() {
         let got = events_as_json(format, &got);
         assert!(got.len() > 10, "{format}: {} events", got.len());
         assert_eq!(got, events_as_json(format, &want), "{format}");
+    }
+}
+
+/// Every typed Responses API event reaches the client unchanged, names
+/// and `sequence_number` included, and nothing is added at the end.
+#[test]
+fn responses_events_survive_byte_for_byte() {
+    for (name, input) in [
+        (
+            "llamacpp_responses",
+            &include_bytes!("vectors/llamacpp_responses.sse")[..],
+        ),
+        (
+            "vllm_responses",
+            include_bytes!("vectors/vllm_responses.sse"),
+        ),
+    ] {
+        let (out, ended) = drive_vector(name, &[input]);
+        assert!(ended, "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(input),
+            "{name}"
+        );
     }
 }
 

@@ -17,6 +17,11 @@
 //! pieces as the upstream streamed them, the finish reason and the usage,
 //! as zlib-compressed JSON;
 //! a hit is replayed from it as a stream in any format, or as JSON.
+//!
+//! A Responses API answer also keeps its typed events as they came
+//! (`Entry::events`): a hit replays that same event sequence, and a
+//! `stream: false` hit answers with the response object of its final
+//! event. Only streamed Responses answers are stored.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -199,6 +204,10 @@ pub struct Entry {
     /// known, an entry written before it was recorded).
     #[serde(default)]
     pub expires: u64,
+    /// A Responses API answer's typed events, each event's data as it
+    /// came (empty for chat and completions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
 }
 
 /// The tier at which an entry lives longest ([`tier_ttl`]).
@@ -284,10 +293,13 @@ impl Entry {
     }
 
     fn write_sse(&self, endpoint: Endpoint, complete: bool) -> Vec<u8> {
+        if endpoint == Endpoint::Responses {
+            return self.write_events();
+        }
         let id = self.id();
         let object = match endpoint {
             Endpoint::Chat => "chat.completion.chunk",
-            Endpoint::Completions => "text_completion",
+            Endpoint::Completions | Endpoint::Responses => "text_completion",
         };
         let event = |choices: Value, usage: Option<&Value>| {
             let mut e = serde_json::json!({
@@ -303,7 +315,7 @@ impl Entry {
             Endpoint::Chat => {
                 serde_json::json!([{"index": 0, "delta": {"content": text}, "finish_reason": finish}])
             }
-            Endpoint::Completions => {
+            Endpoint::Completions | Endpoint::Responses => {
                 serde_json::json!([{"index": 0, "text": text, "finish_reason": finish}])
             }
         };
@@ -328,15 +340,34 @@ impl Entry {
         out.into_bytes()
     }
 
+    /// A Responses API answer's stored events, each named by its type.
+    fn write_events(&self) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        for data in &self.events {
+            let name = serde_json::from_str::<TypeView>(data).ok().map(|v| v.kind);
+            crate::core::sse::write_event(&mut out, name.as_deref(), data);
+        }
+        out.to_vec()
+    }
+
     /// The entry as a complete (`stream: false`) response body.
     pub(crate) fn to_json(&self, endpoint: Endpoint) -> Value {
+        if endpoint == Endpoint::Responses {
+            // The final event's response object is the whole answer.
+            return self
+                .events
+                .last()
+                .and_then(|e| serde_json::from_str::<Value>(e).ok())
+                .and_then(|mut v| v.get_mut("response").map(Value::take))
+                .unwrap_or_default();
+        }
         let text = self.pieces.concat();
         let (object, choice) = match endpoint {
             Endpoint::Chat => (
                 "chat.completion",
                 serde_json::json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": self.finish_reason}),
             ),
-            Endpoint::Completions => (
+            Endpoint::Completions | Endpoint::Responses => (
                 "text_completion",
                 serde_json::json!({"index": 0, "text": text, "finish_reason": self.finish_reason}),
             ),
@@ -352,8 +383,12 @@ impl Entry {
     }
 
     /// An entry from a complete (`stream: false`) upstream answer, when it
-    /// holds exactly one text choice that finished cleanly.
-    pub(crate) fn from_json(body: &[u8], created: u64) -> Option<Self> {
+    /// holds exactly one text choice that finished cleanly (a Responses
+    /// API answer has no events to replay as a stream: not stored).
+    pub(crate) fn from_json(endpoint: Endpoint, body: &[u8], created: u64) -> Option<Self> {
+        if endpoint == Endpoint::Responses {
+            return None;
+        }
         let v: Value = serde_json::from_slice(body).ok()?;
         let choices = v.get("choices")?.as_array()?;
         let [choice] = choices.as_slice() else {
@@ -379,8 +414,16 @@ impl Entry {
                 .filter(|f| crate::core::openai::storable_finish(f))?
                 .to_owned(),
             usage: v.get("usage").filter(|u| !u.is_null()).cloned(),
+            events: Vec::new(),
         })
     }
+}
+
+/// An event's `type`.
+#[derive(Deserialize)]
+struct TypeView {
+    #[serde(rename = "type")]
+    kind: String,
 }
 
 /// Collects a streamed answer while it passes through, for the cache.
@@ -393,6 +436,8 @@ pub(crate) struct Recorder {
     /// Something made the answer unfit to store (a non-text delta, an
     /// error event, too large).
     spoiled: bool,
+    /// The answer is a Responses API stream.
+    responses: bool,
 }
 
 impl Recorder {
@@ -412,10 +457,19 @@ impl Recorder {
         self
     }
 
+    /// Records a Responses API stream (see [`Recorder::event`]).
+    pub(crate) fn responses(mut self) -> Self {
+        self.responses = true;
+        self
+    }
+
     /// One upstream event's data.
     pub(crate) fn event(&mut self, data: &str) {
         if self.spoiled || data == "[DONE]" {
             return;
+        }
+        if self.responses {
+            return self.response_event(data);
         }
         let Some(parts) = crate::core::openai::chunk_parts(data) else {
             return;
@@ -440,6 +494,38 @@ impl Recorder {
         if let Some(u) = parts.usage {
             self.entry.usage = serde_json::from_str(u.get()).ok();
         }
+        if self.bytes > MAX_ENTRY_BYTES {
+            self.spoiled = true;
+        }
+    }
+
+    /// One typed event: kept whole; its text kept as a piece. Content that
+    /// is not text (a function call, reasoning) or an error spoils it,
+    /// as a chat answer's non-text delta does.
+    fn response_event(&mut self, data: &str) {
+        use crate::core::openai::ResponseKind;
+        let Some(facts) = crate::core::openai::inspect_response_event(data) else {
+            return;
+        };
+        match facts.kind {
+            ResponseKind::OtherContent | ResponseKind::Failed | ResponseKind::Error => {
+                self.spoiled = true;
+                return;
+            }
+            ResponseKind::Text if !facts.text.is_empty() => {
+                self.entry.pieces.push(facts.text.clone().into_owned());
+            }
+            ResponseKind::Completed | ResponseKind::Incomplete => {
+                self.entry.finish_reason = facts.finish_reason().unwrap_or_default().into_owned();
+                self.entry.usage = facts.usage.and_then(|u| serde_json::from_str(u.get()).ok());
+                if let Some(m) = &facts.model {
+                    self.entry.model = m.clone().into_owned();
+                }
+            }
+            ResponseKind::Text | ResponseKind::Other => {}
+        }
+        self.bytes += data.len() + 8;
+        self.entry.events.push(data.to_owned());
         if self.bytes > MAX_ENTRY_BYTES {
             self.spoiled = true;
         }
@@ -671,12 +757,41 @@ mod tests {
         let json = e.to_json(Endpoint::Chat);
         assert_eq!(json["choices"][0]["message"]["content"], "Hello");
         assert_eq!(json["usage"]["completion_tokens"], 2);
-        let back = Entry::from_json(json.to_string().as_bytes(), 5).unwrap();
+        let back = Entry::from_json(Endpoint::Chat, json.to_string().as_bytes(), 5).unwrap();
         assert_eq!(back.pieces.concat(), "Hello");
         assert_eq!(back.finish_reason, "length");
         let text = e.to_json(Endpoint::Completions);
         assert_eq!(text["choices"][0]["text"], "Hello");
         let sse = String::from_utf8(e.to_sse(Endpoint::Completions)).unwrap();
         assert!(sse.contains(r#""text":"Hel""#));
+    }
+
+    #[test]
+    fn a_responses_answer_keeps_its_typed_events() {
+        let vector = include_str!("../../tests/vectors/llamacpp_responses.sse");
+        let mut r = Recorder::new(7).responses();
+        for data in vector.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            r.event(data);
+        }
+        let e = Entry::decode(&r.finish().unwrap().encode()).unwrap();
+        assert_eq!(e.to_sse(Endpoint::Responses), vector.as_bytes());
+        assert_eq!(e.finish_reason, "stop");
+        assert_eq!(e.usage.as_ref().unwrap()["output_tokens"], 8);
+        let json = e.to_json(Endpoint::Responses);
+        assert_eq!(json["object"], "response");
+        assert_eq!(json["output"][0]["content"][0]["text"], e.pieces.concat());
+        assert!(Entry::from_json(Endpoint::Responses, json.to_string().as_bytes(), 1).is_none());
+
+        let mut cut = Recorder::new(7).responses();
+        for data in vector.lines().filter_map(|l| l.strip_prefix("data: ")).take(8) {
+            cut.event(data);
+        }
+        assert!(cut.finish().is_none(), "no final event: never stored");
+        let vllm = include_str!("../../tests/vectors/vllm_responses.sse");
+        let mut call = Recorder::new(7).responses();
+        for data in vllm.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            call.event(data);
+        }
+        assert!(call.finish().is_none(), "a function call is not stored");
     }
 }

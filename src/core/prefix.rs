@@ -124,6 +124,8 @@ pub(crate) fn plan(
                     == Some("user")
         }
         Endpoint::Completions => body.get("prompt").is_some_and(Value::is_string),
+        // Typed events are not spliced onto a stored opening.
+        Endpoint::Responses => false,
     };
     if !eligible {
         return None;
@@ -212,6 +214,8 @@ pub(crate) fn continuation(
                 prompt.push_str(text);
             }
         }
+        // Never planned (see `plan`).
+        Endpoint::Responses => {}
     }
     for limit in ["max_tokens", "max_completion_tokens"] {
         if let Some(n) = body.get(limit).and_then(Value::as_u64) {

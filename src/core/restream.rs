@@ -23,6 +23,18 @@
 //! dropped, since the client already had one, and its usage is shifted
 //! (`crate::core::prefix`).
 //!
+//! A Responses API stream (`Restream::responses`) is re-framed the same
+//! way, event by typed event (`crate::core::openai::inspect_response_event`):
+//! in `openai` every typed event passes as it came, names and
+//! `sequence_number` included, and the stream is complete only at
+//! `response.completed` or `response.incomplete` (no `[DONE]` is written,
+//! nor forwarded); `response.failed` and `error` end it broken. In the
+//! other formats `response.output_text.delta` becomes a token, every
+//! other `*.delta` event (function-call arguments, reasoning, refusal) is
+//! written whole as a delta, the final event gives the finish reason and
+//! usage, and the lifecycle events (`response.created`,
+//! `response.output_item.added`, …) are dropped.
+//!
 //! It does not compress, coalesce or decide when to write: it returns the
 //! bytes for the caller to send.
 
@@ -33,7 +45,9 @@ use serde::de::IgnoredAny;
 
 use crate::core::cache::Recorder;
 use crate::core::format::{Format, Stats};
-use crate::core::openai::{chunk_parts, clean_finish, inspect_chunk};
+use crate::core::openai::{
+    chunk_parts, clean_finish, inspect_chunk, inspect_response_event, ResponseKind,
+};
 use crate::core::prefix::Splice;
 use crate::core::sse::{write_event, Event, Parser, SseError, DONE};
 use crate::core::status::{progress_of, Progress};
@@ -111,6 +125,10 @@ pub struct Restream {
     /// or a finish reason such as `error` or `abort`, with no text), held
     /// back so another replica can continue instead (its name and data).
     held_break: Option<(Option<String>, String)>,
+    /// The upstream speaks the Responses API's typed events.
+    responses: bool,
+    /// The last `sequence_number` a typed event carried.
+    upstream_seq: Option<u64>,
 }
 
 impl Restream {
@@ -121,6 +139,12 @@ impl Restream {
             choices: 1,
             ..Self::default()
         }
+    }
+
+    /// The upstream stream is a Responses API one (see the module docs).
+    pub(crate) fn responses(mut self) -> Self {
+        self.responses = true;
+        self
     }
 
     /// The request asks for `choices` answers (`n` × prompts): the stream
@@ -220,6 +244,9 @@ impl Restream {
     /// An event that breaks a continuable answer and carries no text: held
     /// back (returns true) rather than written.
     fn holds(&mut self, name: Option<&str>, data: &str) -> bool {
+        if self.responses {
+            return false;
+        }
         // Cheap first: most events name neither.
         let suspect = data.contains("\"error\"") || data.contains("\"finish_reason\":\"");
         if self.text.is_none() || self.held_break.is_some() || !suspect {
@@ -245,6 +272,9 @@ impl Restream {
         for event in events.drain(..) {
             if self.done {
                 continue; // nothing is valid after [DONE]
+            }
+            if event.data == "[DONE]" && self.responses {
+                continue; // not the Responses API's end: its typed events are
             }
             if event.data == "[DONE]" {
                 self.done = true;
@@ -292,6 +322,9 @@ impl Restream {
     fn write_one(&mut self, name: Option<&str>, data: &str) -> Option<bool> {
         if self.holds(name, data) {
             return None;
+        }
+        if self.responses {
+            return self.write_response_event(name, data);
         }
         let has_content = if self.format == Format::OpenAi {
             let facts = inspect_chunk(data);
@@ -343,6 +376,62 @@ impl Restream {
             has_content
         };
         Some(has_content)
+    }
+
+    /// Writes one typed Responses API event (see the module docs); `None`
+    /// when it is not one (dropped, like data that is not JSON).
+    fn write_response_event(&mut self, name: Option<&str>, data: &str) -> Option<bool> {
+        let facts = inspect_response_event(data)?;
+        if facts.sequence_number.is_some() {
+            self.upstream_seq = facts.sequence_number;
+        }
+        let has_content = facts.has_content();
+        match (self.format, facts.kind) {
+            (Format::OpenAi, _) => write_event(&mut self.out, name, data),
+            (_, ResponseKind::Text) if has_content => {
+                self.format.write_text(&mut self.out, &facts.text);
+            }
+            (_, ResponseKind::OtherContent) => {
+                if let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(data) {
+                    self.format.write_delta(&mut self.out, raw);
+                }
+            }
+            (_, ResponseKind::Error) => {
+                let event = serde_json::from_str::<serde_json::Value>(data).unwrap_or_default();
+                self.format
+                    .write_error(&mut self.out, &serde_json::json!({ "error": event }));
+            }
+            _ => {}
+        }
+        self.log(name, data);
+        match facts.kind {
+            ResponseKind::Text => {
+                if let Some(kept) = &mut self.text {
+                    kept.push_str(&facts.text);
+                }
+            }
+            ResponseKind::OtherContent => self.text = None,
+            ResponseKind::Completed | ResponseKind::Incomplete => {
+                self.choice_finished(0);
+                self.finish_reason = facts.finish_reason().map(Cow::into_owned);
+                self.usage = facts.usage.map(ToOwned::to_owned);
+            }
+            ResponseKind::Failed => self.broken_finish = Some("failed".into()),
+            ResponseKind::Error => self.broken_finish = Some("error".into()),
+            ResponseKind::Other => {}
+        }
+        // Nothing is valid after the end.
+        self.done |= facts.kind.ends();
+        Some(has_content)
+    }
+
+    /// The error event that ends a Responses API stream in the `openai`
+    /// format (`None` for any other stream: the format's own is used).
+    pub(crate) fn error_event(&self, error: &serde_json::Value) -> Option<Bytes> {
+        (self.responses && self.format == Format::OpenAi).then(|| {
+            let next = self.upstream_seq.map_or(self.events_forwarded, |n| n + 1);
+            response_error_event(error, Some(next))
+        })
     }
 
     /// Adds an openai event's text to the kept text; a delta that is not
@@ -434,6 +523,7 @@ impl Restream {
     /// (`[DONE]` for `openai` when the upstream did not send it).
     pub(crate) fn write_end(&self, out: &mut BytesMut, stats: Stats) {
         match self.format {
+            Format::OpenAi if self.responses => {}
             Format::OpenAi if !self.done => out.put_slice(DONE),
             Format::OpenAi => {}
             f => f.write_end(
@@ -448,6 +538,21 @@ impl Restream {
     /// Writes the end of a stream stopped by a cancel (see
     /// `Format::write_cancelled`).
     pub(crate) fn write_cancelled(&self, out: &mut BytesMut, object: &str, stats: Stats) {
+        if self.responses && self.format == Format::OpenAi {
+            let next = self.upstream_seq.map_or(self.events_forwarded, |n| n + 1);
+            let event = serde_json::json!({
+                "type": "response.incomplete",
+                "sequence_number": next,
+                "response": {
+                    "object": "response",
+                    "status": "incomplete",
+                    "incomplete_details": {"reason": "cancelled"},
+                    "usage": self.usage.as_deref(),
+                },
+            });
+            write_event(out, Some("response.incomplete"), &event.to_string());
+            return;
+        }
         self.format
             .write_cancelled(out, object, self.usage.as_deref(), stats);
     }
@@ -469,6 +574,28 @@ impl Restream {
             Ending::Truncated
         }
     }
+}
+
+/// The error event that ends a Responses API stream: the API's own `error`
+/// event (`code`, `message`, `param`, `sequence_number`) carrying the
+/// gateway's `{"error":{...}}` object too, so the official SDKs, which
+/// raise on an event with an `error` member, raise on it. `error` is
+/// that object; `seq` the number the event takes, when known.
+pub(crate) fn response_error_event(error: &serde_json::Value, seq: Option<u64>) -> Bytes {
+    let inner = &error["error"];
+    let mut event = serde_json::json!({
+        "type": "error",
+        "code": inner.get("code").filter(|c| !c.is_null()).or_else(|| inner.get("type")),
+        "message": inner.get("message"),
+        "param": inner.get("param"),
+        "error": inner,
+    });
+    if let Some(n) = seq {
+        event["sequence_number"] = n.into();
+    }
+    let mut out = BytesMut::new();
+    write_event(&mut out, Some("error"), &event.to_string());
+    out.freeze()
 }
 
 /// An event's data on one line, so that line-based SSE readers (common

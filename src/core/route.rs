@@ -65,6 +65,19 @@ pub(crate) fn affinity(endpoint: Endpoint, body: &Map<String, Value>) -> Vec<u8>
                 out.push(0);
             }
         }
+        // The instructions and every input item before the last.
+        Endpoint::Responses => {
+            if let Some(instructions) = body.get("instructions").and_then(Value::as_str) {
+                out.extend_from_slice(instructions.as_bytes());
+                out.push(0);
+            }
+            if let Some(Value::Array(items)) = body.get("input") {
+                for item in items.iter().take(items.len().saturating_sub(1)) {
+                    out.extend_from_slice(item.to_string().as_bytes());
+                    out.push(0);
+                }
+            }
+        }
         Endpoint::Completions => {
             if let Some(prompt) = body.get("prompt").and_then(Value::as_str) {
                 let stable = prompt.rfind('\n').map_or("", |i| &prompt[..i]);

@@ -1,5 +1,5 @@
-//! Client requests (chat and legacy completions): validating them and
-//! building the upstream body.
+//! Client requests (chat, legacy completions and responses): validating
+//! them and building the upstream body.
 //!
 //! "Parse, don't validate": a request that passes [`parse_request`] becomes a
 //! [`CompletionRequest`] whose `body` is the client's JSON object with every
@@ -12,13 +12,15 @@ use serde_json::{Map, Value};
 use crate::core::config::Dialect;
 use crate::core::error::Error;
 
-/// The two generation endpoints.
+/// The generation endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Endpoint {
     /// `POST /v1/chat/completions`
     Chat,
     /// `POST /v1/completions`
     Completions,
+    /// `POST /v1/responses`: typed events (`super::response_event`).
+    Responses,
 }
 
 impl Endpoint {
@@ -26,6 +28,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
+            Endpoint::Responses => "/v1/responses",
         }
     }
 }
@@ -44,9 +47,13 @@ impl CompletionRequest {
     /// `stream_options.include_usage: true` on streams so usage is always
     /// known at the end (existing `stream_options` fields are kept), and
     /// on a llama.cpp upstream `return_progress: true`, so the stream
-    /// reports prefill progress (`crate::core::status`).
+    /// reports prefill progress (`crate::core::status`). A responses
+    /// request goes as it came: its final event always carries usage.
     pub(crate) fn upstream_body(&self, dialect: Dialect) -> Vec<u8> {
         let mut body = self.body.clone();
+        if self.endpoint == Endpoint::Responses {
+            return serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
+        }
         if self.stream && dialect == Dialect::LlamaCpp {
             body.entry("return_progress").or_insert(Value::Bool(true));
         }
@@ -154,6 +161,7 @@ pub(crate) fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<Completi
                 ))
             }
         },
+        Endpoint::Responses => validate_input(&body)?,
     }
     expect(&body, "stream", optional(Value::is_boolean), "boolean")?;
     expect(
@@ -170,7 +178,13 @@ pub(crate) fn parse_request(endpoint: Endpoint, bytes: &[u8]) -> Result<Completi
     ] {
         expect(&body, field, optional(Value::is_number), "number")?;
     }
-    for field in ["max_tokens", "max_completion_tokens", "n", "seed"] {
+    for field in [
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "n",
+        "seed",
+    ] {
         expect(
             &body,
             field,
@@ -218,7 +232,12 @@ fn check_ranges(body: &Map<String, Value>) -> Result<(), Error> {
             }
         }
     }
-    for field in ["max_tokens", "max_completion_tokens", "n"] {
+    for field in [
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "n",
+    ] {
         if body
             .get(field)
             .and_then(Value::as_i64)
@@ -244,6 +263,7 @@ pub(crate) fn check_caps(
         ("n", max_n),
         ("max_tokens", max_tokens),
         ("max_completion_tokens", max_tokens),
+        ("max_output_tokens", max_tokens),
     ] {
         if body
             .get(field)
@@ -272,6 +292,37 @@ pub(crate) fn choices(body: &Map<String, Value>) -> u64 {
         _ => 1,
     };
     n.saturating_mul(prompts)
+}
+
+/// A responses request's `input` (a string, or an array of items the
+/// upstream judges) and `instructions` (a string).
+fn validate_input(body: &Map<String, Value>) -> Result<(), Error> {
+    match body.get("input") {
+        None => {
+            return Err(Error::invalid(
+                "Missing required parameter: 'input'.",
+                Some("input"),
+            ))
+        }
+        Some(Value::String(_)) => {}
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(Error::invalid(
+                "Invalid 'input': empty array. Expected an array with minimum length 1.",
+                Some("input"),
+            ))
+        }
+        Some(Value::Array(_)) => {}
+        Some(other) => {
+            return Err(Error::invalid(
+                format!(
+                    "Invalid type for 'input': expected string or array, got {}",
+                    type_name(other)
+                ),
+                Some("input"),
+            ))
+        }
+    }
+    expect(body, "instructions", optional(Value::is_string), "string")
 }
 
 fn validate_messages(body: &Map<String, Value>) -> Result<(), Error> {
@@ -434,6 +485,48 @@ mod tests {
         assert_eq!(param(e).as_deref(), Some("prompt"));
         let e = parse_request(Endpoint::Completions, br#"{"model":"m","prompt":3}"#).unwrap_err();
         assert_eq!(param(e).as_deref(), Some("prompt"));
+    }
+
+    #[test]
+    fn responses_need_input_and_go_upstream_as_sent() {
+        let parse = |b: &str| parse_request(Endpoint::Responses, b.as_bytes());
+        let r =
+            parse(r#"{"model":"m","input":"hi","stream":true,"max_output_tokens":16}"#).unwrap();
+        assert!(r.stream);
+        for dialect in [Dialect::OpenAi, Dialect::LlamaCpp, Dialect::Vllm] {
+            let v: Value = serde_json::from_slice(&r.upstream_body(dialect)).unwrap();
+            assert_eq!(v, Value::Object(r.body.clone()), "{dialect:?}");
+        }
+        assert!(parse(r#"{"model":"m","input":[{"role":"user","content":"hi"}]}"#).is_ok());
+        for (body, field) in [
+            (r#"{"model":"m"}"#, "input"),
+            (r#"{"model":"m","input":3}"#, "input"),
+            (r#"{"model":"m","input":[]}"#, "input"),
+            (r#"{"input":"hi"}"#, "model"),
+            (
+                r#"{"model":"m","input":"hi","instructions":["x"]}"#,
+                "instructions",
+            ),
+            (
+                r#"{"model":"m","input":"hi","max_output_tokens":0}"#,
+                "max_output_tokens",
+            ),
+            (
+                r#"{"model":"m","input":"hi","max_output_tokens":"9"}"#,
+                "max_output_tokens",
+            ),
+            (
+                r#"{"model":"m","input":"hi","temperature":3}"#,
+                "temperature",
+            ),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.status(), 400, "{body}");
+            assert_eq!(param(e).as_deref(), Some(field), "{body}");
+        }
+        let capped = parse(r#"{"model":"m","input":"hi","max_output_tokens":900}"#).unwrap();
+        let e = check_caps(&capped.body, 1, 512).unwrap_err();
+        assert_eq!(param(e).as_deref(), Some("max_output_tokens"));
     }
 
     #[test]

@@ -20,11 +20,13 @@ use super::{Phase, Session};
 
 /// Whether an upstream of `dialect` continues an answer of `endpoint` from
 /// its text (a completion's prompt always can; a chat needs a dialect that
-/// continues a trailing assistant message).
+/// continues a trailing assistant message; a Responses API stream is not
+/// continued elsewhere: it falls back only before its first byte).
 pub(super) fn continues(dialect: Dialect, endpoint: Endpoint) -> bool {
     match endpoint {
         Endpoint::Completions => true,
         Endpoint::Chat => dialect != Dialect::OpenAi,
+        Endpoint::Responses => false,
     }
 }
 

@@ -28,7 +28,8 @@ use crate::core::socket;
 pub(super) enum Route {
     /// A CORS preflight (`OPTIONS`), answered without a key.
     Preflight,
-    /// `POST /v1/chat/completions` or `/v1/completions`; `stream` is known
+    /// `POST /v1/chat/completions`, `/v1/completions` or `/v1/responses`;
+    /// `stream` is known
     /// once the body is parsed.
     Generate { endpoint: Endpoint, stream: bool },
     /// `GET /v1/models`, from the upstream.
@@ -190,6 +191,7 @@ fn route(config: &Config, req: &RequestHead, key: Option<&str>) -> Result<Route,
         ),
         "/v1/chat/completions" => (generate(Endpoint::Chat), "POST"),
         "/v1/completions" => (generate(Endpoint::Completions), "POST"),
+        "/v1/responses" => (generate(Endpoint::Responses), "POST"),
         socket::PATH => (Route::Socket, "GET"),
         path => match resume::parse_path(path) {
             Some((_, resume::Ask::Read)) => (Route::ReadStream, "GET"),

@@ -85,7 +85,7 @@ impl Lookup {
                 request: matches!(store, Store::Prefix | Store::Semantic).then_some(request),
             }
         } else {
-            Self::recording(store, now, prefix_tokens)
+            Self::recording(store, endpoint, now, prefix_tokens)
         };
         Self {
             store,
@@ -100,8 +100,16 @@ impl Lookup {
     }
 
     /// Recording an answer to a request that came at `received`.
-    fn recording(store: Store, received: Millis, prefix_tokens: usize) -> State {
-        let recorder = Recorder::new(received / 1000);
+    fn recording(
+        store: Store,
+        endpoint: Endpoint,
+        received: Millis,
+        prefix_tokens: usize,
+    ) -> State {
+        let mut recorder = Recorder::new(received / 1000);
+        if endpoint == Endpoint::Responses {
+            recorder = recorder.responses();
+        }
         State::Recording {
             recorder: Some(match store {
                 Store::Exact | Store::Semantic => recorder,
@@ -155,7 +163,7 @@ impl Lookup {
         };
         self.took = Some(now.saturating_sub(self.started));
         if record {
-            self.state = Self::recording(self.store, self.started, prefix_tokens);
+            self.state = Self::recording(self.store, self.endpoint, self.started, prefix_tokens);
         }
         upstream_body
     }
@@ -215,7 +223,7 @@ impl Lookup {
                 .and_then(Recorder::finish)
                 .filter(|e| !e.pieces.is_empty())
                 .map(|e| Entry { usage: None, ..e }),
-            (false, _) => Entry::from_json(&body, self.started / 1000),
+            (false, _) => Entry::from_json(self.endpoint, &body, self.started / 1000),
         }
     }
 

@@ -4,7 +4,7 @@
 //! events, keep-alives, the end, and the one place an error becomes a
 //! response ([`Session::fail`]).
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::core::config::MAX_UPSTREAM_ERROR_BYTES;
 use crate::core::error::{Error, ErrorKind};
@@ -12,7 +12,7 @@ use crate::core::format::Stats;
 use crate::core::http::header;
 use crate::core::openai;
 use crate::core::prefetch;
-use crate::core::restream::Ending;
+use crate::core::restream::{self, Ending};
 use crate::core::resume::End;
 use crate::core::route;
 use crate::core::status::Stage;
@@ -169,10 +169,16 @@ impl Session {
                     self.end_stream(now);
                 }
                 Ending::Truncated if self.fail_over(now) => {}
-                Ending::Truncated => self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
-                    detail: "the upstream ended the stream without [DONE] or a finish_reason for every choice"
-                        .into(),
-                })),
+                Ending::Truncated => {
+                    let detail = if self.responses() {
+                        "the upstream ended the stream without response.completed"
+                    } else {
+                        "the upstream ended the stream without [DONE] or a finish_reason for every choice"
+                    };
+                    self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
+                        detail: detail.into(),
+                    }))
+                }
                 Ending::Broken => self.fail_broken_finish(),
             },
             Phase::Passthrough => {
@@ -364,9 +370,12 @@ impl Session {
             Phase::Streaming(r) => r.broken_finish().unwrap_or_default().to_owned(),
             _ => String::new(),
         };
-        self.fail(Error::new(ErrorKind::UpstreamStreamBroken {
-            detail: format!("the upstream ended the answer with finish_reason '{reason}'"),
-        }));
+        let detail = match (self.responses(), reason.as_str()) {
+            (true, "failed") => "the upstream ended the response with response.failed".into(),
+            (true, _) => "the upstream ended the response with an error event".into(),
+            (false, _) => format!("the upstream ended the answer with finish_reason '{reason}'"),
+        };
+        self.fail(Error::new(ErrorKind::UpstreamStreamBroken { detail }));
     }
 
     pub(super) fn end_stream(&mut self, now: Millis) {
@@ -402,6 +411,18 @@ impl Session {
         }
     }
 
+    /// `error` (the `{"error":{...}}` object) as the stream's error event:
+    /// the format's, or in a Responses API stream in the `openai` format
+    /// the API's own `error` event, numbered after the last one.
+    pub(super) fn error_event(&self, error: &serde_json::Value) -> Bytes {
+        match &self.phase {
+            Phase::Streaming(r) => r.error_event(error),
+            _ => (self.responses() && self.response.format().is_openai())
+                .then(|| restream::response_error_event(error, None)),
+        }
+        .unwrap_or_else(|| self.response.error_event(error))
+    }
+
     /// The one place an error becomes a response: JSON with the error's
     /// status before anything was sent, an error event (then the end) once
     /// an event stream has started, an abort once a passed-through body
@@ -427,7 +448,7 @@ impl Session {
                 self.finish();
             }
             Sent::EventStream => {
-                let event = self.response.error_event(&error);
+                let event = self.error_event(&error.to_json());
                 // What was held goes first, then the error, then the end.
                 self.phase = Phase::Finished;
                 self.write(now, &event, true);

@@ -10,7 +10,6 @@ use bytes::{Bytes, BytesMut};
 
 use crate::core::compress::{Encoder, DEFAULT_LEVEL};
 use crate::core::encoding::Coding;
-use crate::core::error::Error;
 use crate::core::format::Format;
 use crate::core::http::{Headers, ResponseHead};
 use crate::core::link::{self, LinkEstimate, Remembered};
@@ -370,9 +369,9 @@ impl Response {
     }
 
     /// `error` as an event of the response's format.
-    pub(super) fn error_event(&self, error: &Error) -> Bytes {
+    pub(super) fn error_event(&self, error: &serde_json::Value) -> Bytes {
         let mut event = BytesMut::new();
-        self.format.write_error(&mut event, &error.to_json());
+        self.format.write_error(&mut event, error);
         event.freeze()
     }
 }

@@ -59,6 +59,7 @@ pub(super) fn object_of(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::Chat => "chat.completion.chunk",
         Endpoint::Completions => "text_completion",
+        Endpoint::Responses => "response",
     }
 }
 
@@ -66,6 +67,7 @@ pub(super) fn object_of(endpoint: Endpoint) -> &'static str {
 fn endpoint_of(object: &str) -> Endpoint {
     match object {
         "text_completion" => Endpoint::Completions,
+        "response" => Endpoint::Responses,
         _ => Endpoint::Chat,
     }
 }
@@ -114,6 +116,9 @@ impl Session {
     /// writer) when the stream is resumable.
     pub(super) fn new_restream(&self) -> Box<Restream> {
         let mut r = Restream::new(self.response.format()).expecting(self.response.choices());
+        if self.responses() {
+            r = r.responses();
+        }
         if self.keeps_text() {
             r = r.keeping_text();
         }
@@ -412,6 +417,16 @@ impl Session {
         self.finish();
     }
 
+    /// Whether this stream is a Responses API one: the request's, or the
+    /// stream a reader follows.
+    pub(super) fn responses(&self) -> bool {
+        match (self.route, self.resume.as_deref()) {
+            (Some(Route::Generate { endpoint, .. }), _) => endpoint == Endpoint::Responses,
+            (_, Some(Resume::Reader(reader))) => endpoint_of(&reader.object) == Endpoint::Responses,
+            _ => false,
+        }
+    }
+
     /// Replays what the reader does not have yet, then ends, or reads the
     /// record again soon.
     fn follow(&mut self, now: Millis, record: Record, first: bool) {
@@ -483,8 +498,7 @@ impl Session {
             })),
             Some(End::Done) => self.end_stream(now),
             Some(End::Failed { error }) => {
-                let mut event = BytesMut::new();
-                self.response.format().write_error(&mut event, &error);
+                let event = self.error_event(&error);
                 self.end_with_stored_error(now, &event);
             }
             Some(End::Cancelled) => self.write_cancelled_end(now, &object),
