@@ -344,3 +344,72 @@ fn bad_input_is_refused_with_the_apis_error_and_goes_nowhere() {
     );
     assert_eq!(w.status(), 400);
 }
+
+/// A Responses stream is resumable like a chat one: a reader of
+/// `GET /v1/streams/{id}?starting_after=S` gets exactly the events whose
+/// `sequence_number` is past `S`, and a reader of a cut stream gets the
+/// Responses error event.
+#[test]
+fn a_reader_resumes_starting_after_a_sequence_number() {
+    let resumable = || tokenedge::core::config::Config {
+        resume: true,
+        cache_ttl_secs: 0,
+        ..config()
+    };
+    let writer = |vector: &str| {
+        let mut s = Session::new(resumable());
+        let mut w = World::default();
+        let (head, body) = post("/v1/responses", STREAM);
+        s.handle_request(0, head, body);
+        w.pump(&mut s, 0);
+        s.handle_upstream_head(1, 200, &sse_head());
+        w.pump(&mut s, 1);
+        feed(&mut s, &mut w, vector, 10);
+        s.handle_upstream_end(100_000);
+        w.pump(&mut s, 100_000);
+        let id = w.header("x-tokenedge-stream").unwrap().to_owned();
+        (w, id)
+    };
+    let read = |w: &World, path: String| {
+        let mut s = Session::new(resumable());
+        let mut r = World {
+            kv: w.kv.clone(),
+            ..World::default()
+        };
+        let head = RequestHead::new(
+            "GET",
+            &path,
+            vec![("authorization".into(), "Bearer client-key".into())],
+        );
+        s.handle_request(200_000, head, Bytes::new());
+        r.pump(&mut s, 200_000);
+        fire_timers(&mut s, &mut r, 300_000);
+        assert!(r.ended, "{path}");
+        events(&r.text())
+    };
+    let (w, id) = writer(VLLM);
+    let all = events(&w.text());
+    assert_eq!(all.len(), events(VLLM).len());
+    for s in 0..all.len() as u64 {
+        let rest = read(&w, format!("/v1/streams/{id}?starting_after={s}"));
+        let numbers: Vec<u64> = rest
+            .iter()
+            .map(|(_, d)| d["sequence_number"].as_u64().unwrap())
+            .collect();
+        let want: Vec<u64> = (s + 1..all.len() as u64).collect();
+        assert_eq!(numbers, want, "starting_after={s}");
+        assert_eq!(rest, all[s as usize + 1..], "starting_after={s}");
+    }
+    // The gateway's own numbers still work.
+    assert_eq!(read(&w, format!("/v1/streams/{id}?after=3")), all[3..]);
+
+    let cut: String = LLAMA.split_inclusive("\n\n").take(7).collect();
+    let (w, id) = writer(&cut);
+    let rest = read(&w, format!("/v1/streams/{id}?after=7"));
+    let [(name, error)] = rest.as_slice() else {
+        panic!("{rest:?}")
+    };
+    assert_eq!(name.as_deref(), Some("error"));
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["code"], "upstream_stream_broken");
+}

@@ -783,7 +783,11 @@ mod tests {
         assert!(Entry::from_json(Endpoint::Responses, json.to_string().as_bytes(), 1).is_none());
 
         let mut cut = Recorder::new(7).responses();
-        for data in vector.lines().filter_map(|l| l.strip_prefix("data: ")).take(8) {
+        for data in vector
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .take(8)
+        {
             cut.event(data);
         }
         assert!(cut.finish().is_none(), "no final event: never stored");

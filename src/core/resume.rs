@@ -140,17 +140,63 @@ pub(crate) fn reader_key(id: &str) -> String {
     format!("{KEY_PREFIX}{id}:reader")
 }
 
-/// The reader's cursor: the last event it has, from `?after=` or else
-/// `Last-Event-ID`; 0 (everything) when it sent neither.
-pub(crate) fn cursor(query: Option<&str>, header: Option<&str>) -> Result<u64, Error> {
-    let (value, param) = match (query, header) {
-        (Some(q), _) => (q, "after"),
-        (None, Some(h)) => (h, "Last-Event-ID"),
-        (None, None) => return Ok(0),
+/// Where a reader starts: after the last event it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cursor {
+    /// The gateway's number of that event (its `id`).
+    Event(u64),
+    /// The Responses API's `sequence_number` of that event
+    /// (`?starting_after=`, the API's own resume spelling).
+    Sequence(u64),
+}
+
+impl Cursor {
+    /// The gateway's number of the last event the reader has, given the
+    /// record's events so far. A `sequence_number` is found among them
+    /// (the events the upstream numbered: a number past the last one
+    /// counts on from it); where the upstream numbered none, it is taken
+    /// as the gateway's number.
+    pub(crate) fn resolve(self, events: &[String]) -> u64 {
+        let wanted = match self {
+            Cursor::Event(n) => return n,
+            Cursor::Sequence(s) => s,
+        };
+        let numbered = events.iter().enumerate().filter_map(|(i, block)| {
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            let n = crate::core::openai::inspect_response_event(data)?.sequence_number?;
+            Some((i as u64 + 1, n))
+        });
+        let mut last = None;
+        for (event, n) in numbered {
+            if n > wanted {
+                return event - 1;
+            }
+            last = Some((event, n));
+        }
+        match last {
+            Some((event, n)) => event + (wanted - n),
+            None => wanted,
+        }
+    }
+}
+
+/// The reader's cursor: the last event it has, from `?after=`, else
+/// `?starting_after=`, else `Last-Event-ID`; 0 (everything) when it sent
+/// none.
+pub(crate) fn cursor(
+    after: Option<&str>,
+    starting_after: Option<&str>,
+    header: Option<&str>,
+) -> Result<Cursor, Error> {
+    let (value, param) = match (after, starting_after, header) {
+        (Some(q), ..) => (q, "after"),
+        (None, Some(q), _) => (q, "starting_after"),
+        (None, None, Some(h)) => (h, "Last-Event-ID"),
+        (None, None, None) => return Ok(Cursor::Event(0)),
     };
     let value = value.trim();
     if value.is_empty() {
-        return Ok(0);
+        return Ok(Cursor::Event(0));
     }
     if !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::invalid(
@@ -158,11 +204,15 @@ pub(crate) fn cursor(query: Option<&str>, header: Option<&str>) -> Result<u64, E
             Some(param),
         ));
     }
-    value.parse().map_err(|_| {
+    let n = value.parse().map_err(|_| {
         Error::invalid(
             format!("{param} is out of range (got '{value}')"),
             Some(param),
         )
+    })?;
+    Ok(match param {
+        "starting_after" => Cursor::Sequence(n),
+        _ => Cursor::Event(n),
     })
 }
 
@@ -419,15 +469,43 @@ mod tests {
 
     #[test]
     fn cursors() {
-        assert_eq!(cursor(None, None).unwrap(), 0);
-        assert_eq!(cursor(None, Some(" 7 ")).unwrap(), 7);
-        assert_eq!(cursor(Some("3"), Some("9")).unwrap(), 3);
+        assert_eq!(cursor(None, None, None).unwrap(), Cursor::Event(0));
+        assert_eq!(cursor(None, None, Some(" 7 ")).unwrap(), Cursor::Event(7));
+        assert_eq!(
+            cursor(Some("3"), Some("5"), Some("9")).unwrap(),
+            Cursor::Event(3)
+        );
+        assert_eq!(
+            cursor(None, Some("5"), Some("9")).unwrap(),
+            Cursor::Sequence(5)
+        );
         for bad in ["-1", "x", "1.5", "99999999999999999999999"] {
-            let e = cursor(Some(bad), None).unwrap_err();
+            let e = cursor(Some(bad), None, None).unwrap_err();
             assert_eq!(e.status(), 400, "{bad}");
         }
-        let e = cursor(None, Some("abc")).unwrap_err();
+        let e = cursor(None, None, Some("abc")).unwrap_err();
         assert_eq!(e.to_json()["error"]["param"], "Last-Event-ID");
+        let e = cursor(None, Some("x"), None).unwrap_err();
+        assert_eq!(e.to_json()["error"]["param"], "starting_after");
+    }
+
+    #[test]
+    fn a_sequence_number_is_found_among_the_events() {
+        let block = |n: Option<u64>| match n {
+            Some(n) => format!("event: e\ndata: {{\"type\":\"e\",\"sequence_number\":{n}}}\n\n"),
+            None => "data: {\"type\":\"e\"}\n\n".to_owned(),
+        };
+        // Numbered from 0, as OpenAI and vLLM do: event k is number k-1.
+        let from_zero: Vec<String> = (0..5).map(|n| block(Some(n))).collect();
+        assert_eq!(Cursor::Sequence(0).resolve(&from_zero), 1);
+        assert_eq!(Cursor::Sequence(3).resolve(&from_zero), 4);
+        // Past what the record holds yet: counts on.
+        assert_eq!(Cursor::Sequence(7).resolve(&from_zero), 8);
+        assert_eq!(Cursor::Sequence(3).resolve(&[]), 3);
+        // Not numbered (llama.cpp): the gateway's numbers.
+        let plain: Vec<String> = (0..5).map(|_| block(None)).collect();
+        assert_eq!(Cursor::Sequence(2).resolve(&plain), 2);
+        assert_eq!(Cursor::Event(2).resolve(&from_zero), 2);
     }
 
     #[test]

@@ -75,8 +75,9 @@ pub(super) struct Intake {
     pub(super) semantic_asked: Option<semantic::Asked>,
     /// The stream a stream route names.
     pub(super) stream: Option<String>,
-    /// The reader's cursor on a stream route (`?after=`, `Last-Event-ID`).
-    pub(super) cursor: Result<u64, Error>,
+    /// The reader's cursor on a stream route (`?after=`,
+    /// `?starting_after=`, `Last-Event-ID`).
+    pub(super) cursor: Result<resume::Cursor, Error>,
     /// The request's random bytes (for a new stream's id).
     pub(super) nonce: [u8; 16],
     content_length: Option<usize>,
@@ -113,7 +114,11 @@ impl Intake {
             prefix_asked: prefix::asked(req.header(prefix::HEADER)),
             semantic_asked: semantic::asked(req.header(semantic::HEADER)),
             stream: resume::parse_path(&req.path).map(|(id, _)| id),
-            cursor: resume::cursor(req.query_param("after"), req.header("last-event-id")),
+            cursor: resume::cursor(
+                req.query_param("after"),
+                req.query_param("starting_after"),
+                req.header("last-event-id"),
+            ),
             nonce: req.nonce,
             content_length: req
                 .header("content-length")

@@ -10,7 +10,7 @@ use crate::core::error::{Error, ErrorKind};
 use crate::core::format::Stats;
 use crate::core::openai::Endpoint;
 use crate::core::restream::Restream;
-use crate::core::resume::{self, End, Log, Record};
+use crate::core::resume::{self, Cursor, End, Log, Record};
 use crate::core::Millis;
 
 use super::action::{Action, Gate, KvRead, Purpose};
@@ -39,8 +39,9 @@ pub(super) enum Resume {
 pub(super) struct Reader {
     pub(super) id: String,
     key: String,
-    /// The last event the reader has.
-    cursor: u64,
+    /// The last event the reader has (resolved against the record when it
+    /// is first read).
+    cursor: Cursor,
     /// Events of the record fed to the re-streamer so far.
     fed: usize,
     object: String,
@@ -129,7 +130,9 @@ impl Session {
                     Some(_) => r.keeping_text(),
                     None => r,
                 };
-                r.numbered(false).skipping_through(reader.cursor)
+                // Resolved to an event number when the record was read.
+                let (Cursor::Event(n) | Cursor::Sequence(n)) = reader.cursor;
+                r.numbered(false).skipping_through(n)
             }
             _ => r,
         })
@@ -297,7 +300,7 @@ impl Session {
 
     /// `GET /v1/streams/{id}`: reads the stream's record.
     pub(super) fn read_stream(&mut self, now: Millis, mut intake: Intake) {
-        let cursor = match std::mem::replace(&mut intake.cursor, Ok(0)) {
+        let cursor = match std::mem::replace(&mut intake.cursor, Ok(Cursor::Event(0))) {
             Ok(c) => c,
             Err(e) => return self.fail(e),
         };
@@ -435,7 +438,8 @@ impl Session {
         };
         let last = record.events.len() as u64;
         if first {
-            let cursor = reader.cursor;
+            let cursor = reader.cursor.resolve(&record.events);
+            reader.cursor = Cursor::Event(cursor);
             if record.head.end.is_some() && cursor > last {
                 return self.fail(resume::past_the_end(cursor, last));
             }
