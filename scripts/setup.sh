@@ -19,6 +19,8 @@ WORKER_BUILD_VERSION=0.8.7
 SMOLLM2_VERSION=0.1.2
 CARGO_FUZZ_VERSION=0.13.2
 PLAYWRIGHT_CORE_VERSION=1.65.1
+# The official OpenAI JavaScript SDK, a client in the end-to-end tests.
+OPENAI_JS_VERSION=7.59.0
 # The peers bench/peers.sh compares against (not needed by tests).
 PORTKEY_VERSION=1.15.2
 LITELLM_VERSION=1.108.7
@@ -176,6 +178,13 @@ setup_browser() {
   echo "export CHROMIUM_BIN=/usr/bin/chromium"
 }
 
+# The official OpenAI JavaScript SDK, for the end-to-end tests.
+setup_js_sdk() {
+  local dir="$CACHE/npm-openai-$OPENAI_JS_VERSION"
+  npm_into "$dir" node_modules/openai/package.json '{"private":true}' "openai@$OPENAI_JS_VERSION"
+  echo "export OPENAI_JS='$dir/node_modules/openai'"
+}
+
 case "$want" in
   python) setup_python ;;
   node) setup_node ;;
@@ -183,10 +192,11 @@ case "$want" in
   spin) setup_python; setup_rust; setup_spin ;;
   fuzz) setup_rust; setup_fuzz ;;
   browser) setup_node; setup_browser ;;
+  sdk) setup_node; setup_js_sdk ;;
   peers) setup_node; setup_peers ;;
   plot) setup_plot ;;
-  all) setup_python; setup_node; setup_rust; setup_spin; setup_fuzz; setup_browser ;;
-  *) echo "usage: $0 [all|python|node|rust|spin|fuzz|browser|peers|plot]" >&2; exit 2 ;;
+  all) setup_python; setup_node; setup_rust; setup_spin; setup_fuzz; setup_browser; setup_js_sdk ;;
+  *) echo "usage: $0 [all|python|node|rust|spin|fuzz|browser|sdk|peers|plot]" >&2; exit 2 ;;
 esac
 echo "export CLOUDFLARE_CF_FETCH_ENABLED=false"
 echo "export WRANGLER_SEND_METRICS=false NO_UPDATE_NOTIFIER=1"

@@ -75,6 +75,9 @@ e2e() { # RUNTIME URL DEAD_URL FAULTS_URL NOKV_URL NOKEYS_URL
     TOKENEDGE_KEY=e2e-key-2 TOKENEDGE_KEY2=e2e-key-1 \
     TOKENEDGE_LINK_KEY=e2e-key-link MODEL_URL="http://127.0.0.1:$MODEL_PORT" TOKENEDGE_REPORT="$REPORT" \
     "$TOKENEDGE_PY" -m pytest -v -s tests/e2e
+  # The Responses API with the official JavaScript SDK.
+  TOKENEDGE_RUNTIME=$1 TOKENEDGE_URL=$2 TOKENEDGE_FAULTS_URL=$4 TOKENEDGE_KEY=e2e-key-2 \
+    node --test tests/e2e/responses.test.mjs
   # The WebSocket transport (Workers; 501 and the fetch fallback on Spin).
   TOKENEDGE_RUNTIME=$1 TOKENEDGE_URL=$2 TOKENEDGE_KEY=e2e-key-2 MODEL_URL="http://127.0.0.1:$MODEL_PORT" \
     node --test tests/e2e/socket.test.mjs

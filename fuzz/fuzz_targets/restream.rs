@@ -1,6 +1,7 @@
-//! Any upstream byte stream re-framed in each format: every downstream
-//! event is one line of valid JSON (or `[DONE]`), an `ndjson` line is one
-//! JSON value, and nothing follows the end.
+//! Any upstream byte stream re-framed in each format, as a chat stream or a
+//! Responses API one: every downstream event is one line of valid JSON (or
+//! `[DONE]`), an `ndjson` line is one JSON value, and nothing follows the
+//! end.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -20,8 +21,9 @@ fuzz_target!(|input: (u8, Vec<Vec<u8>>)| {
         Format::Ndjson,
         Format::Text,
     ][usize::from(format % 4)];
+    let responses = format & 4 != 0;
     let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
-    let out = tokenedge::core::fuzzing::restream(format, &pieces);
+    let out = tokenedge::core::fuzzing::restream(format, responses, &pieces);
     let text = std::str::from_utf8(&out).expect("the output is UTF-8");
     match format {
         Format::OpenAi | Format::Compact => {

@@ -77,12 +77,26 @@ enum Op {
 #[derive(Arbitrary, Debug)]
 enum Event {
     Role,
-    Content { index: u8, text: String },
-    Finish { index: u8, reason: u8 },
-    Usage { prompt: u64, completion: u64 },
+    Content {
+        index: u8,
+        text: String,
+    },
+    Finish {
+        index: u8,
+        reason: u8,
+    },
+    Usage {
+        prompt: u64,
+        completion: u64,
+    },
     MultiLine(String),
     Done,
     Error,
+    /// A Responses API typed event.
+    Typed {
+        kind: u8,
+        text: String,
+    },
 }
 
 const HEADER_NAMES: &[&str] = &[
@@ -109,14 +123,17 @@ fn request_of(r: &Request) -> (RequestHead, Bytes) {
         "/v1/prefetch",
         "/v1/streams/st_00000000000000000000000000000000",
         "/v1/streams/st_00000000000000000000000000000000/cancel",
-    ][usize::from(r.endpoint) % 7];
+        "/v1/responses",
+    ][usize::from(r.endpoint) % 8];
     let mut body = serde_json::json!({
         "model": "m",
         "max_tokens": 8,
         "stream": r.stream,
         "n": 1 + u64::from(r.n % 3),
     });
-    if path == "/v1/completions" {
+    if path == "/v1/responses" {
+        body = serde_json::json!({"model": "m", "input": "hi", "max_output_tokens": 8, "stream": r.stream});
+    } else if path == "/v1/completions" {
         body["prompt"] = if r.prompt_array {
             serde_json::json!(["a", "b"])
         } else {
@@ -152,6 +169,22 @@ fn request_of(r: &Request) -> (RequestHead, Bytes) {
 }
 
 fn event_bytes(e: &Event) -> Vec<u8> {
+    if let Event::Typed { kind, text } = e {
+        let kind = [
+            "response.created",
+            "response.output_text.delta",
+            "response.function_call_arguments.delta",
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+            "error",
+        ][usize::from(*kind) % 7];
+        let data = serde_json::json!({
+            "type": kind, "delta": text, "sequence_number": text.len(),
+            "response": {"status": "x", "usage": {"output_tokens": 1}},
+        });
+        return format!("event: {kind}\ndata: {data}\n\n").into_bytes();
+    }
     let data = match e {
         Event::Role => r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#.to_owned(),
         Event::Content { index, text } => serde_json::json!({
@@ -179,6 +212,7 @@ fn event_bytes(e: &Event) -> Vec<u8> {
         }
         Event::Done => "[DONE]".to_owned(),
         Event::Error => r#"{"error":{"message":"boom","type":"server_error"}}"#.to_owned(),
+        Event::Typed { .. } => unreachable!("written above"),
     };
     let mut out = Vec::new();
     for line in data.split('\n') {
@@ -201,6 +235,8 @@ struct World {
     client_left: bool,
     /// A streamed generation, answered in the format it asked for.
     event_stream: bool,
+    /// A Responses API stream (it ends with its own typed event).
+    responses: bool,
     kv: std::collections::HashMap<String, Bytes>,
     reads: VecDeque<(String, KvRead)>,
     admit: Option<(String, tokenedge::core::quota::Ask)>,
@@ -327,6 +363,8 @@ impl World {
                 .unwrap_or("");
             assert!(
                 last == "data: [DONE]"
+                    || (self.responses && last.starts_with("event: response.completed\n"))
+                    || (self.responses && last.starts_with("event: response.incomplete\n"))
                     || last.starts_with("event: done\n")
                     || last.starts_with("event: error\n")
                     || last.starts_with("data: {\"error\""),
@@ -399,7 +437,8 @@ fuzz_target!(|input: Input| {
     let mut s = Session::new(config);
     let r = &input.request;
     let mut w = World {
-        event_stream: r.stream && r.raw_body.is_none() && r.endpoint % 7 < 2,
+        event_stream: r.stream && r.raw_body.is_none() && matches!(r.endpoint % 8, 0 | 1 | 7),
+        responses: r.endpoint % 8 == 7,
         ..World::default()
     };
     let mut now = 1_000_u64;

@@ -30,11 +30,15 @@ pub fn link_record(bytes: &[u8]) -> Option<(u32, Option<u32>)> {
     Remembered::decode(bytes).map(|r| (r.kbps, r.rtt_ms))
 }
 
-/// Re-frames upstream event-stream `pieces` in `format` as a stream does,
-/// ending it the way a complete stream ends; returns every byte written.
-/// A parse failure ends the output where it happened.
-pub fn restream(format: crate::core::format::Format, pieces: &[&[u8]]) -> Vec<u8> {
+/// Re-frames upstream event-stream `pieces` in `format` as a stream does
+/// (a Responses API one when `responses`), ending it the way a complete
+/// stream ends; returns every byte written. A parse failure ends the output
+/// where it happened.
+pub fn restream(format: crate::core::format::Format, responses: bool, pieces: &[&[u8]]) -> Vec<u8> {
     let mut r = crate::core::restream::Restream::new(format);
+    if responses {
+        r = r.responses();
+    }
     let mut out = bytes::BytesMut::new();
     for p in pieces {
         match r.push(p) {
