@@ -14,14 +14,14 @@ fn is_json(text: &str) -> bool {
 }
 
 fuzz_target!(|input: (u8, Vec<Vec<u8>>)| {
-    let (format, pieces) = input;
+    let (choice, pieces) = input;
     let format = [
         Format::OpenAi,
         Format::Compact,
         Format::Ndjson,
         Format::Text,
-    ][usize::from(format % 4)];
-    let responses = format & 4 != 0;
+    ][usize::from(choice % 4)];
+    let responses = choice & 4 != 0;
     let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
     let out = tokenedge::core::fuzzing::restream(format, responses, &pieces);
     let text = std::str::from_utf8(&out).expect("the output is UTF-8");
