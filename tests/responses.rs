@@ -413,3 +413,62 @@ fn a_reader_resumes_starting_after_a_sequence_number() {
     assert_eq!(error["type"], "error");
     assert_eq!(error["error"]["code"], "upstream_stream_broken");
 }
+
+/// A replica that answers 503 before anything was sent is left for the
+/// next, which gets the same `/v1/responses` request.
+#[test]
+fn an_unavailable_replica_is_left_for_the_next_before_the_first_byte() {
+    let cfg = tokenedge::core::config::Config {
+        upstream_urls: vec!["http://a:1".into(), "http://b:1".into()],
+        ..config()
+    };
+    let mut s = Session::new(cfg);
+    let mut w = World::default();
+    let (head, body) = post("/v1/responses", STREAM);
+    s.handle_request(0, head, body);
+    w.pump(&mut s, 0);
+    s.handle_upstream_head(5, 503, &[]);
+    w.pump(&mut s, 5);
+    assert_eq!(w.upstream.len(), 2);
+    assert_ne!(w.upstream[0].url, w.upstream[1].url);
+    assert!(w.upstream.iter().all(|u| u.url.ends_with("/v1/responses")));
+    assert_eq!(w.upstream[0].body, w.upstream[1].body);
+    s.handle_upstream_head(6, 200, &sse_head());
+    w.pump(&mut s, 6);
+    feed(&mut s, &mut w, LLAMA, 10);
+    s.handle_upstream_end(100_000);
+    w.pump(&mut s, 100_000);
+    assert_eq!(w.text(), LLAMA);
+}
+
+/// While the upstream is silent mid-stream, the client gets SSE comments
+/// (which the SDKs skip), never a typed event the API does not define.
+#[test]
+fn a_silent_upstream_gets_keep_alive_comments_between_typed_events() {
+    let cfg = tokenedge::core::config::Config {
+        keepalive_interval_ms: 5_000,
+        ..config()
+    };
+    let mut s = Session::new(cfg);
+    let mut w = World::default();
+    let (head, body) = post("/v1/responses", STREAM);
+    s.handle_request(0, head, body);
+    w.pump(&mut s, 0);
+    s.handle_upstream_head(1, 200, &sse_head());
+    w.pump(&mut s, 1);
+    let events: Vec<&str> = LLAMA.split_inclusive("\n\n").collect();
+    s.handle_upstream_chunk(2, Bytes::from(events[..5].concat()));
+    w.pump(&mut s, 2);
+    fire_timers(&mut s, &mut w, 12_000);
+    s.handle_upstream_chunk(12_000, Bytes::from(events[5..].concat()));
+    s.handle_upstream_end(12_001);
+    w.pump(&mut s, 12_001);
+    let out = w.text();
+    let comments: Vec<&str> = out.split("\n\n").filter(|e| e.starts_with(':')).collect();
+    assert!(comments.len() >= 2, "{out}");
+    let without: String = out
+        .split_inclusive("\n\n")
+        .filter(|e| !e.starts_with(':'))
+        .collect();
+    assert_eq!(without, LLAMA);
+}
