@@ -8,6 +8,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use serde_json::Value;
+use tokenedge::core::config::Config;
 use tokenedge::core::http::RequestHead;
 use tokenedge::core::session::Session;
 
@@ -23,21 +24,29 @@ fn request(
     extra: &[(&str, &str)],
     kv: &std::collections::HashMap<String, Bytes>,
 ) -> (Session, World) {
+    request_as(config(), "client-key", body, extra, kv)
+}
+
+/// [`request`] from `key` to a deployment configured with `cfg`.
+fn request_as(
+    cfg: Config,
+    key: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+    kv: &std::collections::HashMap<String, Bytes>,
+) -> (Session, World) {
     let mut headers = vec![
         ("content-type".to_string(), "application/json".to_string()),
-        ("authorization".to_string(), "Bearer client-key".to_string()),
+        ("authorization".to_string(), format!("Bearer {key}")),
     ];
     headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let mut s = Session::new(config());
+    let mut s = Session::new(cfg);
     let mut w = World {
         kv: kv.clone(),
         ..World::default()
     };
-    s.handle_request(
-        0,
-        RequestHead::new("POST", "/v1/responses", headers),
-        Bytes::copy_from_slice(body.as_bytes()),
-    );
+    let head = RequestHead::new("POST", "/v1/responses", headers);
+    s.handle_request(0, head, Bytes::copy_from_slice(body.as_bytes()));
     w.pump(&mut s, 0);
     (s, w)
 }
@@ -273,18 +282,8 @@ fn the_exact_cache_replays_the_same_event_sequence() {
     assert_eq!(body["output"][0]["content"][0]["text"], text_of(LLAMA));
 
     // Another key does not see it.
-    let mut s = Session::new(config());
-    let mut other = World {
-        kv: first.kv.clone(),
-        ..World::default()
-    };
-    let (mut head, body) = post("/v1/responses", DETERMINISTIC);
-    head.headers
-        .retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
-    head.headers
-        .push(("authorization".into(), "Bearer other-key".into()));
-    s.handle_request(0, head, body);
-    w_pump_timers(&mut s, &mut other);
+    let (mut s, mut other) = request_as(config(), "other-key", DETERMINISTIC, &[], &first.kv);
+    fire_timers(&mut s, &mut other, 1_000);
     assert_eq!(
         other.upstream.len(),
         1,
@@ -295,11 +294,6 @@ fn the_exact_cache_replays_the_same_event_sequence() {
     let (_, tools) = streamed(DETERMINISTIC, &[], VLLM);
     assert!(tools.stored().is_empty());
     assert_eq!(tools.text(), VLLM);
-}
-
-fn w_pump_timers(s: &mut Session, w: &mut World) {
-    w.pump(s, 0);
-    fire_timers(s, w, 1_000);
 }
 
 #[test]
@@ -351,17 +345,14 @@ fn bad_input_is_refused_with_the_apis_error_and_goes_nowhere() {
 /// Responses error event.
 #[test]
 fn a_reader_resumes_starting_after_a_sequence_number() {
-    let resumable = || tokenedge::core::config::Config {
+    let resumable = || Config {
         resume: true,
         cache_ttl_secs: 0,
         ..config()
     };
     let writer = |vector: &str| {
-        let mut s = Session::new(resumable());
-        let mut w = World::default();
-        let (head, body) = post("/v1/responses", STREAM);
-        s.handle_request(0, head, body);
-        w.pump(&mut s, 0);
+        let (mut s, mut w) =
+            request_as(resumable(), "client-key", STREAM, &[], &Default::default());
         s.handle_upstream_head(1, 200, &sse_head());
         w.pump(&mut s, 1);
         feed(&mut s, &mut w, vector, 10);
@@ -418,15 +409,11 @@ fn a_reader_resumes_starting_after_a_sequence_number() {
 /// next, which gets the same `/v1/responses` request.
 #[test]
 fn an_unavailable_replica_is_left_for_the_next_before_the_first_byte() {
-    let cfg = tokenedge::core::config::Config {
+    let cfg = Config {
         upstream_urls: vec!["http://a:1".into(), "http://b:1".into()],
         ..config()
     };
-    let mut s = Session::new(cfg);
-    let mut w = World::default();
-    let (head, body) = post("/v1/responses", STREAM);
-    s.handle_request(0, head, body);
-    w.pump(&mut s, 0);
+    let (mut s, mut w) = request_as(cfg, "client-key", STREAM, &[], &Default::default());
     s.handle_upstream_head(5, 503, &[]);
     w.pump(&mut s, 5);
     assert_eq!(w.upstream.len(), 2);
@@ -445,15 +432,11 @@ fn an_unavailable_replica_is_left_for_the_next_before_the_first_byte() {
 /// (which the SDKs skip), never a typed event the API does not define.
 #[test]
 fn a_silent_upstream_gets_keep_alive_comments_between_typed_events() {
-    let cfg = tokenedge::core::config::Config {
+    let cfg = Config {
         keepalive_interval_ms: 5_000,
         ..config()
     };
-    let mut s = Session::new(cfg);
-    let mut w = World::default();
-    let (head, body) = post("/v1/responses", STREAM);
-    s.handle_request(0, head, body);
-    w.pump(&mut s, 0);
+    let (mut s, mut w) = request_as(cfg, "client-key", STREAM, &[], &Default::default());
     s.handle_upstream_head(1, 200, &sse_head());
     w.pump(&mut s, 1);
     let events: Vec<&str> = LLAMA.split_inclusive("\n\n").collect();
@@ -471,4 +454,53 @@ fn a_silent_upstream_gets_keep_alive_comments_between_typed_events() {
         .filter(|e| !e.starts_with(':'))
         .collect();
     assert_eq!(without, LLAMA);
+}
+
+/// A cancel ends a Responses stream with the API's own final event,
+/// `response.incomplete` with the reason `cancelled`, numbered after the
+/// last event; no `[DONE]`.
+#[test]
+fn a_cancel_ends_with_response_incomplete() {
+    let resumable = Config {
+        resume: true,
+        cache_ttl_secs: 0,
+        ..config()
+    };
+    let (mut s, mut w) = request_as(
+        resumable.clone(),
+        "client-key",
+        STREAM,
+        &[],
+        &Default::default(),
+    );
+    s.handle_upstream_head(1, 200, &sse_head());
+    let opening: String = VLLM.split_inclusive("\n\n").take(6).collect();
+    s.handle_upstream_chunk(2, Bytes::from(opening.clone()));
+    w.pump(&mut s, 2);
+    let id = w.header("x-tokenedge-stream").unwrap().to_owned();
+    let mut c = Session::new(resumable);
+    let mut cw = World {
+        kv: w.kv.clone(),
+        ..World::default()
+    };
+    let head = RequestHead::new(
+        "POST",
+        &format!("/v1/streams/{id}/cancel"),
+        vec![("authorization".into(), "Bearer client-key".into())],
+    );
+    c.handle_request(3, head, Bytes::new());
+    cw.pump(&mut c, 3);
+    assert_eq!(cw.status(), 202);
+    w.kv = cw.kv.clone();
+    fire_timers(&mut s, &mut w, 3 + 500);
+    assert!(w.cancelled && w.ended && s.is_finished());
+    let out = w.text();
+    let (name, last) = events(&out).pop().unwrap();
+    assert_eq!(name.as_deref(), Some("response.incomplete"));
+    assert_eq!(
+        last["response"]["incomplete_details"]["reason"],
+        "cancelled"
+    );
+    assert_eq!(last["sequence_number"], 6, "after the upstream's 0..=5");
+    assert!(!out.contains("[DONE]"));
 }

@@ -428,10 +428,16 @@ impl Restream {
     /// The error event that ends a Responses API stream in the `openai`
     /// format (`None` for any other stream: the format's own is used).
     pub(crate) fn error_event(&self, error: &serde_json::Value) -> Option<Bytes> {
-        (self.responses && self.format == Format::OpenAi).then(|| {
-            let next = self.upstream_seq.map_or(self.events_forwarded, |n| n + 1);
-            response_error_event(error, Some(next))
-        })
+        (self.responses && self.format == Format::OpenAi)
+            .then(|| response_error_event(error, Some(self.next_sequence_number())))
+    }
+
+    /// The `sequence_number` an event of the gateway's own takes: after the
+    /// last one the upstream numbered, or (an upstream that numbers none)
+    /// the count of events forwarded.
+    fn next_sequence_number(&self) -> u64 {
+        self.upstream_seq
+            .map_or(self.events_forwarded, |n| n.saturating_add(1))
     }
 
     /// Adds an openai event's text to the kept text; a delta that is not
@@ -539,10 +545,9 @@ impl Restream {
     /// `Format::write_cancelled`).
     pub(crate) fn write_cancelled(&self, out: &mut BytesMut, object: &str, stats: Stats) {
         if self.responses && self.format == Format::OpenAi {
-            let next = self.upstream_seq.map_or(self.events_forwarded, |n| n + 1);
             let event = serde_json::json!({
                 "type": "response.incomplete",
-                "sequence_number": next,
+                "sequence_number": self.next_sequence_number(),
                 "response": {
                     "object": "response",
                     "status": "incomplete",
