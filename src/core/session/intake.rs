@@ -29,8 +29,7 @@ pub(super) enum Route {
     /// A CORS preflight (`OPTIONS`), answered without a key.
     Preflight,
     /// `POST /v1/chat/completions`, `/v1/completions` or `/v1/responses`;
-    /// `stream` is known
-    /// once the body is parsed.
+    /// `stream` is known once the body is parsed.
     Generate { endpoint: Endpoint, stream: bool },
     /// `GET /v1/models`, from the upstream.
     Models,
