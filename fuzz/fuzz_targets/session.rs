@@ -361,10 +361,21 @@ impl World {
                 .find(|e| !e.starts_with(':'))
                 .copied()
                 .unwrap_or("");
+            // A Responses stream ends with its final typed event, named or
+            // not (an upstream may send it without its `event:` line).
+            let final_type = last
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .and_then(|v| v["type"].as_str().map(str::to_owned));
+            let typed_end = self.responses
+                && matches!(
+                    final_type.as_deref(),
+                    Some("response.completed" | "response.incomplete")
+                );
             assert!(
                 last == "data: [DONE]"
-                    || (self.responses && last.starts_with("event: response.completed\n"))
-                    || (self.responses && last.starts_with("event: response.incomplete\n"))
+                    || typed_end
                     || last.starts_with("event: done\n")
                     || last.starts_with("event: error\n")
                     || last.starts_with("data: {\"error\""),
