@@ -145,13 +145,14 @@ impl Format {
         }
     }
 
-    /// Writes a delta that carries more than text.
-    pub(crate) fn write_delta(self, out: &mut BytesMut, delta: &RawValue) {
+    /// Writes a delta that carries more than text (`delta`: its JSON, on
+    /// one line).
+    pub(crate) fn write_delta(self, out: &mut BytesMut, delta: &str) {
         match self {
-            Self::Compact => write_event(out, Some("delta"), delta.get()),
+            Self::Compact => write_event(out, Some("delta"), delta),
             Self::Ndjson => {
                 out.put_slice(b"{\"delta\":");
-                out.put_slice(delta.get().as_bytes());
+                out.put_slice(delta.as_bytes());
                 out.put_slice(b"}\n");
             }
             Self::OpenAi | Self::Text => {}

@@ -391,11 +391,8 @@ impl Restream {
             (_, ResponseKind::Text) if has_content => {
                 self.format.write_text(&mut self.out, &facts.text);
             }
-            (_, ResponseKind::OtherContent) => {
-                if let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(data) {
-                    self.format.write_delta(&mut self.out, raw);
-                }
-            }
+            // The whole event, JSON already (it was just read).
+            (_, ResponseKind::OtherContent) => self.format.write_delta(&mut self.out, data),
             (_, ResponseKind::Error) => {
                 let event = serde_json::from_str::<serde_json::Value>(data).unwrap_or_default();
                 self.format
@@ -508,7 +505,7 @@ impl Restream {
             self.text = None;
         }
         if let Some(delta) = parts.other_delta {
-            self.format.write_delta(&mut self.out, delta);
+            self.format.write_delta(&mut self.out, delta.get());
         }
         let has_content = !parts.text.is_empty() || parts.other_delta.is_some();
         if let Some(f) = parts.finish_reason {
