@@ -66,11 +66,13 @@ pub(crate) fn vector(answer: &[u8]) -> Option<Vec<f32>> {
     if v.is_empty() || v.len() > MAX_DIMENSIONS || v.iter().any(|x| !x.is_finite()) {
         return None;
     }
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm < f32::EPSILON {
+    // In f64: squares of components near f32's limit would overflow f32.
+    let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    if norm < f64::from(f32::EPSILON) {
         return None;
     }
-    v.iter_mut().for_each(|x| *x /= norm);
+    v.iter_mut()
+        .for_each(|x| *x = (f64::from(*x) / norm) as f32);
     Some(v)
 }
 
@@ -132,6 +134,14 @@ mod tests {
             let v = vector(answer).expect("a vector");
             assert_eq!(v, [0.6, 0.0, -0.8]);
         }
+    }
+
+    /// Components near f32's limit square past it: the length is still
+    /// found, and the vector still has unit length (found by fuzzing).
+    #[test]
+    fn huge_components_still_make_a_unit_vector() {
+        let v = vector(br#"{"data":[{"embedding":[8e37, 0, -6e37]}]}"#).expect("a vector");
+        assert_eq!(v, [0.8, 0.0, -0.6]);
     }
 
     #[test]
