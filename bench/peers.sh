@@ -8,8 +8,10 @@
 # installed by scripts/setup.sh peers); four JavaScript workers on bare
 # workerd (bench/peers/floor.js: the body untouched; through a
 # TransformStream; read chunk by chunk into a pull ReadableStream; read
-# chunk by chunk and written into an IdentityTransformStream) and a Rust
-# one on tokenedge's toolchain that only relays (bench/peers/floor-rust);
+# chunk by chunk and written into an IdentityTransformStream) and two Rust
+# ones on tokenedge's toolchain that only relay (bench/peers/floor-rust: a
+# Rust task driving the worker crate's streams; a JavaScript loop calling
+# into wasm once per chunk, the shape of tokenedge's Workers adapter);
 # and direct again (the A/A null row). Results go to docs/BENCHMARKS.md.
 #
 #   bench/peers.sh [rounds] [concurrencies]     # default: 5 1,8,32,128
@@ -30,16 +32,15 @@ _pids+=($!)
 wait_http "$REPLAY/health" 30
 
 # A floor worker on bare workerd: start_floor PORT js SHAPE (one of
-# bench/peers/floor.js's shapes) or start_floor PORT rust (the relay built
-# from bench/peers/floor-rust); sets FLOOR_PID.
+# bench/peers/floor.js's shapes) or start_floor PORT rust SHAPE (the relay
+# built from bench/peers/floor-rust: relay or sync); sets FLOOR_PID.
 start_floor() {
   local port=$1 dir="$TOKENEDGE_LOGS/floor-$1" modules bindings
   mkdir -p "$dir"
-  bindings="(name = \"UPSTREAM\", text = \"$REPLAY\")"
+  bindings="(name = \"UPSTREAM\", text = \"$REPLAY\"), (name = \"SHAPE\", text = \"$3\")"
   if [ "$2" = js ]; then
     cp "$ROOT/bench/peers/floor.js" "$dir/worker.js"
     modules='(name = "worker.js", esModule = embed "worker.js")'
-    bindings="$bindings, (name = \"SHAPE\", text = \"$3\")"
   else
     cp "$ROOT/bench/peers/floor-rust/build/index.js" "$ROOT/bench/peers/floor-rust/build/index_bg.wasm" "$dir/"
     modules='(name = "index.js", esModule = embed "index.js"), (name = "index_bg.wasm", wasm = embed "index_bg.wasm")'
@@ -83,8 +84,10 @@ start_floor 28780 js pull
 PULL_PID=$FLOOR_PID
 start_floor 28781 js identity
 IDENTITY_PID=$FLOOR_PID
-start_floor 28782 rust
+start_floor 28782 rust relay
 RUST_PID=$FLOOR_PID
+start_floor 28783 rust sync
+RUST_SYNC_PID=$FLOOR_PID
 
 targets=(--target "direct=$REPLAY"
   --target "tokenedge-workerd=http://127.0.0.1:28786@$WORKERD_PID"
@@ -94,7 +97,8 @@ targets=(--target "direct=$REPLAY"
   --target "js-transformstream-workerd=http://127.0.0.1:28789@$TRANSFORM_PID"
   --target "js-pull-workerd=http://127.0.0.1:28780@$PULL_PID"
   --target "js-identity-workerd=http://127.0.0.1:28781@$IDENTITY_PID"
-  --target "rust-relay-workerd=http://127.0.0.1:28782@$RUST_PID")
+  --target "rust-relay-workerd=http://127.0.0.1:28782@$RUST_PID"
+  --target "rust-sync-workerd=http://127.0.0.1:28783@$RUST_SYNC_PID")
 if [ "${PEERS:-on}" != off ]; then
   node "$PORTKEY_START" --port=28791 --headless >"$TOKENEDGE_LOGS/portkey.log" 2>&1 &
   _pids+=($!)

@@ -59,6 +59,8 @@ mod adapters {
     #[cfg(feature = "workers")]
     mod quota_object;
     #[cfg(feature = "workers")]
+    mod relay;
+    #[cfg(feature = "workers")]
     mod socket;
     #[cfg(feature = "spin")]
     mod spin;

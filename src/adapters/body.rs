@@ -26,7 +26,7 @@ use worker::{js_sys, web_sys};
 use super::pump::BodyStream;
 
 /// One body's reader and the read under way.
-struct Body {
+pub(super) struct Body {
     reader: web_sys::ReadableStreamDefaultReader,
     read: Option<JsFuture>,
     /// Read to its end, or failed: nothing to cancel.
@@ -35,12 +35,31 @@ struct Body {
 
 /// `stream` as the pump reads it.
 pub(super) fn read(stream: &web_sys::ReadableStream) -> Option<BodyStream> {
-    let reader = stream.get_reader().dyn_into().ok()?;
-    Some(Box::pin(Body {
-        reader,
-        read: None,
-        over: false,
-    }))
+    Some(Box::pin(Body::of(stream)?))
+}
+
+impl Body {
+    /// A reader of `stream`.
+    pub(super) fn of(stream: &web_sys::ReadableStream) -> Option<Self> {
+        let reader = stream.get_reader().dyn_into().ok()?;
+        Some(Body {
+            reader,
+            read: None,
+            over: false,
+        })
+    }
+
+    /// The reader, for a driver that reads the body itself (see
+    /// `super::relay`); it calls [`Body::ended`] when the body has ended
+    /// or failed.
+    pub(super) fn reader(&self) -> &web_sys::ReadableStreamDefaultReader {
+        &self.reader
+    }
+
+    /// The body was read to its end, or failed: nothing to cancel.
+    pub(super) fn ended(&mut self) {
+        self.over = true;
+    }
 }
 
 #[wasm_bindgen(wasm_bindgen = worker::wasm_bindgen)]
@@ -104,7 +123,7 @@ thread_local! {
 }
 
 /// A failed read's reason, as text.
-fn describe(e: &JsValue) -> String {
+pub(super) fn describe(e: &JsValue) -> String {
     match e.dyn_ref::<js_sys::Error>() {
         Some(error) => String::from(error.message()),
         None => e

@@ -36,25 +36,27 @@ pub(crate) type Boxed<T> = Pin<Box<dyn Future<Output = T>>>;
 /// An upstream body, chunk by chunk; an error is a read failure.
 pub(crate) type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>>>>;
 
+/// An upstream request under way: its answer, once its head has come.
+pub(crate) type Answer<B> = Boxed<Result<UpstreamResponse<B>, String>>;
+
 /// What the upstream answered.
-pub(crate) struct UpstreamResponse {
+pub(crate) struct UpstreamResponse<B> {
     pub(crate) status: u16,
     pub(crate) headers: Vec<(String, String)>,
     /// `None` when the runtime cannot read the body: it counts as ended.
-    pub(crate) body: Option<BodyStream>,
+    pub(crate) body: Option<B>,
 }
 
 /// The I/O a runtime provides. Every method only does what it says.
 pub(crate) trait Platform {
+    /// An upstream response's body as the runtime reads it.
+    type Body: Stream<Item = Result<Bytes, String>> + Unpin + 'static;
     /// The runtime's wall clock, in milliseconds.
     fn now(&self) -> Millis;
     /// The client's request body, once (`None` when there is none).
     fn take_request_body(&mut self) -> Option<BodyStream>;
     /// Starts an upstream request; the future answers with its head.
-    fn fetch(
-        &mut self,
-        req: UpstreamRequest,
-    ) -> Result<Boxed<Result<UpstreamResponse, String>>, String>;
+    fn fetch(&mut self, req: UpstreamRequest) -> Result<Answer<Self::Body>, String>;
     /// The upstream request's futures were dropped: abort it for good, if
     /// the runtime needs more than that.
     fn abort(&mut self) {}
@@ -126,30 +128,50 @@ pub(crate) const ABORTED: &str = "tokenedge: the upstream body was cut";
 /// Largest embeddings answer read (see `Action::Embed`).
 const MAX_EMBEDDING_BYTES: usize = 256 * 1024;
 
+/// What the session asks of the pump's driver next (see [`Pump::step`]).
+pub(super) enum Step {
+    /// Something for the client.
+    Out(Out),
+    /// The response's end ([`Out::End`] or [`Out::Abort`]): settle first.
+    End(Out),
+    /// Read the request body, up to this many bytes.
+    ReadBody(usize),
+    /// Wait for what is under way, or until this deadline.
+    Wait(Option<Millis>),
+}
+
 /// What woke the pump up.
-enum Wake {
+pub(super) enum Wake<B> {
     Embedding(Result<(u16, Bytes), String>),
-    Head(Result<UpstreamResponse, String>),
+    Head(Result<UpstreamResponse<B>, String>),
     Chunk(Option<Result<Bytes, String>>),
-    Kv(usize, KvRead, Option<Vec<u8>>),
+    Kv(KvRead, Option<Vec<u8>>),
     Admission(Verdict),
     Timer,
 }
 
 /// Owns the session and its I/O for the life of one request.
+///
+/// The fields a driver of its own needs (see `super::relay`) are visible
+/// to the adapters: it takes the futures out and wakes the pump itself.
 pub(crate) struct Pump<P: Platform + 'static> {
-    session: Session,
-    platform: P,
-    head: Option<Boxed<Result<UpstreamResponse, String>>>,
-    body: Option<BodyStream>,
+    pub(super) session: Session,
+    pub(super) platform: P,
+    pub(super) head: Option<Answer<P::Body>>,
+    pub(super) body: Option<P::Body>,
+    /// Counts upstream requests sent and cancelled: an answer that comes
+    /// for an older count is not wanted any more.
+    pub(super) upstream_epoch: u32,
     /// KV reads under way (the link record and a cache entry can both be).
-    kv_reads: Vec<Boxed<(KvRead, Option<Vec<u8>>)>>,
+    pub(super) kv_reads: Vec<Boxed<(KvRead, Option<Vec<u8>>)>>,
     /// The limits store's verdict, while it is awaited.
-    admission: Option<Boxed<Verdict>>,
+    pub(super) admission: Option<Boxed<Verdict>>,
     /// The embeddings endpoint's whole answer, while it is awaited.
-    embedding: Option<Boxed<Result<(u16, Bytes), String>>>,
+    pub(super) embedding: Option<Boxed<Result<(u16, Bytes), String>>>,
     /// A chunk went to the platform; its next pull means it was taken.
-    chunk_out: bool,
+    pub(super) chunk_out: bool,
+    /// Its driver has closed it already (see [`Pump::close`]).
+    closed: bool,
     /// The platform timer under way and the time it was set for. Re-armed
     /// only when the session's deadline comes earlier than that: a later
     /// deadline lets it fire early, which the session takes as a timeout
@@ -178,10 +200,12 @@ impl<P: Platform + 'static> Pump<P> {
             platform,
             head: None,
             body: None,
+            upstream_epoch: 0,
             kv_reads: Vec::new(),
             admission: None,
             embedding: None,
             chunk_out: false,
+            closed: false,
             alarm: None,
         };
         let now = pump.platform.now();
@@ -232,51 +256,75 @@ impl<P: Platform + 'static> Pump<P> {
             self.session.handle_downstream_drained(now);
         }
         loop {
-            while let Some(action) = self.session.poll_action() {
-                match action {
-                    Action::Respond(head, body) => return Out::Full(head, body),
-                    Action::RespondHead(head) => return Out::Head(head),
-                    Action::RespondChunk(bytes) => {
-                        self.chunk_out = true;
-                        return Out::Chunk(bytes);
-                    }
-                    Action::RespondEnd => {
-                        self.platform.settle().await;
-                        return Out::End;
-                    }
-                    Action::RespondAbort => {
-                        self.platform.settle().await;
-                        return Out::Abort;
-                    }
-                    Action::ReadBody { limit } => self.read_body(limit).await,
-                    Action::SendUpstream(req) => self.send(req),
-                    Action::Embed(req) => self.embed(req),
-                    Action::Admit { key, ask } => {
-                        self.admission = Some(self.platform.admit(key, ask));
-                    }
-                    Action::KvGet { key, read } => {
-                        let value = self.platform.kv_get(key);
-                        self.kv_reads
-                            .push(Box::pin(async move { (read, value.await) }));
-                    }
-                    other => self.background(other),
+            match self.step() {
+                Step::Out(out) => return out,
+                Step::End(out) => {
+                    self.platform.settle().await;
+                    return out;
+                }
+                Step::ReadBody(limit) => self.read_body(limit).await,
+                Step::Wait(None) if self.idle() => {
+                    // Nothing can happen any more.
+                    self.platform.settle().await;
+                    return Out::End;
+                }
+                Step::Wait(deadline) => {
+                    let wake = self.wait(deadline).await;
+                    self.wake(wake);
                 }
             }
-            let deadline = self.session.poll_timeout();
-            if deadline.is_none()
-                && self.head.is_none()
-                && self.body.is_none()
-                && self.kv_reads.is_empty()
-                && self.admission.is_none()
-                && self.embedding.is_none()
-            {
-                // Nothing can happen any more.
-                self.platform.settle().await;
-                return Out::End;
-            }
-            let wake = self.wait(deadline).await;
-            self.wake(wake);
         }
+    }
+
+    /// Carries out the session's actions up to the first that goes to the
+    /// client or must be waited for. Upstream requests, KV reads and the
+    /// like are started and left in the pump's fields.
+    pub(super) fn step(&mut self) -> Step {
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                Action::Respond(head, body) => return Step::Out(Out::Full(head, body)),
+                Action::RespondHead(head) => return Step::Out(Out::Head(head)),
+                Action::RespondChunk(bytes) => {
+                    self.chunk_out = true;
+                    return Step::Out(Out::Chunk(bytes));
+                }
+                Action::RespondEnd => return Step::End(Out::End),
+                Action::RespondAbort => return Step::End(Out::Abort),
+                Action::ReadBody { limit } => return Step::ReadBody(limit),
+                Action::SendUpstream(req) => self.send(req),
+                Action::Embed(req) => self.embed(req),
+                Action::Admit { key, ask } => {
+                    self.admission = Some(self.platform.admit(key, ask));
+                }
+                Action::KvGet { key, read } => {
+                    let value = self.platform.kv_get(key);
+                    self.kv_reads
+                        .push(Box::pin(async move { (read, value.await) }));
+                }
+                other => self.background(other),
+            }
+        }
+        Step::Wait(self.session.poll_timeout())
+    }
+
+    /// The client is gone, or its response has ended: what dropping the
+    /// pump tells the session, for a driver that goes on driving it until
+    /// the session has finished (see `super::relay`). Its `Drop` does
+    /// nothing after this.
+    #[cfg_attr(not(feature = "workers"), allow(dead_code))]
+    pub(super) fn close(&mut self) {
+        let now = self.platform.now();
+        self.session.handle_downstream_closed(now);
+        self.closed = true;
+    }
+
+    /// Whether nothing the pump started is under way.
+    fn idle(&self) -> bool {
+        self.head.is_none()
+            && self.body.is_none()
+            && self.kv_reads.is_empty()
+            && self.admission.is_none()
+            && self.embedding.is_none()
     }
 
     /// Reads the request body up to `limit` bytes and reports it; stops
@@ -300,7 +348,7 @@ impl<P: Platform + 'static> Pump<P> {
     }
 
     /// Waits for the upstream, a KV read or the deadline, whichever first.
-    async fn wait(&mut self, deadline: Option<Millis>) -> Wake {
+    async fn wait(&mut self, deadline: Option<Millis>) -> Wake<P::Body> {
         if let Some(at) = deadline {
             if self.alarm.as_ref().is_none_or(|(armed, _)| at < *armed) {
                 let ms = at.saturating_sub(self.platform.now());
@@ -330,7 +378,8 @@ impl<P: Platform + 'static> Pump<P> {
                 pending().await
             } else {
                 let ((read, value), i, _) = select_all(kv_reads.iter_mut()).await;
-                Wake::Kv(i, read, value)
+                drop(kv_reads.swap_remove(i));
+                Wake::Kv(read, value)
             }
         };
         // The limits' verdict and the embeddings answer: each asked at most
@@ -368,7 +417,7 @@ impl<P: Platform + 'static> Pump<P> {
     }
 
     /// Reports what woke the pump to the session.
-    fn wake(&mut self, wake: Wake) {
+    pub(super) fn wake(&mut self, wake: Wake<P::Body>) {
         let t = self.platform.now();
         match wake {
             Wake::Timer => {
@@ -408,8 +457,7 @@ impl<P: Platform + 'static> Pump<P> {
                 self.admission = None;
                 self.session.handle_admission(t, verdict);
             }
-            Wake::Kv(i, read, value) => {
-                drop(self.kv_reads.swap_remove(i));
+            Wake::Kv(read, value) => {
                 self.session
                     .handle_kv_value(t, read, value.map(Bytes::from));
             }
@@ -442,6 +490,7 @@ impl<P: Platform + 'static> Pump<P> {
     }
 
     fn send(&mut self, req: UpstreamRequest) {
+        self.upstream_epoch = self.upstream_epoch.wrapping_add(1);
         match self.platform.fetch(req) {
             Ok(head) => self.head = Some(head),
             Err(e) => {
@@ -460,6 +509,7 @@ impl<P: Platform + 'static> Pump<P> {
                 // Only the upstream: KV reads under way are still wanted.
                 self.head = None;
                 self.body = None;
+                self.upstream_epoch = self.upstream_epoch.wrapping_add(1);
                 self.platform.abort();
             }
             Action::KvPut {
@@ -510,6 +560,9 @@ impl<P: Platform + 'static> Pump<P> {
 
 impl<P: Platform + 'static> Drop for Pump<P> {
     fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
         // The platform dropped the body: the client is gone (or the
         // response finished, in which case the session ignores this).
         let now = self.platform.now();
@@ -523,10 +576,12 @@ impl<P: Platform + 'static> Drop for Pump<P> {
                 platform: self.platform.without_client(),
                 head: self.head.take(),
                 body: self.body.take(),
+                upstream_epoch: self.upstream_epoch,
                 kv_reads: std::mem::take(&mut self.kv_reads),
                 admission: self.admission.take(),
                 embedding: self.embedding.take(),
                 chunk_out: false,
+                closed: false,
                 alarm: None,
             };
             self.platform.spawn(Box::pin(rest.run_to_end()));

@@ -126,6 +126,8 @@ struct Spin {
 }
 
 impl Platform for Spin {
+    type Body = pump::BodyStream;
+
     fn now(&self) -> Millis {
         now()
     }
@@ -134,10 +136,7 @@ impl Platform for Spin {
         self.request_body.take()
     }
 
-    fn fetch(
-        &mut self,
-        req: UpstreamRequest,
-    ) -> Result<Boxed<Result<UpstreamResponse, String>>, String> {
+    fn fetch(&mut self, req: UpstreamRequest) -> Result<pump::Answer<pump::BodyStream>, String> {
         let mut builder = http::Request::builder().method(req.method).uri(&req.url);
         for (k, v) in &req.headers {
             builder = builder.header(k, v);
@@ -163,7 +162,7 @@ impl Platform for Spin {
             Ok(UpstreamResponse {
                 status,
                 headers,
-                body: Some(Box::pin(chunks)),
+                body: Some(Box::pin(chunks) as pump::BodyStream),
             })
         }))
     }

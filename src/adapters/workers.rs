@@ -22,17 +22,16 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use worker::kv::KvStore;
 use worker::{
-    event, js_sys, AbortController, Context, Date, EncodeBody, Env, Fetch, Headers, Method,
+    event, js_sys, AbortController, Context, EncodeBody, Env, Fetch, Headers, Method,
     ObjectNamespace, Request, RequestInit, Response, ResponseBody, Result,
 };
 
 use worker::wasm_bindgen::prelude::wasm_bindgen;
 
 use super::body;
-use super::pump::{self, Boxed, Platform, Pump, Reply, UpstreamResponse};
+use super::pump::{self, Answer, Boxed, Platform, Pump, Reply, UpstreamResponse};
 use super::quota_object::{ask_line, release_line, verdict_of};
 use super::stream_object::{Own, Store};
 use crate::core::config::{vars, Config};
@@ -105,18 +104,19 @@ impl Workers {
 }
 
 impl Platform for Workers {
+    type Body = body::Body;
+
+    /// `Date.now()` itself: `worker::Date::now` makes a `Date` object and
+    /// asks it, two calls into JavaScript, and the pump asks on every wake.
     fn now(&self) -> Millis {
-        Date::now().as_millis()
+        js_sys::Date::now() as Millis
     }
 
     fn take_request_body(&mut self) -> Option<pump::BodyStream> {
         self.request_body.take()
     }
 
-    fn fetch(
-        &mut self,
-        req: UpstreamRequest,
-    ) -> std::result::Result<Boxed<std::result::Result<UpstreamResponse, String>>, String> {
+    fn fetch(&mut self, req: UpstreamRequest) -> std::result::Result<Answer<body::Body>, String> {
         let mut init = RequestInit::new();
         init.with_method(Method::from(req.method.to_string()))
             .with_headers(headers_of(&req.headers));
@@ -135,7 +135,7 @@ impl Platform for Workers {
                 .map_err(|e| e.to_string())?;
             answered.set(true);
             let body = match response.body() {
-                ResponseBody::Stream(stream) => body::read(stream),
+                ResponseBody::Stream(stream) => body::Body::of(stream),
                 _ => None,
             };
             Ok(UpstreamResponse {
@@ -499,19 +499,13 @@ async fn serve(platform: Workers, config: Config, head: RequestHead) -> Result<R
                 .with_headers(headers_of(&head.headers)))
         }
         Reply::Stream(head, pump) => {
-            let chunks = pump.into_chunks().map(|item| match item {
-                // No copy when the chunk's bytes are not shared.
-                Ok(bytes) => Ok(Vec::from(bytes)),
-                // An error item errors the body stream: workerd cuts
-                // the response instead of ending it.
-                Err(why) => Err(worker::Error::RustError(why.into())),
-            });
             // A body the core already encoded must not be encoded again.
             let encode = match head.header("content-encoding") {
                 Some(_) => EncodeBody::Manual,
                 None => EncodeBody::Automatic,
             };
-            Ok(Response::from_stream(chunks)?
+            let body = ResponseBody::Stream(super::relay::respond(pump));
+            Ok(Response::from_body(body)?
                 .with_status(head.status)
                 .with_headers(headers_of(&head.headers))
                 .with_encode_body(encode))
