@@ -30,7 +30,7 @@ const MAX_MATCH: usize = 258;
 pub(crate) struct Deflater {
     history: Vec<u8>,
     /// Per hash bucket: the most recent history position + 1 (0 = none).
-    head: Vec<u16>,
+    head: Box<[u16; HASH_SIZE]>,
     /// Per history position: the previous position + 1 with the same hash.
     chain: Vec<u16>,
     max_chain: usize,
@@ -45,7 +45,7 @@ impl Deflater {
     pub(crate) fn new(level: u32) -> Self {
         Self {
             history: Vec::with_capacity(HISTORY),
-            head: vec![0; HASH_SIZE],
+            head: Box::new([0; HASH_SIZE]),
             chain: vec![0; HISTORY],
             max_chain: chain_for(level),
             max_insert: insert_for(level),
@@ -104,11 +104,7 @@ impl Deflater {
                 // matches against the event before, whose starts are
                 // what the next event matches again.
                 let hashed = if len <= self.max_insert { len } else { 1 };
-                for q in p..p + hashed {
-                    if q + MIN_MATCH <= end {
-                        self.insert(q);
-                    }
-                }
+                self.insert_run(p, (p + hashed).min(end + 1 - MIN_MATCH));
                 p += len;
             } else {
                 self.put_code(self.history[p] as usize);
@@ -126,15 +122,28 @@ impl Deflater {
     }
 
     fn hash(&self, p: usize) -> usize {
-        let h = &self.history[p..p + 3];
-        let v = u32::from(h[0]) | u32::from(h[1]) << 8 | u32::from(h[2]) << 16;
-        (v.wrapping_mul(0x9E37_79B1) >> (32 - HASH_BITS)) as usize
+        hash3(&self.history[p..p + 3])
     }
 
     fn insert(&mut self, p: usize) {
         let h = self.hash(p);
         self.chain[p] = self.head[h];
         self.head[h] = (p + 1) as u16;
+    }
+
+    /// Inserts every position from `from` up to `to`, each with its three
+    /// bytes in the history.
+    fn insert_run(&mut self, from: usize, to: usize) {
+        if from >= to {
+            return;
+        }
+        let (head, chain) = (&mut self.head, &mut self.chain);
+        let bytes = self.history[from..to + 2].windows(3);
+        for ((link, three), p) in chain[from..to].iter_mut().zip(bytes).zip(from..) {
+            let h = hash3(three);
+            *link = head[h];
+            head[h] = (p + 1) as u16;
+        }
     }
 
     fn longest_match(&self, p: usize, end: usize) -> (usize, usize) {
@@ -173,7 +182,8 @@ impl Deflater {
             return;
         }
         self.history.drain(..d);
-        let rebase = |v: &mut u16| *v = if (*v as usize) > d { *v - d as u16 } else { 0 };
+        // Positions at or before the cut become 0 (none); branch-free.
+        let rebase = |v: &mut u16| *v = v.saturating_sub(d as u16);
         self.head.iter_mut().for_each(rebase);
         self.chain.copy_within(d.., 0);
         self.chain[..HISTORY - d].iter_mut().for_each(rebase);
@@ -186,13 +196,8 @@ impl Deflater {
 
     /// A literal/length symbol in the fixed code (RFC 1951 §3.2.6).
     fn put_code(&mut self, sym: usize) {
-        let (code, len) = match sym {
-            0..=143 => (0x30 + sym as u32, 8),
-            144..=255 => (0x190 + (sym - 144) as u32, 9),
-            256..=279 => ((sym - 256) as u32, 7),
-            _ => (0xc0 + (sym - 280) as u32, 8),
-        };
-        self.put(reverse(code, len), len);
+        let (code, len) = FIXED_CODES[sym];
+        self.put(u32::from(code), u32::from(len));
     }
 
     fn put_match(&mut self, len: usize, dist: usize) {
@@ -209,12 +214,12 @@ impl Deflater {
         }
         let d = dist - 1;
         if d < 4 {
-            self.put(reverse(d as u32, 5), 5);
+            self.put(u32::from(DISTANCE_CODES[d]), 5);
         } else {
             let nb = usize::BITS - 1 - d.leading_zeros(); // >= 2
             let extra = nb - 1;
             let code = 2 * nb as usize + ((d >> extra) & 1);
-            self.put(reverse(code as u32, 5), 5);
+            self.put(u32::from(DISTANCE_CODES[code]), 5);
             self.put((d & ((1 << extra) - 1)) as u32, extra);
         }
     }
@@ -232,6 +237,12 @@ impl Deflater {
         self.nbits = self.nbits.div_ceil(8) * 8;
         self.drain(out);
     }
+}
+
+/// The hash bucket of three bytes.
+fn hash3(h: &[u8]) -> usize {
+    let v = u32::from(h[0]) | u32::from(h[1]) << 8 | u32::from(h[2]) << 16;
+    ((v.wrapping_mul(0x9E37_79B1) >> (32 - HASH_BITS)) as usize) & (HASH_SIZE - 1)
 }
 
 fn chain_for(level: u32) -> usize {
@@ -279,9 +290,39 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
         .count()
 }
 
-fn reverse(code: u32, len: u32) -> u32 {
+const fn reverse(code: u32, len: u32) -> u32 {
     code.reverse_bits() >> (32 - len)
 }
+
+/// The fixed literal/length code (RFC 1951 §3.2.6) of each symbol, bits
+/// already reversed as they are written, and its length. A table, because
+/// wasm has no instruction that reverses bits.
+const FIXED_CODES: [(u16, u8); 288] = {
+    let mut t = [(0u16, 0u8); 288];
+    let mut sym = 0;
+    while sym < 288 {
+        let (code, len) = match sym {
+            0..=143 => (0x30 + sym as u32, 8),
+            144..=255 => (0x190 + (sym - 144) as u32, 9),
+            256..=279 => ((sym - 256) as u32, 7),
+            _ => (0xc0 + (sym - 280) as u32, 8),
+        };
+        t[sym] = (reverse(code, len) as u16, len as u8);
+        sym += 1;
+    }
+    t
+};
+
+/// The fixed 5-bit distance codes, reversed.
+const DISTANCE_CODES: [u8; 32] = {
+    let mut t = [0u8; 32];
+    let mut code = 0;
+    while code < 32 {
+        t[code] = reverse(code as u32, 5) as u8;
+        code += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

@@ -237,13 +237,11 @@ impl Parser {
                 if self.has_data {
                     self.data.push('\n');
                 }
-                self.data.push_str(&String::from_utf8_lossy(value));
+                self.data.push_str(&text(value));
                 self.has_data = true;
             }
-            b"event" => self.event_type = Some(String::from_utf8_lossy(value).into_owned()),
-            b"id" if !value.contains(&0) => {
-                self.last_id = Some(String::from_utf8_lossy(value).into_owned())
-            }
+            b"event" => self.event_type = Some(text(value).into_owned()),
+            b"id" if !value.contains(&0) => self.last_id = Some(text(value).into_owned()),
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
                 self.retry = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
             }
@@ -265,6 +263,16 @@ impl Parser {
             id: self.last_id.clone(),
             retry,
         });
+    }
+}
+
+/// A field's value as text, invalid UTF-8 replaced. The strict check
+/// first: it has a fast path for ASCII, which nearly every event is, and
+/// the lossy one walks byte by byte.
+fn text(value: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(value),
     }
 }
 

@@ -16,10 +16,15 @@ const TRACE: &str = include_str!("../../traces/llamacpp_chat_300.sse");
 
 #[no_mangle]
 pub extern "C" fn stream(n: u32, gzip: u32, resume: u32) -> u32 {
-    let events: Vec<&str> = TRACE
-        .split_inclusive("\n\n")
-        .filter(|e| e.contains("\"content\":\""))
-        .collect();
+    // The token events, found once: the split is the harness's work, not
+    // the edge function's.
+    static EVENTS: std::sync::OnceLock<Vec<&str>> = std::sync::OnceLock::new();
+    let events = EVENTS.get_or_init(|| {
+        TRACE
+            .split_inclusive("\n\n")
+            .filter(|e| e.contains("\"content\":\""))
+            .collect()
+    });
     let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
     if gzip != 0 {
         headers.push(("accept-encoding".into(), "gzip".into()));
