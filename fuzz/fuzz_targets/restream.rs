@@ -1,7 +1,8 @@
 //! Any upstream byte stream re-framed in each format, as a chat stream or a
 //! Responses API one: every downstream event is one line of valid JSON (or
 //! `[DONE]`), an `ndjson` line is one JSON value, and nothing follows the
-//! end.
+//! end. And each line of the input, read as a chat event's data, reads the
+//! same through the single-pass reader as through serde.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,6 +24,14 @@ fuzz_target!(|input: (u8, Vec<Vec<u8>>)| {
     ][usize::from(choice % 4)];
     let responses = choice & 4 != 0;
     let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+    for line in pieces.iter().flat_map(|p| p.split(|&b| b == b'\n')) {
+        let line = String::from_utf8_lossy(line);
+        let data = line.strip_prefix("data:").map_or(&*line, str::trim_start);
+        assert!(
+            tokenedge::core::fuzzing::chunk_reads_agree(data),
+            "the two readers disagree on {data:?}"
+        );
+    }
     let out = tokenedge::core::fuzzing::restream(format, responses, &pieces);
     let text = std::str::from_utf8(&out).expect("the output is UTF-8");
     match format {

@@ -50,6 +50,12 @@ pub fn restream(format: crate::core::format::Format, responses: bool, pieces: &[
     out.to_vec()
 }
 
+/// Whether the two readers of a chat event's facts agree on `data` (the
+/// single pass answers only what it reads as serde does).
+pub fn chunk_reads_agree(data: &str) -> bool {
+    crate::core::openai::chunk_reads_agree(data)
+}
+
 /// A semantic-cache bucket read from arbitrary KV bytes at `now_secs`,
 /// written back and read again: whether both reads agree, and how many
 /// records it holds.

@@ -244,12 +244,12 @@ impl Restream {
     /// An event that breaks a continuable answer and carries no text: held
     /// back (returns true) rather than written.
     fn holds(&mut self, name: Option<&str>, data: &str) -> bool {
-        if self.responses {
+        // Cheap first: most streams cannot continue elsewhere, and most
+        // events name neither.
+        if self.responses || self.text.is_none() || self.held_break.is_some() {
             return false;
         }
-        // Cheap first: most events name neither.
-        let suspect = data.contains("\"error\"") || data.contains("\"finish_reason\":\"");
-        if self.text.is_none() || self.held_break.is_some() || !suspect {
+        if !data.contains("\"error\"") && !data.contains("\"finish_reason\":\"") {
             return false;
         }
         let facts = inspect_chunk(data);

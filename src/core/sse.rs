@@ -165,7 +165,7 @@ impl Parser {
                     continue;
                 }
             }
-            match input.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', input) {
                 Some(end) => {
                     if self.line.len() + end > MAX_LINE_BYTES {
                         return Err(self.fail(SseError::LineTooLong));

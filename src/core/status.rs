@@ -20,6 +20,9 @@
 //! when `UPSTREAM_DIALECT` is `llama.cpp`). Those chunks are status, never
 //! content: they are not forwarded, numbered, logged or cached.
 
+use std::sync::LazyLock;
+
+use memchr::memmem;
 use serde::{Deserialize, Serialize};
 
 /// After this long without an upstream answer (or, once it answered,
@@ -69,10 +72,11 @@ pub(crate) fn progress_of(data: &str) -> Option<Progress> {
         cache: u64,
         processed: u64,
     }
-    // Cheap first: nearly every chunk is not one.
-    if !data.contains("\"prompt_progress\"") {
-        return None;
-    }
+    // Cheap first: nearly every chunk is not one. A searcher made once
+    // (`str::contains` makes one per call, and has no fast path in wasm).
+    static KEY: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new("\"prompt_progress\""));
+    KEY.find(data.as_bytes())?;
     let raw = serde_json::from_str::<Chunk>(data).ok()?.prompt_progress?;
     let facts = crate::core::openai::inspect_chunk(data);
     if facts.has_content || facts.finished() || facts.has_usage || facts.is_error {

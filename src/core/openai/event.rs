@@ -97,9 +97,16 @@ struct DeltaView<'a> {
 
 /// Reads the facts out of one `data:` payload. Anything that is not a JSON
 /// object of the expected shape yields no facts (it is still forwarded as
-/// is). This runs once per token, so it deserializes into borrowed views
-/// and skips every other field instead of building a `Value`.
+/// is). This runs once per token: a single pass over the bytes reads the
+/// usual shapes ([`super::scan`]), and serde, through borrowed views that
+/// skip every other field, reads the rest.
 pub(crate) fn inspect_chunk(data: &str) -> ChunkFacts {
+    super::scan::chunk_facts(data).unwrap_or_else(|| inspect_chunk_with_serde(data))
+}
+
+/// [`inspect_chunk`] through serde, which decides every event the single
+/// pass of [`super::scan`] does not read.
+pub(crate) fn inspect_chunk_with_serde(data: &str) -> ChunkFacts {
     let Ok(view) = serde_json::from_str::<EventView>(data) else {
         return ChunkFacts::default();
     };
