@@ -31,7 +31,8 @@ pub(crate) struct Deflater {
     history: Vec<u8>,
     /// Per hash bucket: the most recent history position + 1 (0 = none).
     head: Box<[u16; HASH_SIZE]>,
-    /// Per history position: the previous position + 1 with the same hash.
+    /// Per history position: how far back the previous position with the
+    /// same hash is (0 = none). A distance, so a slide leaves it as it is.
     chain: Vec<u16>,
     max_chain: usize,
     /// Matches longer than this have only their first position hashed.
@@ -127,7 +128,7 @@ impl Deflater {
 
     fn insert(&mut self, p: usize) {
         let h = self.hash(p);
-        self.chain[p] = self.head[h];
+        self.chain[p] = link(p, self.head[h]);
         self.head[h] = (p + 1) as u16;
     }
 
@@ -141,7 +142,7 @@ impl Deflater {
         let bytes = self.history[from..to + 2].windows(3);
         for ((link, three), p) in chain[from..to].iter_mut().zip(bytes).zip(from..) {
             let h = hash3(three);
-            *link = head[h];
+            *link = self::link(p, head[h]);
             head[h] = (p + 1) as u16;
         }
     }
@@ -168,14 +169,20 @@ impl Deflater {
                     }
                 }
             }
-            cand = self.chain[q] as usize;
+            // A link past the start of the history leads to a dropped
+            // position: the chain ends.
+            cand = match self.chain[q] as usize {
+                0 => 0,
+                back if back > q => 0,
+                back => q - back + 1,
+            };
             steps -= 1;
         }
         best
     }
 
     /// Drops the oldest history so that `WINDOW` bytes remain, and rebases
-    /// the hash tables.
+    /// the hash heads (the chain holds distances, which stay).
     fn slide(&mut self) {
         let d = self.history.len().saturating_sub(WINDOW);
         if d == 0 {
@@ -183,10 +190,10 @@ impl Deflater {
         }
         self.history.drain(..d);
         // Positions at or before the cut become 0 (none); branch-free.
-        let rebase = |v: &mut u16| *v = v.saturating_sub(d as u16);
-        self.head.iter_mut().for_each(rebase);
+        for v in self.head.iter_mut() {
+            *v = v.saturating_sub(d as u16);
+        }
         self.chain.copy_within(d.., 0);
-        self.chain[..HISTORY - d].iter_mut().for_each(rebase);
     }
 
     fn put(&mut self, value: u32, n: u32) {
@@ -236,6 +243,15 @@ impl Deflater {
     fn align(&mut self, out: &mut Vec<u8>) {
         self.nbits = self.nbits.div_ceil(8) * 8;
         self.drain(out);
+    }
+}
+
+/// The chain link of position `p` to `head`, the previous position + 1 with
+/// its hash (0 = none): how far back that position is.
+fn link(p: usize, head: u16) -> u16 {
+    match head {
+        0 => 0,
+        prev => (p + 1 - prev as usize) as u16,
     }
 }
 

@@ -116,7 +116,7 @@ pub struct Restream {
     skip_through: u64,
     /// Keep each numbered event's SSE block for [`Restream::take_logged`].
     logging: bool,
-    logged: Vec<String>,
+    logged: Vec<Bytes>,
     /// The text of choice 0 so far, kept for a continuation elsewhere
     /// (`None`: not kept, or no longer continuable: a delta that was not
     /// text came).
@@ -190,7 +190,7 @@ impl Restream {
     }
 
     /// The events numbered since the last call, as SSE blocks.
-    pub(crate) fn take_logged(&mut self) -> Vec<String> {
+    pub(crate) fn take_logged(&mut self) -> Vec<Bytes> {
         std::mem::take(&mut self.logged)
     }
 
@@ -456,8 +456,7 @@ impl Restream {
         if self.logging {
             let mut block = BytesMut::with_capacity(data.len() + 16);
             write_event(&mut block, name, data);
-            self.logged
-                .push(String::from_utf8_lossy(&block).into_owned());
+            self.logged.push(block.freeze());
         }
     }
 

@@ -284,14 +284,23 @@ impl Record {
     }
 }
 
+/// The most uncompressed events a log holds (a fast model between two
+/// checkpoints): a stream's memory stays bounded.
+const MAX_PENDING_BYTES: usize = 4096;
+
 /// The generating request's side: the record it keeps, and when it last
 /// wrote it.
 pub(crate) struct Log {
     pub(crate) id: String,
     head: Head,
     encoder: Encoder,
-    /// The events compressed so far (a zlib stream, sync-flushed).
+    /// The events compressed so far (a zlib stream, sync-flushed at each
+    /// checkpoint).
     body: Vec<u8>,
+    /// The events since the last checkpoint, compressed when it is written
+    /// or when they pass [`MAX_PENDING_BYTES`]: one flush per record, not
+    /// one per event.
+    pending: Vec<u8>,
     /// Their size before compression.
     bytes: usize,
     /// Events or an end not yet written.
@@ -332,6 +341,7 @@ impl Log {
             },
             encoder,
             body,
+            pending: Vec::new(),
             bytes: 0,
             dirty: true,
             written_at: None,
@@ -340,15 +350,18 @@ impl Log {
     }
 
     /// Appends upstream events (SSE blocks, in order).
-    pub(crate) fn extend(&mut self, events: impl IntoIterator<Item = String>) {
+    pub(crate) fn extend(&mut self, events: impl IntoIterator<Item = impl AsRef<[u8]>>) {
         for event in events {
+            let event = event.as_ref();
             if self.head.overflow || self.bytes + event.len() > MAX_LOG_BYTES {
                 self.head.overflow = true;
                 continue;
             }
             self.bytes += event.len();
-            self.encoder
-                .encode_and_flush(event.as_bytes(), &mut self.body);
+            self.pending.extend_from_slice(event);
+            if self.pending.len() >= MAX_PENDING_BYTES {
+                self.compress_pending();
+            }
             self.head.events += 1;
             self.dirty = true;
         }
@@ -382,6 +395,7 @@ impl Log {
         self.head.at = now;
         self.dirty = false;
         self.written_at = Some(now);
+        self.compress_pending();
         let head = serde_json::to_vec(&self.head).unwrap_or_default();
         let mut out = Vec::with_capacity(4 + head.len() + self.body.len() + 8);
         out.extend_from_slice(&(head.len() as u32).to_be_bytes());
@@ -389,6 +403,14 @@ impl Log {
         out.extend_from_slice(&self.body);
         self.encoder.end_now(&mut out);
         Some(out)
+    }
+
+    /// Adds the events waiting to the compressed body.
+    fn compress_pending(&mut self) {
+        if !self.pending.is_empty() {
+            self.encoder.encode_and_flush(&self.pending, &mut self.body);
+            self.pending.clear();
+        }
     }
 
     /// When the next checkpoint is due if nothing else happens.
