@@ -3,7 +3,8 @@
 # run in front of a replay upstream (bench/peers/replay.mjs: 64 tokens 20 ms
 # apart), measured by a raw-socket client (bench/peers/load.mjs) at several
 # concurrencies: direct; tokenedge on bare workerd (the `workerd` binary
-# wrangler ships, config from wrangler.toml), under `wrangler dev`, and on
+# wrangler ships, config from wrangler.toml; with its defaults, and with
+# `RESUME=off`), under `wrangler dev`, and on
 # Spin (the test host); Portkey's gateway and LiteLLM's proxy (pinned,
 # installed by scripts/setup.sh peers); four JavaScript workers on bare
 # workerd (bench/peers/floor.js: the body untouched; through a
@@ -69,6 +70,9 @@ CAPNP
 vars=("UPSTREAM_URL=$REPLAY" "AUTH=off" "CACHE_TTL_SECS=0")
 start_workerd 28786 "${vars[@]}"
 WORKERD_PID=${_pids[-1]}
+# The same without resumable streams: no hand-over to a Durable Object.
+start_workerd 28784 "${vars[@]}" "RESUME=off"
+WORKERD_NORESUME_PID=${_pids[-1]}
 start_wrangler 28787 29229 --var "UPSTREAM_URL:$REPLAY" --var "AUTH:off" --var "CACHE_TTL_SECS:0"
 # wrangler dev's CPU: its own process (the local proxy) and the workerd it
 # started, the newest one now.
@@ -91,6 +95,7 @@ RUST_SYNC_PID=$FLOOR_PID
 
 targets=(--target "direct=$REPLAY"
   --target "tokenedge-workerd=http://127.0.0.1:28786@$WORKERD_PID"
+  --target "tokenedge-workerd-resume-off=http://127.0.0.1:28784@$WORKERD_NORESUME_PID"
   --target "tokenedge-wrangler-dev=http://127.0.0.1:28787@$WRANGLER_PID"
   --target "tokenedge-spin=http://127.0.0.1:28797@$SPIN_PID"
   --target "js-passthrough-workerd=http://127.0.0.1:28788@$PASS_PID"
