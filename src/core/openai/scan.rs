@@ -100,43 +100,34 @@ impl<'a> Scan<'a> {
     /// its value.
     fn object(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
         self.eat(b'{')?;
-        self.enter()?;
-        if self.peek()? == b'}' {
-            self.i += 1;
-        } else {
-            loop {
-                let (key, escaped) = self.string()?;
-                if escaped {
-                    return None;
-                }
-                self.eat(b':')?;
-                field(self, key)?;
-                match self.peek()? {
-                    b',' => self.i += 1,
-                    b'}' => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
+        self.items(b'}', |scan| {
+            let (key, escaped) = scan.string()?;
+            if escaped {
+                return None;
             }
-        }
-        self.depth -= 1;
-        Some(())
+            scan.eat(b':')?;
+            field(scan, key)
+        })
     }
 
     /// An array; `item` reads each item.
-    fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+    fn array(&mut self, item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         self.eat(b'[')?;
+        self.items(b']', item)
+    }
+
+    /// The items of an object or array, after its opening byte, up to
+    /// `close`, with commas between.
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         self.enter()?;
-        if self.peek()? == b']' {
+        if self.peek()? == close {
             self.i += 1;
         } else {
             loop {
                 item(self)?;
                 match self.peek()? {
                     b',' => self.i += 1,
-                    b']' => {
+                    c if c == close => {
                         self.i += 1;
                         break;
                     }
