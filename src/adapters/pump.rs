@@ -1,8 +1,11 @@
-//! The one loop that drives a [`Session`] on a wasm runtime, shared by the
-//! Workers and Spin adapters: it carries out each [`Action`], waits for the
-//! upstream, a KV read or the next deadline, and hands the platform what
-//! goes to the client ([`Out`]). A runtime supplies only its I/O, through
-//! [`Platform`]; no policy lives here either.
+//! The driver of a [`Session`] on a wasm runtime, shared by the Workers and
+//! Spin adapters: [`Pump::step`] carries out each [`Action`] up to the first
+//! that goes to the client or must be waited for, and the async loop waits
+//! for the upstream, a KV read or the next deadline, and hands the platform
+//! what goes to the client ([`Out`]). A runtime supplies only its I/O,
+//! through [`Platform`]; no policy lives here either. On Workers, once the
+//! response head is out, `super::relay` drives the same pump from the
+//! runtime's events instead of the async loop.
 //!
 //! Client disconnects: the platform drops the response body, and with it
 //! the [`Pump`]; its `Drop` tells the session and carries out what the
