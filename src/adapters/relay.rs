@@ -185,15 +185,16 @@ impl Shared {
     /// The response ends (cut, when `abort`): the client is done with.
     fn end(self: &Rc<Self>, relay: &mut Relay, abort: bool) {
         let Some(out) = relay.out.take() else { return };
-        let settle = relay.pump.platform.settle();
+        let mut settle = relay.pump.platform.settle();
         let finish = move || match abort {
             true => fail(&out, ABORTED),
             false => close(&out),
         };
-        match settle.now_or_never() {
+        match (&mut settle).now_or_never() {
             Some(()) => finish(),
+            // (Not on Workers today: its settle has nothing to wait for.)
             None => self.task(relay, async move {
-                // (never on Workers today: its settle has nothing to wait for)
+                settle.await;
                 finish();
                 None
             }),
