@@ -64,11 +64,15 @@ def text(events):
 
 def answered_then(url, system, question, key=KEY):
     """Asks QUESTION (a miss), then `question` until it is not a miss or
-    5 s pass: the first answer's writes run after its response. (A question
-    that misses is stored too, so only ask this way what should hit.)"""
+    5 s pass: the first answer's writes run after its response. A question
+    that misses is stored too, and would then answer itself, so `question`
+    is first asked once QUESTION asked again is no longer a miss (its
+    writes have landed; another miss of QUESTION stores the same answer)."""
     h1, e1, done1 = stream(url, chat(QUESTION, system))
     assert h1["x-cache"] == "miss" and done1, h1
     deadline = time.monotonic() + 5
+    while stream(url, chat(QUESTION, system))[0]["x-cache"] == "miss" and time.monotonic() < deadline:
+        time.sleep(0.3)
     while True:
         h2, e2, done2 = stream(url, chat(question, system), key=key)
         if h2["x-cache"] != "miss" or time.monotonic() > deadline:
